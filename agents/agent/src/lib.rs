@@ -1,0 +1,1 @@
+//! berth's node agent: NRI plugin (file logs, faketime), log cleanup, gRPC API server

@@ -1,0 +1,1 @@
+//! berth's agent API server: mTLS, per-caller authorization, audit

@@ -1,0 +1,1 @@
+//! berthctl: the command-line client of berth's node agents

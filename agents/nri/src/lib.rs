@@ -1,0 +1,1 @@
+//! A containerd NRI (Node Resource Interface) plugin client: multiplexed ttrpc, registration, events

@@ -1,0 +1,1 @@
+//! berth-ipam: the fixed-IP IPAM library as a standalone CNI IPAM plugin

@@ -1,0 +1,1 @@
+//! Fixed-IP IPAM: rack-aware pools, sticky addresses, hold periods, history, GC; local and etcd stores

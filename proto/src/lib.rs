@@ -1,0 +1,1 @@
+//! berth's agent gRPC API (tonic/prost)

@@ -1,0 +1,1 @@
+//! End-to-end suites on a real containerd node (test bed), the CRI driver and the benchmarks
