@@ -1,1 +1,13 @@
-//! End-to-end suites on a real containerd node (test bed), the CRI driver and the benchmarks
+//! End-to-end suites on a real containerd node (the test bed), the CRI driver they use, and
+//! the benchmark programs (`src/bin/bench-*.rs`, run by `scripts/bench`).
+//!
+//! Suites in `tests/*.rs` are marked `#[ignore = "needs root and the test bed: …"]`, so a plain
+//! `cargo test` reports them as ignored, never passed; `scripts/test` runs them as root with
+//! `--include-ignored`, and each fails (panics) when what it needs is missing.
+
+pub mod cri;
+pub mod netns;
+pub mod testbed;
+
+pub use cri::{ContainerSpec, CriClient, ExecOutput, Pod, PodSpec};
+pub use testbed::{BUSYBOX_IMAGE, Containerd, GLIBC_IMAGE, Node, NodeOptions, PAUSE_IMAGE};

@@ -30,6 +30,30 @@ pub enum IpamError {
     /// The store is busy or unreachable right now (CNI code 11, try again later).
     #[error("IPAM store unavailable, try again: {0}")]
     Unavailable(String),
+    /// No configured pool serves this pod on this node (CNI code 7).
+    #[error("no pool for {what} on node {node} (rack {rack}): {hint}")]
+    NoPool {
+        what: String,
+        node: String,
+        rack: String,
+        hint: String,
+    },
+    /// A `berth.io/*` pod annotation cannot be parsed (berth code 114).
+    #[error("pod annotation {key}={value:?} is invalid: {reason}")]
+    InvalidAnnotation {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    /// The store holds a time later than this node's clock allows (berth code 113).
+    #[error(
+        "clock skew: the store has a record from {record} but this node's clock says {now} (more than {max_secs}s behind); fix time sync (NTP) on this node"
+    )]
+    ClockSkew {
+        record: chrono::DateTime<chrono::Utc>,
+        now: chrono::DateTime<chrono::Utc>,
+        max_secs: u64,
+    },
     /// Local I/O failed (CNI code 5).
     #[error("IPAM store I/O failed on {path}")]
     Io {
@@ -43,12 +67,14 @@ impl IpamError {
     /// The CNI error code for this error (spec codes below 100, berth's own from 110).
     pub fn cni_code(&self) -> u32 {
         match self {
-            IpamError::InvalidConfig(_) | IpamError::UnknownPool(_) => 7,
+            IpamError::InvalidConfig(_) | IpamError::UnknownPool(_) | IpamError::NoPool { .. } => 7,
             IpamError::Io { .. } => 5,
             IpamError::Unavailable(_) => 11,
             IpamError::Exhausted { .. } => 110,
             IpamError::AddressUnavailable { .. } => 111,
             IpamError::CorruptStore { .. } => 112,
+            IpamError::ClockSkew { .. } => 113,
+            IpamError::InvalidAnnotation { .. } => 114,
         }
     }
 }

@@ -1,0 +1,569 @@
+//! The allocation state machine: pure functions from a snapshot of a network's leases, a
+//! request and the time to a [`Plan`] (what to write) and an answer. Stores apply plans
+//! atomically; nothing here does I/O, so every rule is unit-tested with an injected time.
+//!
+//! Rules, in order, for ADD:
+//! 1. an attachment that already has an address gets the same one again (ADD is idempotent);
+//! 2. an explicit address (`berth.io/ip`) is given only if its pool serves this node's rack and
+//!    nobody else holds it;
+//! 3. otherwise the pod's sticky address (held or reserved for its namespace/name) in one of the
+//!    candidate pools;
+//! 4. otherwise the first free address of the candidate pools, in order.
+//!
+//! Candidate pools: `berth.io/pool` annotation, else the pool of the explicit address, else the
+//! plugin's per-interface pool, else `berth.io/app-pool` (pools named so or labelled `app`),
+//! else the node's rack pools, then the pools without racks.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+
+use crate::allocator::{AllocateRequest, Allocation, GcReport};
+use crate::error::IpamError;
+use crate::node::NodeInfo;
+use crate::pool::{Pool, Pools, Unusable};
+use crate::state::{Event, EventKind, Lease, LeaseState, Leases, Plan, Sticky};
+
+/// Explicit address: `10.1.2.3`, or per interface `eth0=10.1.2.3,eth1=10.2.0.9`.
+pub const ANN_IP: &str = "berth.io/ip";
+/// Explicit pool: `pool-a`, or per interface `eth0=pool-a,eth1=pool-b`.
+pub const ANN_POOL: &str = "berth.io/pool";
+/// Application pool: a pool name or a pool's `app` label, picked by the node's rack.
+pub const ANN_APP_POOL: &str = "berth.io/app-pool";
+/// Stickiness: `true` (by namespace/name), `false` (none), or an app key shared by re-creations.
+pub const ANN_STICKY: &str = "berth.io/sticky";
+
+/// Policy and identity: everything a decision needs besides the snapshot and the time.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    pub pools: Pools,
+    pub node: NodeInfo,
+    pub hold: chrono::Duration,
+    pub sticky_default: bool,
+    pub max_skew: chrono::Duration,
+}
+
+/// Why GC released something.
+pub struct Released {
+    pub plan: Plan,
+    pub report: GcReport,
+}
+
+impl Engine {
+    /// Decides an ADD. `start` spreads concurrent writers over the pool (0: lowest first).
+    pub fn allocate(
+        &self,
+        leases: &Leases,
+        req: &AllocateRequest,
+        now: DateTime<Utc>,
+        start: u128,
+    ) -> Result<(Plan, Allocation), IpamError> {
+        for (what, v) in [
+            ("network", &req.network),
+            ("container id", &req.container_id),
+            ("ifname", &req.ifname),
+        ] {
+            if v.is_empty() {
+                return Err(IpamError::InvalidConfig(format!(
+                    "the request has an empty {what}"
+                )));
+            }
+        }
+        self.check_skew(leases, now)?;
+        if let Some(l) = leases
+            .values()
+            .find(|l| l.attachment() == Some((&req.container_id, &req.ifname)))
+        {
+            return Ok((Plan::default(), self.allocation_of(l)?));
+        }
+        let sticky = self.sticky_of(req)?;
+        let explicit = match annotation_for(req, ANN_IP)? {
+            Some(v) => Some(parse_ip(&v)?),
+            None => None,
+        };
+        let candidates = self.candidates(req, explicit)?;
+
+        if let Some(ip) = explicit {
+            let pool = candidates[0];
+            pool.check(ip).map_err(|why| IpamError::AddressUnavailable {
+                address: ip,
+                reason: match why {
+                    Unusable::OutsideSubnet => format!(
+                        "it is outside pool {:?} ({}); pick an address of that pool",
+                        pool.name, pool.subnet
+                    ),
+                    Unusable::OutsideRanges => format!(
+                        "it is outside the ranges of pool {:?}; pick an address inside them",
+                        pool.name
+                    ),
+                    Unusable::Reserved(r) => r.to_string(),
+                },
+            })?;
+            if let Some(l) = leases.get(&ip) {
+                self.may_take(l, sticky.as_ref(), now)?;
+            }
+            return Ok(self.take(leases.get(&ip), pool, ip, req, sticky, now, "requested"));
+        }
+
+        if let Some(s) = &sticky {
+            for l in leases.values().filter(|l| {
+                l.sticky.as_ref().is_some_and(|ls| ls.matches(s))
+                    && candidates.iter().any(|p| p.name == l.pool)
+            }) {
+                if let LeaseState::Allocated { container_id, .. } = &l.state {
+                    return Err(IpamError::AddressUnavailable {
+                        address: l.ip,
+                        reason: format!(
+                            "pod {s} still has it on sandbox {container_id}; it is freed when that sandbox is deleted or garbage-collected, retry then"
+                        ),
+                    });
+                }
+            }
+            let mine = leases.values().find(|l| {
+                l.sticky.as_ref().is_some_and(|ls| ls.matches(s))
+                    && candidates
+                        .iter()
+                        .any(|p| p.name == l.pool && p.check(l.ip).is_ok())
+            });
+            if let Some(l) = mine {
+                let pool = candidates
+                    .iter()
+                    .find(|p| p.name == l.pool)
+                    .expect("filtered above");
+                return Ok(self.take(Some(l), pool, l.ip, req, sticky, now, "sticky"));
+            }
+        }
+
+        for pool in &candidates {
+            // Expired holds and reservations are free for anyone; allocations never expire.
+            let taken = |ip: IpAddr| leases.get(&ip).is_some_and(|l| !l.expired(now));
+            if let Some(ip) = pool.find_free(start, &taken) {
+                return Ok(self.take(leases.get(&ip), pool, ip, req, sticky, now, "new"));
+            }
+        }
+        Err(IpamError::Exhausted {
+            pool: candidates
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        })
+    }
+
+    /// Whether a request stuck to `sticky` may take the address of lease `l`.
+    fn may_take(&self, l: &Lease, sticky: Option<&Sticky>, now: DateTime<Utc>) -> Result<(), IpamError> {
+        let unavailable = |reason: String| IpamError::AddressUnavailable {
+            address: l.ip,
+            reason,
+        };
+        let ours = matches!((&l.sticky, sticky), (Some(a), Some(b)) if a.matches(b));
+        match &l.state {
+            LeaseState::Allocated { container_id, .. } => Err(unavailable(format!(
+                "it is in use by {} (sandbox {container_id})",
+                who(l)
+            ))),
+            LeaseState::Held { until } if !ours && *until > now => Err(unavailable(format!(
+                "it is held for {} until {until}",
+                who(l)
+            ))),
+            LeaseState::Reserved { until, .. } if !ours && until.is_none_or(|u| u > now) => {
+                Err(unavailable(format!("it is reserved for {}", who(l))))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn take(
+        &self,
+        previous: Option<&Lease>,
+        pool: &Pool,
+        ip: IpAddr,
+        req: &AllocateRequest,
+        sticky: Option<Sticky>,
+        now: DateTime<Utc>,
+        how: &str,
+    ) -> (Plan, Allocation) {
+        let mut plan = Plan::default();
+        if let Some(prev) = previous {
+            let ours = matches!((&prev.sticky, &sticky), (Some(a), Some(b)) if a.matches(b));
+            if !ours {
+                plan.events.push(self.event(EventKind::Expire, prev, now, Some("taken over after its hold ran out".into())));
+            }
+        }
+        let lease = Lease {
+            ip,
+            pool: pool.name.clone(),
+            state: LeaseState::Allocated {
+                container_id: req.container_id.clone(),
+                ifname: req.ifname.clone(),
+            },
+            sticky,
+            pod: req.pod.clone(),
+            node: self.node.node.clone(),
+            rack: self.node.rack.clone(),
+            since: now,
+        };
+        plan.events
+            .push(self.event(EventKind::Allocate, &lease, now, Some(how.to_string())));
+        plan.puts.push(lease);
+        (plan, allocation(pool, ip))
+    }
+
+    /// Decides a DEL: the attachment's address goes into its hold period (sticky) or is freed.
+    pub fn release(
+        &self,
+        leases: &Leases,
+        container_id: &str,
+        ifname: &str,
+        now: DateTime<Utc>,
+    ) -> Plan {
+        let mut plan = Plan::default();
+        if let Some(l) = leases
+            .values()
+            .find(|l| l.attachment() == Some((container_id, ifname)))
+        {
+            self.release_lease(&mut plan, l, now, false);
+        }
+        plan
+    }
+
+    fn release_lease(&self, plan: &mut Plan, l: &Lease, now: DateTime<Utc>, gc: bool) {
+        if l.sticky.is_some() && self.hold > chrono::Duration::zero() {
+            let until = now + self.hold;
+            let kind = if gc { EventKind::Gc } else { EventKind::Hold };
+            plan.events
+                .push(self.event(kind, l, now, Some(format!("held until {until}"))));
+            plan.puts.push(Lease {
+                state: LeaseState::Held { until },
+                node: self.node.node.clone(),
+                rack: self.node.rack.clone(),
+                since: now,
+                ..l.clone()
+            });
+        } else {
+            let kind = if gc { EventKind::Gc } else { EventKind::Release };
+            plan.events
+                .push(self.event(kind, l, now, Some("freed".into())));
+            plan.deletes.push(l.ip);
+        }
+    }
+
+    /// Decides a GC: attachments for which `keep` is false are released; expired holds and
+    /// timed reservations are removed.
+    pub fn gc(&self, leases: &Leases, keep: &dyn Fn(&str, &str) -> bool, now: DateTime<Utc>) -> Released {
+        let mut plan = Plan::default();
+        let mut report = GcReport::default();
+        for l in leases.values() {
+            match l.attachment() {
+                Some((c, i)) if !keep(c, i) => {
+                    self.release_lease(&mut plan, l, now, true);
+                    report.released.push(l.ip);
+                }
+                Some(_) => {}
+                None if l.expired(now) => {
+                    plan.events.push(self.event(EventKind::Expire, l, now, None));
+                    plan.deletes.push(l.ip);
+                }
+                None => {}
+            }
+        }
+        Released { plan, report }
+    }
+
+    /// Decides an operator reservation of `ip` for `sticky` (or for nobody).
+    pub fn reserve(
+        &self,
+        leases: &Leases,
+        ip: IpAddr,
+        sticky: Option<Sticky>,
+        until: Option<DateTime<Utc>>,
+        note: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Plan, IpamError> {
+        let pool = self.pools.covering(ip).ok_or_else(|| IpamError::AddressUnavailable {
+            address: ip,
+            reason: "it is outside every configured pool".into(),
+        })?;
+        pool.check(ip).map_err(|why| IpamError::AddressUnavailable {
+            address: ip,
+            reason: match why {
+                Unusable::Reserved(r) => r.to_string(),
+                _ => "it is outside the pool's ranges".into(),
+            },
+        })?;
+        if let Some(l) = leases.get(&ip) {
+            self.may_take(l, sticky.as_ref(), now)?;
+        }
+        let lease = Lease {
+            ip,
+            pool: pool.name.clone(),
+            state: LeaseState::Reserved { until, note },
+            sticky,
+            pod: None,
+            node: self.node.node.clone(),
+            rack: self.node.rack.clone(),
+            since: now,
+        };
+        Ok(Plan {
+            events: vec![self.event(EventKind::Reserve, &lease, now, None)],
+            puts: vec![lease],
+            deletes: vec![],
+        })
+    }
+
+    /// Decides an operator release: whatever the address does, it becomes free.
+    pub fn free(&self, leases: &Leases, ip: IpAddr, now: DateTime<Utc>) -> Plan {
+        let mut plan = Plan::default();
+        if let Some(l) = leases.get(&ip) {
+            let was = match &l.state {
+                LeaseState::Allocated { container_id, .. } => format!("was allocated to sandbox {container_id}"),
+                LeaseState::Held { .. } => "was held".to_string(),
+                LeaseState::Reserved { .. } => "was reserved".to_string(),
+            };
+            plan.events.push(self.event(EventKind::Free, l, now, Some(was)));
+            plan.deletes.push(ip);
+        }
+        plan
+    }
+
+    /// The answer for an existing lease.
+    pub fn allocation_of(&self, l: &Lease) -> Result<Allocation, IpamError> {
+        let pool = self.pools.get(&l.pool).ok_or_else(|| {
+            IpamError::InvalidConfig(format!(
+                "address {} belongs to pool {:?}, which is no longer configured; restore the pool or free the address",
+                l.ip, l.pool
+            ))
+        })?;
+        Ok(allocation(pool, l.ip))
+    }
+
+    /// Refuses to decide when the store holds times from this node's future.
+    pub fn check_skew(&self, leases: &Leases, now: DateTime<Utc>) -> Result<(), IpamError> {
+        if let Some(latest) = leases.values().map(|l| l.since).max()
+            && latest > now + self.max_skew
+        {
+            return Err(IpamError::ClockSkew {
+                record: latest,
+                now,
+                max_secs: self.max_skew.num_seconds().max(0) as u64,
+            });
+        }
+        Ok(())
+    }
+
+    fn sticky_of(&self, req: &AllocateRequest) -> Result<Option<Sticky>, IpamError> {
+        let Some(pod) = &req.pod else {
+            return Ok(None);
+        };
+        let name = match annotation_for(req, ANN_STICKY)?.as_deref() {
+            None if self.sticky_default => pod.name.clone(),
+            None | Some("false") => return Ok(None),
+            Some("true") => pod.name.clone(),
+            Some(key) => {
+                if key.len() > 253
+                    || !key
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                {
+                    return Err(IpamError::InvalidAnnotation {
+                        key: ANN_STICKY.into(),
+                        value: key.into(),
+                        reason: "use true, false, or an app key of [A-Za-z0-9._-] (at most 253)".into(),
+                    });
+                }
+                format!("app:{key}")
+            }
+        };
+        Ok(Some(Sticky {
+            namespace: pod.namespace.clone(),
+            name,
+            ifname: Some(req.ifname.clone()),
+        }))
+    }
+
+    fn candidates(&self, req: &AllocateRequest, explicit: Option<IpAddr>) -> Result<Vec<&Pool>, IpamError> {
+        let rack = self.node.rack.as_deref();
+        let named = |name: &str| -> Result<Vec<&Pool>, IpamError> {
+            let p = self
+                .pools
+                .get(name)
+                .ok_or_else(|| IpamError::UnknownPool(name.to_string()))?;
+            self.serves(p, rack)?;
+            Ok(vec![p])
+        };
+        if let Some(name) = annotation_for(req, ANN_POOL)? {
+            return named(&name);
+        }
+        if let Some(ip) = explicit {
+            let p = self.pools.covering(ip).ok_or_else(|| IpamError::AddressUnavailable {
+                address: ip,
+                reason: match self.pools.containing(ip) {
+                    Some(p) => format!(
+                        "it is outside the ranges of pool {:?}; pick an address inside them",
+                        p.name
+                    ),
+                    None => format!(
+                        "it is outside every configured pool ({}); pick an address of one of them",
+                        self.pool_list()
+                    ),
+                },
+            })?;
+            self.serves(p, rack)?;
+            return Ok(vec![p]);
+        }
+        if let Some(name) = &req.pool {
+            return named(name);
+        }
+        if let Some(app) = annotation_for(req, ANN_APP_POOL)? {
+            let all: Vec<&Pool> = self
+                .pools
+                .iter()
+                .filter(|p| p.name == app || p.app.as_deref() == Some(app.as_str()))
+                .collect();
+            if all.is_empty() {
+                return Err(IpamError::UnknownPool(app));
+            }
+            let ok = rack_first(all.iter().copied().filter(|p| p.serves_rack(rack)));
+            if ok.is_empty() {
+                return Err(self.no_pool(format!("app {app}"), &all));
+            }
+            return Ok(ok);
+        }
+        let ok = rack_first(
+            self.pools
+                .iter()
+                .filter(|p| p.app.is_none() && p.serves_rack(rack)),
+        );
+        if ok.is_empty() {
+            let all: Vec<&Pool> = self.pools.iter().filter(|p| p.app.is_none()).collect();
+            return Err(self.no_pool("the node's rack".into(), &all));
+        }
+        Ok(ok)
+    }
+
+    fn serves(&self, p: &Pool, rack: Option<&str>) -> Result<(), IpamError> {
+        if p.serves_rack(rack) {
+            Ok(())
+        } else {
+            Err(self.no_pool(format!("pool {:?}", p.name), &[p]))
+        }
+    }
+
+    fn no_pool(&self, what: String, pools: &[&Pool]) -> IpamError {
+        let served: Vec<String> = pools
+            .iter()
+            .map(|p| format!("{} serves racks [{}]", p.name, p.racks.join(",")))
+            .collect();
+        IpamError::NoPool {
+            what,
+            node: self.node.node.clone(),
+            rack: self.node.rack.clone().unwrap_or_else(|| "unset".into()),
+            hint: if served.is_empty() {
+                "add a pool for this rack or one without racks".into()
+            } else {
+                format!(
+                    "{}; set the node's rack in its node config or add a pool for it",
+                    served.join("; ")
+                )
+            },
+        }
+    }
+
+    fn pool_list(&self) -> String {
+        self.pools
+            .iter()
+            .map(|p| format!("{} {}", p.name, p.subnet))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn event(&self, kind: EventKind, l: &Lease, now: DateTime<Utc>, detail: Option<String>) -> Event {
+        let (container_id, ifname) = match l.attachment() {
+            Some((c, i)) => (Some(c.to_string()), Some(i.to_string())),
+            None => (None, l.sticky.as_ref().and_then(|s| s.ifname.clone())),
+        };
+        Event {
+            time: now,
+            kind,
+            ip: l.ip,
+            pool: l.pool.clone(),
+            pod: l.pod.clone(),
+            sticky: l.sticky.clone(),
+            container_id,
+            ifname,
+            node: self.node.node.clone(),
+            rack: self.node.rack.clone(),
+            detail,
+        }
+    }
+}
+
+/// Rack-specific pools first, then the pools without racks, each in config order.
+fn rack_first<'a>(pools: impl Iterator<Item = &'a Pool>) -> Vec<&'a Pool> {
+    let (mut specific, generic): (Vec<&Pool>, Vec<&Pool>) = pools.partition(|p| !p.racks.is_empty());
+    specific.extend(generic);
+    specific
+}
+
+fn who(l: &Lease) -> String {
+    match (&l.sticky, &l.pod) {
+        (Some(s), _) => s.to_string(),
+        (None, Some(p)) => format!("{}/{}", p.namespace, p.name),
+        (None, None) => "an operator reservation".into(),
+    }
+}
+
+fn allocation(pool: &Pool, ip: IpAddr) -> Allocation {
+    Allocation {
+        address: pool.with_prefix(ip),
+        gateway: pool.gateway,
+        routes: pool.routes.clone(),
+        pool: pool.name.clone(),
+        vlan: pool.vlan,
+    }
+}
+
+fn parse_ip(v: &str) -> Result<IpAddr, IpamError> {
+    v.parse::<IpAddr>()
+        .or_else(|_| v.parse::<ipnet::IpNet>().map(|n| n.addr()))
+        .map_err(|_| IpamError::InvalidAnnotation {
+            key: ANN_IP.into(),
+            value: v.into(),
+            reason: "not an IP address".into(),
+        })
+}
+
+/// The annotation's value for the request's interface: a plain value applies to every
+/// interface, the form `eth0=a,eth1=b` to the named ones.
+pub fn annotation_for(req: &AllocateRequest, key: &str) -> Result<Option<String>, IpamError> {
+    let Some(raw) = req.annotations.get(key).map(|v| v.trim()) else {
+        return Ok(None);
+    };
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    if !raw.contains('=') {
+        return Ok(Some(raw.to_string()));
+    }
+    let mut per_if = BTreeMap::new();
+    for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (ifname, value) = entry.split_once('=').ok_or_else(|| IpamError::InvalidAnnotation {
+            key: key.into(),
+            value: raw.into(),
+            reason: format!("entry {entry:?} is not ifname=value"),
+        })?;
+        if per_if.insert(ifname.trim(), value.trim()).is_some() {
+            return Err(IpamError::InvalidAnnotation {
+                key: key.into(),
+                value: raw.into(),
+                reason: format!("interface {ifname:?} is named twice"),
+            });
+        }
+    }
+    Ok(per_if
+        .get(req.ifname.as_str())
+        .filter(|v| !v.is_empty())
+        .map(|v| v.to_string()))
+}

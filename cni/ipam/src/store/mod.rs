@@ -1,0 +1,85 @@
+//! Where leases and history live. Every store applies a [`Plan`] computed from a snapshot
+//! atomically: either all of it is visible afterwards or none of it, and two writers never both
+//! commit a plan computed from the same state of an address.
+//!
+//! One conformance suite (`tests/store_conformance.rs`) runs against every implementation.
+
+pub mod etcd;
+pub mod local;
+pub mod memory;
+
+use crate::error::IpamError;
+use crate::state::{Event, Leases, Plan};
+
+/// The decision callback of a transaction: snapshot in, plan out.
+pub type Decide<'a> = dyn FnMut(&Leases) -> Result<Plan, IpamError> + 'a;
+
+/// A store of leases and history, partitioned by CNI network name.
+pub trait Store: Send + Sync {
+    /// The network's leases now.
+    fn read(&self, network: &str) -> Result<Leases, IpamError>;
+    /// Runs `decide` over a consistent snapshot and commits its plan atomically; on a concurrent
+    /// change the store may call `decide` again with a fresh snapshot. An error from `decide`
+    /// aborts without writing.
+    fn transact(&self, network: &str, decide: &mut Decide<'_>) -> Result<(), IpamError>;
+    /// The network's retained history, oldest first.
+    fn history(&self, network: &str) -> Result<Vec<Event>, IpamError>;
+    /// The networks the store holds anything for.
+    fn networks(&self) -> Result<Vec<String>, IpamError>;
+    /// Whether the store can be used now.
+    fn status(&self) -> Result<(), IpamError>;
+    /// Whether concurrent writers should start their search at random points of a pool
+    /// (optimistic stores), instead of lowest-first (stores that serialize writers).
+    fn spreads(&self) -> bool {
+        false
+    }
+}
+
+/// Network names become file names and key segments: keep them to a safe alphabet.
+pub fn check_network_name(network: &str) -> Result<(), IpamError> {
+    let ok = !network.is_empty()
+        && network.len() <= 128
+        && !network.starts_with('.')
+        && network
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(IpamError::InvalidConfig(format!(
+            "network name {network:?} must be 1-128 characters of [A-Za-z0-9._-], not starting with a dot"
+        )))
+    }
+}
+
+/// Drops events beyond the retention limits (oldest first).
+pub(crate) fn prune(events: &mut Vec<Event>, limits: &HistoryLimits, now: chrono::DateTime<chrono::Utc>) {
+    let cutoff = now - limits.max_age;
+    events.retain(|e| e.time >= cutoff);
+    if events.len() > limits.max_events {
+        let extra = events.len() - limits.max_events;
+        events.drain(..extra);
+    }
+}
+
+/// History retention.
+#[derive(Clone, Debug)]
+pub struct HistoryLimits {
+    pub max_events: usize,
+    pub max_age: chrono::Duration,
+}
+
+impl HistoryLimits {
+    pub fn from_config(h: &crate::config::HistoryConfig) -> HistoryLimits {
+        HistoryLimits {
+            max_events: h.max_events.max(1),
+            max_age: chrono::Duration::from_std(h.retention).unwrap_or(chrono::Duration::MAX),
+        }
+    }
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        HistoryLimits::from_config(&crate::config::HistoryConfig::default())
+    }
+}

@@ -1,0 +1,140 @@
+//! `CNI_ARGS`: `KEY=VALUE` pairs separated by `;`, as kubelet/containerd send them.
+
+use std::collections::BTreeMap;
+
+use crate::error::CniError;
+
+/// Parsed `CNI_ARGS`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CniArgs {
+    /// `IgnoreUnknown=1|true`: keys the plugin does not know must be ignored, not refused.
+    pub ignore_unknown: bool,
+    pub k8s_pod_namespace: Option<String>,
+    pub k8s_pod_name: Option<String>,
+    pub k8s_pod_uid: Option<String>,
+    pub k8s_pod_infra_container_id: Option<String>,
+    /// Every other key, in order of name.
+    pub other: BTreeMap<String, String>,
+}
+
+impl CniArgs {
+    /// Parses `CNI_ARGS`. An empty string is no arguments; a pair without `=` is code 4.
+    pub fn parse(s: &str) -> Result<CniArgs, CniError> {
+        let mut args = CniArgs::default();
+        for pair in s.split(';').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').ok_or_else(|| {
+                CniError::invalid_env(format!("CNI_ARGS entry {pair:?} is not KEY=VALUE"))
+                    .with_details("separate entries with ';' and give each a value")
+            })?;
+            if k.is_empty() {
+                return Err(CniError::invalid_env(format!(
+                    "CNI_ARGS entry {pair:?} has an empty key"
+                )));
+            }
+            let v = v.to_string();
+            match k {
+                "IgnoreUnknown" => {
+                    args.ignore_unknown = match v.to_ascii_lowercase().as_str() {
+                        "1" | "true" => true,
+                        "0" | "false" | "" => false,
+                        _ => {
+                            return Err(CniError::invalid_env(format!(
+                                "CNI_ARGS IgnoreUnknown={v:?} is not a boolean"
+                            ))
+                            .with_details("use 1, true, 0 or false"));
+                        }
+                    }
+                }
+                "K8S_POD_NAMESPACE" => args.k8s_pod_namespace = Some(v),
+                "K8S_POD_NAME" => args.k8s_pod_name = Some(v),
+                "K8S_POD_UID" => args.k8s_pod_uid = Some(v),
+                "K8S_POD_INFRA_CONTAINER_ID" => args.k8s_pod_infra_container_id = Some(v),
+                _ => {
+                    args.other.insert(k.to_string(), v);
+                }
+            }
+        }
+        Ok(args)
+    }
+
+    /// Refuses keys outside `known` (and the K8S_* ones) unless `IgnoreUnknown` is set.
+    pub fn check_unknown(&self, known: &[&str]) -> Result<(), CniError> {
+        if self.ignore_unknown {
+            return Ok(());
+        }
+        let unknown: Vec<&str> = self
+            .other
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !known.contains(k))
+            .collect();
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(
+                CniError::invalid_env(format!("unknown CNI_ARGS keys: {}", unknown.join(", ")))
+                    .with_details("remove them or add IgnoreUnknown=1"),
+            )
+        }
+    }
+
+    /// The pod's namespace and name, when both were sent.
+    pub fn pod(&self) -> Option<(&str, &str)> {
+        Some((
+            self.k8s_pod_namespace.as_deref()?,
+            self.k8s_pod_name.as_deref()?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    #[test]
+    fn parses_what_containerd_sends() {
+        let a = CniArgs::parse(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;\
+             K8S_POD_INFRA_CONTAINER_ID=abc123;K8S_POD_UID=u-1",
+        )
+        .unwrap();
+        assert!(a.ignore_unknown);
+        assert_eq!(a.pod(), Some(("default", "web-0")));
+        assert_eq!(a.k8s_pod_uid.as_deref(), Some("u-1"));
+        assert_eq!(a.k8s_pod_infra_container_id.as_deref(), Some("abc123"));
+        assert!(a.other.is_empty());
+        a.check_unknown(&[]).unwrap();
+    }
+
+    #[test]
+    fn empty_is_nothing_and_values_may_contain_equals() {
+        assert_eq!(CniArgs::parse("").unwrap(), CniArgs::default());
+        let a = CniArgs::parse("X=a=b;;").unwrap();
+        assert_eq!(a.other["X"], "a=b");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_unless_ignored() {
+        let a = CniArgs::parse("FOO=1;IP=10.0.0.1").unwrap();
+        let e = a.check_unknown(&["IP"]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidEnvironment);
+        assert!(e.msg.contains("FOO"), "{}", e.msg);
+        assert!(!e.msg.contains("IP"), "{}", e.msg);
+        CniArgs::parse("FOO=1;IgnoreUnknown=true")
+            .unwrap()
+            .check_unknown(&[])
+            .unwrap();
+    }
+
+    #[test]
+    fn malformed_pairs_are_code_4() {
+        for bad in ["FOO", "=x", "IgnoreUnknown=maybe"] {
+            assert_eq!(
+                CniArgs::parse(bad).unwrap_err().code,
+                ErrorCode::InvalidEnvironment,
+                "{bad}"
+            );
+        }
+    }
+}
