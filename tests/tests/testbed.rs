@@ -123,7 +123,7 @@ fn etcd_answers_health_and_keeps_a_key() {
     Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .args(["--endpoints", &endpoint, "del", &key])
-        .status()
+        .output()
         .unwrap();
 }
 
