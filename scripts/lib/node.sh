@@ -239,6 +239,7 @@ node_down() {
     dir=$(node_dir "$name")
     [ -d "$dir" ] || return 0
     cri=$BERTH_ROOT/target/debug/berth-cri
+    [ -x "$cri" ] || cri=$BERTH_ROOT/target/release/berth-cri
     if containerd_running "$name" && [ -x "$cri" ]; then
         timeout 120 "$cri" --socket "$dir/containerd.sock" teardown-all >>"$dir/teardown.log" 2>&1 ||
             log "node $name: CRI teardown reported problems (see $dir/teardown.log); cleaning by hand"
