@@ -274,7 +274,9 @@ mod tests {
 
     #[test]
     fn refuses_typos_and_bad_pools() {
-        let typo = IpamConfig::from_json(&json!({"pools": [{"name": "a", "subnet": "10.0.0.0/24", "gatway": "10.0.0.1"}]}));
+        let typo = IpamConfig::from_json(
+            &json!({"pools": [{"name": "a", "subnet": "10.0.0.0/24", "gatway": "10.0.0.1"}]}),
+        );
         assert!(matches!(typo, Err(IpamError::InvalidConfig(m)) if m.contains("gatway")));
         let overlap = IpamConfig::from_json(&json!({"pools": [
             {"name": "a", "subnet": "10.0.0.0/24"}, {"name": "b", "subnet": "10.0.0.128/25"}]}))
@@ -286,7 +288,9 @@ mod tests {
         .unwrap()
         .pools();
         assert!(matches!(dup, Err(IpamError::InvalidConfig(m)) if m.contains("twice")));
-        let none = IpamConfig::from_json(&json!({"pools": []})).unwrap().pools();
+        let none = IpamConfig::from_json(&json!({"pools": []}))
+            .unwrap()
+            .pools();
         assert!(matches!(none, Err(IpamError::InvalidConfig(m)) if m.contains("no pools")));
         let dur = IpamConfig::from_json(&json!({"hold": "ten minutes", "pools": []}));
         assert!(matches!(dur, Err(IpamError::InvalidConfig(m)) if m.contains("bad duration")));

@@ -47,9 +47,10 @@ pub enum IpamError {
     },
     /// The store holds a time later than this node's clock allows (berth code 113).
     #[error(
-        "clock skew: the store has a record from {record} but this node's clock says {now} (more than {max_secs}s behind); fix time sync (NTP) on this node"
+        "clock skew: node {writer} recorded a change at {record} but this node's clock says {now} (more than {max_secs}s apart); fix time sync (NTP) on the node whose clock is off"
     )]
     ClockSkew {
+        writer: String,
         record: chrono::DateTime<chrono::Utc>,
         now: chrono::DateTime<chrono::Utc>,
         max_secs: u64,

@@ -44,7 +44,7 @@ pub struct Engine {
     pub max_skew: chrono::Duration,
 }
 
-/// Why GC released something.
+/// A GC decision: what to write, and which allocations it releases.
 pub struct Released {
     pub plan: Plan,
     pub report: GcReport,
@@ -86,20 +86,21 @@ impl Engine {
 
         if let Some(ip) = explicit {
             let pool = candidates[0];
-            pool.check(ip).map_err(|why| IpamError::AddressUnavailable {
-                address: ip,
-                reason: match why {
-                    Unusable::OutsideSubnet => format!(
-                        "it is outside pool {:?} ({}); pick an address of that pool",
-                        pool.name, pool.subnet
-                    ),
-                    Unusable::OutsideRanges => format!(
-                        "it is outside the ranges of pool {:?}; pick an address inside them",
-                        pool.name
-                    ),
-                    Unusable::Reserved(r) => r.to_string(),
-                },
-            })?;
+            pool.check(ip)
+                .map_err(|why| IpamError::AddressUnavailable {
+                    address: ip,
+                    reason: match why {
+                        Unusable::OutsideSubnet => format!(
+                            "it is outside pool {:?} ({}); pick an address of that pool",
+                            pool.name, pool.subnet
+                        ),
+                        Unusable::OutsideRanges => format!(
+                            "it is outside the ranges of pool {:?}; pick an address inside them",
+                            pool.name
+                        ),
+                        Unusable::Reserved(r) => r.to_string(),
+                    },
+                })?;
             if let Some(l) = leases.get(&ip) {
                 self.may_take(l, sticky.as_ref(), now)?;
             }
@@ -152,7 +153,12 @@ impl Engine {
     }
 
     /// Whether a request stuck to `sticky` may take the address of lease `l`.
-    fn may_take(&self, l: &Lease, sticky: Option<&Sticky>, now: DateTime<Utc>) -> Result<(), IpamError> {
+    fn may_take(
+        &self,
+        l: &Lease,
+        sticky: Option<&Sticky>,
+        now: DateTime<Utc>,
+    ) -> Result<(), IpamError> {
         let unavailable = |reason: String| IpamError::AddressUnavailable {
             address: l.ip,
             reason,
@@ -189,7 +195,12 @@ impl Engine {
         if let Some(prev) = previous {
             let ours = matches!((&prev.sticky, &sticky), (Some(a), Some(b)) if a.matches(b));
             if !ours {
-                plan.events.push(self.event(EventKind::Expire, prev, now, Some("taken over after its hold ran out".into())));
+                plan.events.push(self.event(
+                    EventKind::Expire,
+                    prev,
+                    now,
+                    Some("taken over after its hold ran out".into()),
+                ));
             }
         }
         let lease = Lease {
@@ -243,7 +254,11 @@ impl Engine {
                 ..l.clone()
             });
         } else {
-            let kind = if gc { EventKind::Gc } else { EventKind::Release };
+            let kind = if gc {
+                EventKind::Gc
+            } else {
+                EventKind::Release
+            };
             plan.events
                 .push(self.event(kind, l, now, Some("freed".into())));
             plan.deletes.push(l.ip);
@@ -252,7 +267,12 @@ impl Engine {
 
     /// Decides a GC: attachments for which `keep` is false are released; expired holds and
     /// timed reservations are removed.
-    pub fn gc(&self, leases: &Leases, keep: &dyn Fn(&str, &str) -> bool, now: DateTime<Utc>) -> Released {
+    pub fn gc(
+        &self,
+        leases: &Leases,
+        keep: &dyn Fn(&str, &str) -> bool,
+        now: DateTime<Utc>,
+    ) -> Released {
         let mut plan = Plan::default();
         let mut report = GcReport::default();
         for l in leases.values() {
@@ -263,7 +283,8 @@ impl Engine {
                 }
                 Some(_) => {}
                 None if l.expired(now) => {
-                    plan.events.push(self.event(EventKind::Expire, l, now, None));
+                    plan.events
+                        .push(self.event(EventKind::Expire, l, now, None));
                     plan.deletes.push(l.ip);
                 }
                 None => {}
@@ -282,17 +303,21 @@ impl Engine {
         note: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<Plan, IpamError> {
-        let pool = self.pools.covering(ip).ok_or_else(|| IpamError::AddressUnavailable {
-            address: ip,
-            reason: "it is outside every configured pool".into(),
-        })?;
-        pool.check(ip).map_err(|why| IpamError::AddressUnavailable {
-            address: ip,
-            reason: match why {
-                Unusable::Reserved(r) => r.to_string(),
-                _ => "it is outside the pool's ranges".into(),
-            },
-        })?;
+        let pool = self
+            .pools
+            .covering(ip)
+            .ok_or_else(|| IpamError::AddressUnavailable {
+                address: ip,
+                reason: "it is outside every configured pool".into(),
+            })?;
+        pool.check(ip)
+            .map_err(|why| IpamError::AddressUnavailable {
+                address: ip,
+                reason: match why {
+                    Unusable::Reserved(r) => r.to_string(),
+                    _ => "it is outside the pool's ranges".into(),
+                },
+            })?;
         if let Some(l) = leases.get(&ip) {
             self.may_take(l, sticky.as_ref(), now)?;
         }
@@ -318,11 +343,14 @@ impl Engine {
         let mut plan = Plan::default();
         if let Some(l) = leases.get(&ip) {
             let was = match &l.state {
-                LeaseState::Allocated { container_id, .. } => format!("was allocated to sandbox {container_id}"),
+                LeaseState::Allocated { container_id, .. } => {
+                    format!("was allocated to sandbox {container_id}")
+                }
                 LeaseState::Held { .. } => "was held".to_string(),
                 LeaseState::Reserved { .. } => "was reserved".to_string(),
             };
-            plan.events.push(self.event(EventKind::Free, l, now, Some(was)));
+            plan.events
+                .push(self.event(EventKind::Free, l, now, Some(was)));
             plan.deletes.push(ip);
         }
         plan
@@ -341,11 +369,12 @@ impl Engine {
 
     /// Refuses to decide when the store holds times from this node's future.
     pub fn check_skew(&self, leases: &Leases, now: DateTime<Utc>) -> Result<(), IpamError> {
-        if let Some(latest) = leases.values().map(|l| l.since).max()
-            && latest > now + self.max_skew
+        if let Some(latest) = leases.values().max_by_key(|l| l.since)
+            && latest.since > now + self.max_skew
         {
             return Err(IpamError::ClockSkew {
-                record: latest,
+                writer: latest.node.clone(),
+                record: latest.since,
                 now,
                 max_secs: self.max_skew.num_seconds().max(0) as u64,
             });
@@ -370,7 +399,8 @@ impl Engine {
                     return Err(IpamError::InvalidAnnotation {
                         key: ANN_STICKY.into(),
                         value: key.into(),
-                        reason: "use true, false, or an app key of [A-Za-z0-9._-] (at most 253)".into(),
+                        reason: "use true, false, or an app key of [A-Za-z0-9._-] (at most 253)"
+                            .into(),
                     });
                 }
                 format!("app:{key}")
@@ -383,7 +413,11 @@ impl Engine {
         }))
     }
 
-    fn candidates(&self, req: &AllocateRequest, explicit: Option<IpAddr>) -> Result<Vec<&Pool>, IpamError> {
+    fn candidates(
+        &self,
+        req: &AllocateRequest,
+        explicit: Option<IpAddr>,
+    ) -> Result<Vec<&Pool>, IpamError> {
         let rack = self.node.rack.as_deref();
         let named = |name: &str| -> Result<Vec<&Pool>, IpamError> {
             let p = self
@@ -479,7 +513,13 @@ impl Engine {
             .join(", ")
     }
 
-    fn event(&self, kind: EventKind, l: &Lease, now: DateTime<Utc>, detail: Option<String>) -> Event {
+    fn event(
+        &self,
+        kind: EventKind,
+        l: &Lease,
+        now: DateTime<Utc>,
+        detail: Option<String>,
+    ) -> Event {
         let (container_id, ifname) = match l.attachment() {
             Some((c, i)) => (Some(c.to_string()), Some(i.to_string())),
             None => (None, l.sticky.as_ref().and_then(|s| s.ifname.clone())),
@@ -502,7 +542,8 @@ impl Engine {
 
 /// Rack-specific pools first, then the pools without racks, each in config order.
 fn rack_first<'a>(pools: impl Iterator<Item = &'a Pool>) -> Vec<&'a Pool> {
-    let (mut specific, generic): (Vec<&Pool>, Vec<&Pool>) = pools.partition(|p| !p.racks.is_empty());
+    let (mut specific, generic): (Vec<&Pool>, Vec<&Pool>) =
+        pools.partition(|p| !p.racks.is_empty());
     specific.extend(generic);
     specific
 }
@@ -549,11 +590,14 @@ pub fn annotation_for(req: &AllocateRequest, key: &str) -> Result<Option<String>
     }
     let mut per_if = BTreeMap::new();
     for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let (ifname, value) = entry.split_once('=').ok_or_else(|| IpamError::InvalidAnnotation {
-            key: key.into(),
-            value: raw.into(),
-            reason: format!("entry {entry:?} is not ifname=value"),
-        })?;
+        let (ifname, value) =
+            entry
+                .split_once('=')
+                .ok_or_else(|| IpamError::InvalidAnnotation {
+                    key: key.into(),
+                    value: raw.into(),
+                    reason: format!("entry {entry:?} is not ifname=value"),
+                })?;
         if per_if.insert(ifname.trim(), value.trim()).is_some() {
             return Err(IpamError::InvalidAnnotation {
                 key: key.into(),
@@ -567,3 +611,7 @@ pub fn annotation_for(req: &AllocateRequest, key: &str) -> Result<Option<String>
         .filter(|v| !v.is_empty())
         .map(|v| v.to_string()))
 }
+
+#[cfg(test)]
+#[path = "logic_tests.rs"]
+mod tests;

@@ -32,11 +32,7 @@ impl NodeInfo {
             .unwrap_or(Path::new(DEFAULT_NODE_CONFIG));
         let file = match std::fs::read_to_string(path) {
             Ok(text) => toml::from_str::<NodeFile>(&text).map_err(|e| {
-                IpamError::InvalidConfig(format!(
-                    "node config {}: {}",
-                    path.display(),
-                    e.message()
-                ))
+                IpamError::InvalidConfig(format!("node config {}: {}", path.display(), e.message()))
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && config.node_config.is_none() => {
                 NodeFile {
@@ -83,7 +79,10 @@ mod tests {
         let mut cfg = IpamConfig::from_json(&json!({"nodeConfig": path, "pools": []})).unwrap();
         assert_eq!(
             NodeInfo::load(&cfg).unwrap(),
-            NodeInfo { node: "n7".into(), rack: Some("r12".into()) }
+            NodeInfo {
+                node: "n7".into(),
+                rack: Some("r12".into())
+            }
         );
         cfg.rack = Some("r13".into());
         assert_eq!(NodeInfo::load(&cfg).unwrap().rack.as_deref(), Some("r13"));
@@ -99,7 +98,12 @@ mod tests {
             Err(IpamError::InvalidConfig(m)) => assert!(m.contains("node.toml"), "{m}"),
             other => panic!("expected InvalidConfig, got {other:?}"),
         }
-        let missing = IpamConfig::from_json(&json!({"nodeConfig": dir.path().join("nope.toml"), "pools": []})).unwrap();
-        assert!(matches!(NodeInfo::load(&missing), Err(IpamError::Io { path, .. }) if path.ends_with("nope.toml")));
+        let missing = IpamConfig::from_json(
+            &json!({"nodeConfig": dir.path().join("nope.toml"), "pools": []}),
+        )
+        .unwrap();
+        assert!(
+            matches!(NodeInfo::load(&missing), Err(IpamError::Io { path, .. }) if path.ends_with("nope.toml"))
+        );
     }
 }

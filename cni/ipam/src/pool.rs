@@ -72,7 +72,10 @@ impl Pool {
                 )));
             }
             if s > e {
-                return Err(bad(format!("range start {} is after end {}", r.start, r.end)));
+                return Err(bad(format!(
+                    "range start {} is after end {}",
+                    r.start, r.end
+                )));
             }
             ranges.push((s, e));
         }
@@ -109,7 +112,10 @@ impl Pool {
         }
         for r in &pc.routes {
             if r.dst.trunc() != r.dst {
-                return Err(bad(format!("route destination {} has host bits set", r.dst)));
+                return Err(bad(format!(
+                    "route destination {} has host bits set",
+                    r.dst
+                )));
             }
         }
         Ok(Pool {
@@ -378,12 +384,29 @@ mod tests {
         );
         assert_eq!(
             all(&p),
-            ["10.0.0.2", "10.0.0.3", "10.0.0.5", "10.0.0.6", "10.0.0.7", "10.0.0.12", "10.0.0.14"]
+            [
+                "10.0.0.2",
+                "10.0.0.3",
+                "10.0.0.5",
+                "10.0.0.6",
+                "10.0.0.7",
+                "10.0.0.12",
+                "10.0.0.14"
+            ]
         );
         assert_eq!(p.capacity(), 7);
-        assert_eq!(p.check("10.0.0.1".parse().unwrap()), Err(Unusable::Reserved("it is the pool's gateway")));
-        assert_eq!(p.check("10.0.0.9".parse().unwrap()), Err(Unusable::Reserved("it is excluded by the pool's config")));
-        assert_eq!(p.check("10.0.1.9".parse().unwrap()), Err(Unusable::OutsideSubnet));
+        assert_eq!(
+            p.check("10.0.0.1".parse().unwrap()),
+            Err(Unusable::Reserved("it is the pool's gateway"))
+        );
+        assert_eq!(
+            p.check("10.0.0.9".parse().unwrap()),
+            Err(Unusable::Reserved("it is excluded by the pool's config"))
+        );
+        assert_eq!(
+            p.check("10.0.1.9".parse().unwrap()),
+            Err(Unusable::OutsideSubnet)
+        );
     }
 
     #[test]
@@ -395,10 +418,15 @@ mod tests {
             &["10.0.0.11"],
         );
         assert_eq!(all(&p), ["10.0.0.10", "10.0.0.200", "10.0.0.201"]);
-        assert_eq!(p.check("10.0.0.12".parse().unwrap()), Err(Unusable::OutsideRanges));
+        assert_eq!(
+            p.check("10.0.0.12".parse().unwrap()),
+            Err(Unusable::OutsideRanges)
+        );
         let second = p.find_free(1, &|_| false).unwrap();
         assert_eq!(second.to_string(), "10.0.0.200");
-        let wrapped = p.find_free(2, &|ip| ip.to_string() == "10.0.0.201").unwrap();
+        let wrapped = p
+            .find_free(2, &|ip| ip.to_string() == "10.0.0.201")
+            .unwrap();
         assert_eq!(wrapped.to_string(), "10.0.0.10");
         assert_eq!(p.find_free(5, &|_| true), None);
     }
@@ -419,7 +447,10 @@ mod tests {
             Pool::from_config(&PoolConfig {
                 name: "p".into(),
                 subnet: subnet.parse().unwrap(),
-                ranges: vec![RangeConfig { start: start.parse().unwrap(), end: end.parse().unwrap() }],
+                ranges: vec![RangeConfig {
+                    start: start.parse().unwrap(),
+                    end: end.parse().unwrap(),
+                }],
                 gateway: gw.map(|g| g.parse().unwrap()),
                 exclude: vec![],
                 routes: vec![],

@@ -169,6 +169,23 @@ impl Plan {
         self.puts.is_empty() && self.deletes.is_empty() && self.events.is_empty()
     }
 
+    /// Keeps the first `n` lease changes (and their events), for stores that bound the size of
+    /// one transaction; only for plans whose changes are independent (GC). Returns whether
+    /// anything was cut.
+    pub fn truncate_changes(&mut self, n: usize) -> bool {
+        let mut keep = std::collections::BTreeSet::new();
+        for ip in self.deletes.iter().chain(self.puts.iter().map(|l| &l.ip)) {
+            if keep.len() < n {
+                keep.insert(*ip);
+            }
+        }
+        let before = self.puts.len() + self.deletes.len();
+        self.puts.retain(|l| keep.contains(&l.ip));
+        self.deletes.retain(|ip| keep.contains(ip));
+        self.events.retain(|e| keep.contains(&e.ip));
+        self.puts.len() + self.deletes.len() < before
+    }
+
     /// Applies the plan to a snapshot (what every store does inside its transaction).
     pub fn apply(&self, leases: &mut Leases) {
         for ip in &self.deletes {
@@ -198,8 +215,7 @@ impl HistoryQuery {
                 e.pod
                     .as_ref()
                     .is_some_and(|p| &p.namespace == ns && &p.name == name)
-                    || e
-                        .sticky
+                    || e.sticky
                         .as_ref()
                         .is_some_and(|s| &s.namespace == ns && &s.name == name)
             })

@@ -2,8 +2,10 @@
 //!
 //! Layout under the configured directory, per network `<net>`:
 //! - `<net>.lock`: never replaced; every transaction holds `flock(LOCK_EX)` on it;
-//! - `<net>.json`: the leases, written as `.<net>.json.tmp` + fsync + rename + fsync(dir), so
-//!   a `kill -9` (or power loss) at any point leaves the old or the new file, never a mix;
+//! - `<net>.json`: the leases, written as `.<net>.json.tmp` + rename under the lock, then
+//!   fdatasync + fsync(dir) after the lock is released and before the caller answers, so a
+//!   `kill -9` at any point leaves the old or the new file, never a mix, and an acknowledged
+//!   change is on disk;
 //! - `<net>.history.jsonl`: events, one JSON line each, appended after the state is renamed,
 //!   compacted (write-temp + rename) when it grows past the retention limits.
 //!
@@ -12,7 +14,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -131,7 +133,9 @@ impl LocalStore {
         Ok(leases)
     }
 
-    fn save(&self, network: &str, leases: &Leases) -> Result<(), IpamError> {
+    /// Writes the new state to a temp file and renames it over the state file; returns the
+    /// written file so the caller can make it durable after releasing the lock.
+    fn save(&self, network: &str, leases: &Leases) -> Result<File, IpamError> {
         let path = self.state_path(network);
         let tmp = self.dir.join(format!(".{network}.json.tmp"));
         let file = StateFile {
@@ -139,7 +143,7 @@ impl LocalStore {
             leases: leases.values().cloned().collect(),
         };
         let bytes = serde_json::to_vec(&file).expect("leases always serialize");
-        write_atomic(&self.dir, &tmp, &path, &bytes)
+        write_replace(&tmp, &path, &bytes)
     }
 
     fn append_history(&self, network: &str, events: &[Event]) -> Result<(), IpamError> {
@@ -158,15 +162,24 @@ impl LocalStore {
         }
         let mut f = OpenOptions::new()
             .create(true)
-            .append(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
             .mode(0o600)
             .open(&path)
             .map_err(io)?;
-        // One write: a line is never interleaved with another writer's (we hold the lock anyway).
+        // A writer killed mid-append leaves a torn last line that was never acknowledged: cut
+        // it off so the next line does not glue onto it (we hold the lock: nobody is writing).
+        let end = complete_len(&mut f).map_err(io)?;
+        f.set_len(end).map_err(io)?;
+        f.seek(SeekFrom::Start(end)).map_err(io)?;
         f.write_all(&buf).map_err(io)?;
-        let len = f.metadata().map_err(io)?.len();
+        let len = end + buf.len() as u64;
         if len > 2 * EVENT_BYTES * self.limits.max_events as u64 {
-            let now = events.last().map(|e| e.time).unwrap_or_else(chrono::Utc::now);
+            let now = events
+                .last()
+                .map(|e| e.time)
+                .unwrap_or_else(chrono::Utc::now);
             // A corrupt history is left for the operator to look at, never rewritten.
             if let Ok(mut all) = self.read_history(network) {
                 prune(&mut all, &self.limits, now);
@@ -209,8 +222,26 @@ impl LocalStore {
     }
 }
 
-/// Writes `bytes` to `tmp`, fsyncs, renames over `path`, fsyncs the directory.
-fn write_atomic(dir: &Path, tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), IpamError> {
+/// The length of the file up to and including its last newline (its complete lines).
+fn complete_len(f: &mut File) -> std::io::Result<u64> {
+    let len = f.metadata()?.len();
+    let mut pos = len;
+    let mut chunk = vec![0u8; 4096];
+    while pos > 0 {
+        let n = chunk.len().min(pos as usize);
+        pos -= n as u64;
+        f.seek(SeekFrom::Start(pos))?;
+        f.read_exact(&mut chunk[..n])?;
+        if let Some(i) = chunk[..n].iter().rposition(|b| *b == b'\n') {
+            return Ok(pos + i as u64 + 1);
+        }
+    }
+    Ok(0)
+}
+
+/// Writes `bytes` to `tmp` and renames it over `path` (atomic: readers and the next writer
+/// see the old or the new file, also after a `kill -9` at any point). Not yet durable.
+fn write_replace(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<File, IpamError> {
     let io_tmp = |source| IpamError::Io {
         path: tmp.to_path_buf(),
         source,
@@ -223,9 +254,16 @@ fn write_atomic(dir: &Path, tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(),
         .open(tmp)
         .map_err(io_tmp)?;
     f.write_all(bytes).map_err(io_tmp)?;
-    f.sync_data().map_err(io_tmp)?;
-    drop(f);
     std::fs::rename(tmp, path).map_err(|source| IpamError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(f)
+}
+
+/// Makes a replaced file durable: its data, then the directory entry.
+fn make_durable(f: &File, path: &Path, dir: &Path) -> Result<(), IpamError> {
+    f.sync_data().map_err(|source| IpamError::Io {
         path: path.to_path_buf(),
         source,
     })?;
@@ -237,6 +275,12 @@ fn write_atomic(dir: &Path, tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(),
         })
 }
 
+/// Writes, fsyncs, renames and fsyncs the directory (for rare rewrites such as compaction).
+fn write_atomic(dir: &Path, tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), IpamError> {
+    let f = write_replace(tmp, path, bytes)?;
+    make_durable(&f, path, dir)
+}
+
 impl Store for LocalStore {
     fn read(&self, network: &str) -> Result<Leases, IpamError> {
         check_network_name(network)?;
@@ -245,18 +289,29 @@ impl Store for LocalStore {
 
     fn transact(&self, network: &str, decide: &mut super::Decide<'_>) -> Result<(), IpamError> {
         check_network_name(network)?;
-        let _lock = self.lock(network)?;
+        let lock = self.lock(network)?;
         let mut leases = self.load(network)?;
         let plan = decide(&leases)?;
         if plan.is_empty() {
             return Ok(());
         }
+        let mut written = None;
         if !plan.puts.is_empty() || !plan.deletes.is_empty() {
             plan.apply(&mut leases);
-            self.save(network, &leases)?;
+            written = Some(self.save(network, &leases)?);
         }
-        // The state is committed; history follows under the same lock.
-        self.append_history(network, &plan.events)
+        // The state is committed (renamed); history follows under the same lock.
+        self.append_history(network, &plan.events)?;
+        drop(lock);
+        // Durability outside the lock, before the caller answers: concurrent writers' fsyncs
+        // then share journal commits instead of queueing behind each other. The next writer
+        // already sees this state (the rename is done); a later writer's rename over this file
+        // is ordered after its own data by the filesystem's replace-via-rename rule (ext4's
+        // default `auto_da_alloc`), and it syncs before answering too.
+        if let Some(f) = written {
+            make_durable(&f, &self.state_path(network), &self.dir)?;
+        }
+        Ok(())
     }
 
     fn history(&self, network: &str) -> Result<Vec<Event>, IpamError> {

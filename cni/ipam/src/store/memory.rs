@@ -30,7 +30,9 @@ impl MemoryStore {
     }
     fn up(&self) -> Result<(), IpamError> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            Err(IpamError::Unavailable("memory store is switched off".into()))
+            Err(IpamError::Unavailable(
+                "memory store is switched off".into(),
+            ))
         } else {
             Ok(())
         }

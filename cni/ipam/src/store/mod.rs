@@ -53,7 +53,11 @@ pub fn check_network_name(network: &str) -> Result<(), IpamError> {
 }
 
 /// Drops events beyond the retention limits (oldest first).
-pub(crate) fn prune(events: &mut Vec<Event>, limits: &HistoryLimits, now: chrono::DateTime<chrono::Utc>) {
+pub(crate) fn prune(
+    events: &mut Vec<Event>,
+    limits: &HistoryLimits,
+    now: chrono::DateTime<chrono::Utc>,
+) {
     let cutoff = now - limits.max_age;
     events.retain(|e| e.time >= cutoff);
     if events.len() > limits.max_events {

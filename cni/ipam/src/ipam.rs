@@ -1,0 +1,283 @@
+//! [`Ipam`]: the state machine ([`Engine`]) on a [`Store`] with a [`Clock`] — the
+//! [`Allocator`] berth-cni and berth-ipam use, plus the admin calls behind `berthctl ipam`.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+
+use crate::allocator::{AllocateRequest, Allocation, Allocator, Attachment, GcReport};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{IpamConfig, StoreConfig};
+use crate::error::IpamError;
+use crate::logic::Engine;
+use crate::node::NodeInfo;
+use crate::state::{Event, HistoryQuery, Lease, Sticky};
+use crate::store::etcd::EtcdStore;
+use crate::store::local::LocalStore;
+use crate::store::memory::MemoryStore;
+use crate::store::{HistoryLimits, Store};
+
+/// Lease changes per GC transaction.
+const GC_BATCH: usize = 25;
+
+/// Opens the allocator a network config's `ipam` object describes (store, node, pools).
+pub fn open(config: &IpamConfig) -> Result<Box<dyn Allocator>, IpamError> {
+    Ok(Box::new(Ipam::open(config)?))
+}
+
+/// The store a config names.
+pub fn open_store(config: &IpamConfig) -> Result<Arc<dyn Store>, IpamError> {
+    let limits = HistoryLimits::from_config(&config.history);
+    Ok(match &config.store {
+        StoreConfig::Local { dir } => Arc::new(LocalStore::new(dir.clone(), limits)),
+        StoreConfig::Etcd {
+            endpoints,
+            prefix,
+            timeout,
+        } => Arc::new(EtcdStore::connect(endpoints, prefix, *timeout, limits)?),
+    })
+}
+
+/// An operator reservation (`berthctl ipam reserve`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reservation {
+    /// Reserve for this pod (namespace, name); `None`: for nobody (blocked).
+    pub pod: Option<(String, String)>,
+    /// Only for this interface of the pod.
+    pub ifname: Option<String>,
+    pub until: Option<DateTime<Utc>>,
+    pub note: Option<String>,
+}
+
+/// Fixed-IP IPAM over one store.
+pub struct Ipam {
+    engine: Engine,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Ipam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ipam")
+            .field("engine", &self.engine)
+            .finish()
+    }
+}
+
+impl Ipam {
+    /// From config: node info from the node config, the store the config names, system clock.
+    pub fn open(config: &IpamConfig) -> Result<Ipam, IpamError> {
+        let node = NodeInfo::load(config)?;
+        let store = open_store(config)?;
+        Ipam::new(config, node, store, Arc::new(SystemClock))
+    }
+
+    /// With every seam passed in (tests, the agent).
+    pub fn new(
+        config: &IpamConfig,
+        node: NodeInfo,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Ipam, IpamError> {
+        let dur = |d: std::time::Duration, what: &str| {
+            chrono::Duration::from_std(d)
+                .map_err(|_| IpamError::InvalidConfig(format!("{what} is too long")))
+        };
+        Ok(Ipam {
+            engine: Engine {
+                pools: config.pools()?,
+                node,
+                hold: dur(config.hold, "hold")?,
+                sticky_default: config.sticky,
+                max_skew: dur(config.max_clock_skew, "maxClockSkew")?,
+            },
+            store,
+            clock,
+        })
+    }
+
+    /// An in-memory IPAM for tests of code built on it.
+    pub fn in_memory(
+        config: &IpamConfig,
+        node: NodeInfo,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Ipam, IpamError> {
+        let store = Arc::new(MemoryStore::new(HistoryLimits::from_config(
+            &config.history,
+        )));
+        Ipam::new(config, node, store, clock)
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn start(&self) -> u128 {
+        if self.store.spreads() {
+            rand::rng().random::<u64>() as u128
+        } else {
+            0
+        }
+    }
+
+    /// Every lease of a network (`berthctl ipam list`).
+    pub fn list(&self, network: &str) -> Result<Vec<Lease>, IpamError> {
+        Ok(self.store.read(network)?.into_values().collect())
+    }
+
+    /// The lease of one address (`berthctl ipam show`).
+    pub fn show(&self, network: &str, ip: IpAddr) -> Result<Option<Lease>, IpamError> {
+        Ok(self.store.read(network)?.remove(&ip))
+    }
+
+    /// The networks the store knows.
+    pub fn networks(&self) -> Result<Vec<String>, IpamError> {
+        self.store.networks()
+    }
+
+    /// History of an address, a pod or a sandbox, oldest first (`berthctl ipam history`).
+    pub fn history(&self, network: &str, query: &HistoryQuery) -> Result<Vec<Event>, IpamError> {
+        let mut events: Vec<Event> = self
+            .store
+            .history(network)?
+            .into_iter()
+            .filter(|e| query.matches(e))
+            .collect();
+        if let Some(limit) = query.limit
+            && events.len() > limit
+        {
+            events.drain(..events.len() - limit);
+        }
+        Ok(events)
+    }
+
+    /// Reserves an address for a pod or for nobody (`berthctl ipam reserve`).
+    pub fn reserve(&self, network: &str, ip: IpAddr, r: &Reservation) -> Result<Lease, IpamError> {
+        let now = self.clock.now();
+        let sticky = r.pod.as_ref().map(|(ns, name)| Sticky {
+            namespace: ns.clone(),
+            name: name.clone(),
+            ifname: r.ifname.clone(),
+        });
+        let mut out = None;
+        self.store.transact(network, &mut |leases| {
+            self.engine.check_skew(leases, now)?;
+            let plan =
+                self.engine
+                    .reserve(leases, ip, sticky.clone(), r.until, r.note.clone(), now)?;
+            out = plan.puts.first().cloned();
+            Ok(plan)
+        })?;
+        Ok(out.expect("a reservation plan puts its lease"))
+    }
+
+    /// Frees an address whatever it is doing (`berthctl ipam release`); returns what it was.
+    pub fn release_ip(&self, network: &str, ip: IpAddr) -> Result<Option<Lease>, IpamError> {
+        let now = self.clock.now();
+        let mut was = None;
+        self.store.transact(network, &mut |leases| {
+            was = leases.get(&ip).cloned();
+            Ok(self.engine.free(leases, ip, now))
+        })?;
+        Ok(was)
+    }
+
+    /// Reconciles a network with the sandboxes the runtime still has (the agent's periodic
+    /// GC): allocations of other sandboxes are released; expired holds are dropped.
+    pub fn reconcile(
+        &self,
+        network: &str,
+        live_sandboxes: &[String],
+    ) -> Result<GcReport, IpamError> {
+        let live: HashSet<&str> = live_sandboxes.iter().map(String::as_str).collect();
+        self.gc_with(network, &|c, _| live.contains(c))
+    }
+
+    fn gc_with(
+        &self,
+        network: &str,
+        keep: &dyn Fn(&str, &str) -> bool,
+    ) -> Result<GcReport, IpamError> {
+        let now = self.clock.now();
+        let mut report = GcReport::default();
+        // Bounded batches: etcd refuses transactions over 128 operations. Each release is
+        // independent, so a GC may commit in several steps; it loops until nothing is left.
+        loop {
+            let mut cut = false;
+            let mut released = Vec::new();
+            self.store.transact(network, &mut |leases| {
+                self.engine.check_skew(leases, now)?;
+                let mut r = self.engine.gc(leases, keep, now);
+                cut = r.plan.truncate_changes(GC_BATCH);
+                let kept: HashSet<IpAddr> = r
+                    .plan
+                    .puts
+                    .iter()
+                    .map(|l| l.ip)
+                    .chain(r.plan.deletes.iter().copied())
+                    .collect();
+                released = r
+                    .report
+                    .released
+                    .into_iter()
+                    .filter(|ip| kept.contains(ip))
+                    .collect();
+                Ok(r.plan)
+            })?;
+            report.released.extend(released);
+            if !cut {
+                return Ok(report);
+            }
+        }
+    }
+}
+
+impl Allocator for Ipam {
+    fn allocate(&self, request: &AllocateRequest) -> Result<Allocation, IpamError> {
+        let now = self.clock.now();
+        let start = self.start();
+        let mut out = None;
+        self.store.transact(&request.network, &mut |leases| {
+            let (plan, alloc) = self.engine.allocate(leases, request, now, start)?;
+            out = Some(alloc);
+            Ok(plan)
+        })?;
+        Ok(out.expect("allocate decided"))
+    }
+
+    fn release(&self, network: &str, container_id: &str, ifname: &str) -> Result<(), IpamError> {
+        let now = self.clock.now();
+        self.store.transact(network, &mut |leases| {
+            Ok(self.engine.release(leases, container_id, ifname, now))
+        })
+    }
+
+    fn lookup(
+        &self,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<Allocation>, IpamError> {
+        let leases = self.store.read(network)?;
+        leases
+            .values()
+            .find(|l| l.attachment() == Some((container_id, ifname)))
+            .map(|l| self.engine.allocation_of(l))
+            .transpose()
+    }
+
+    fn gc(&self, network: &str, valid: &[Attachment]) -> Result<GcReport, IpamError> {
+        let valid: HashSet<(&str, &str)> = valid
+            .iter()
+            .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+            .collect();
+        self.gc_with(network, &|c, i| valid.contains(&(c, i)))
+    }
+
+    fn status(&self) -> Result<(), IpamError> {
+        self.store.status()
+    }
+}

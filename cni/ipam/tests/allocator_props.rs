@@ -1,0 +1,166 @@
+//! Property test of the allocator state machine: random sequences of ADD/DEL/GC/time steps
+//! (with sticky pods, explicit addresses and a tiny pool so exhaustion and holds happen), with
+//! the invariants checked after every step against a model of what was handed out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use berth_ipam_core::store::HistoryLimits;
+use berth_ipam_core::store::memory::MemoryStore;
+use berth_ipam_core::{
+    AllocateRequest, Allocator, Attachment, Ipam, IpamConfig, IpamError, LeaseState, ManualClock,
+    NodeInfo, PodIdentity,
+};
+use chrono::TimeZone;
+use proptest::prelude::*;
+use serde_json::json;
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// sandbox index, pod index (None: no pod identity), explicit address offset.
+    Add {
+        sandbox: u8,
+        pod: Option<u8>,
+        explicit: Option<u8>,
+    },
+    Del {
+        sandbox: u8,
+    },
+    Gc {
+        keep_mask: u16,
+    },
+    Advance {
+        minutes: u8,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..12, proptest::option::of(0u8..6), proptest::option::weighted(0.2, 0u8..16))
+            .prop_map(|(sandbox, pod, explicit)| Op::Add { sandbox, pod, explicit }),
+        3 => (0u8..12).prop_map(|sandbox| Op::Del { sandbox }),
+        1 => any::<u16>().prop_map(|keep_mask| Op::Gc { keep_mask }),
+        1 => (0u8..15).prop_map(|minutes| Op::Advance { minutes }),
+    ]
+}
+
+fn config() -> IpamConfig {
+    IpamConfig::from_json(&json!({
+        "hold": "10m",
+        "pools": [{"name": "p", "subnet": "10.60.0.0/28", "gateway": "10.60.0.1", "exclude": ["10.60.0.7"]}]
+    }))
+    .unwrap()
+}
+
+/// The sandbox that each pod index uses (a pod re-created gets another sandbox index).
+fn pod_of(pod: u8) -> PodIdentity {
+    PodIdentity {
+        namespace: "ns".into(),
+        name: format!("pod-{pod}"),
+        uid: None,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn allocator_state_machine_keeps_its_invariants(ops in proptest::collection::vec(op(), 1..60)) {
+        let clock = Arc::new(ManualClock::new(chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()));
+        let store = Arc::new(MemoryStore::new(HistoryLimits::default()));
+        let ipam = Ipam::new(&config(), NodeInfo { node: "n".into(), rack: None }, store, clock.clone()).unwrap();
+        let pool = config().pools().unwrap().get("p").unwrap().clone();
+        // Model: live attachment (sandbox) -> (address, pod).
+        let mut live: BTreeMap<u8, (IpAddr, Option<u8>)> = BTreeMap::new();
+        for op in ops {
+            let before = ipam.list("net").unwrap();
+            match op {
+                Op::Add { sandbox, pod, explicit } => {
+                    let mut annotations = BTreeMap::new();
+                    let explicit_ip: Option<IpAddr> = explicit.map(|o| format!("10.60.0.{o}").parse().unwrap());
+                    if let Some(ip) = explicit_ip {
+                        annotations.insert("berth.io/ip".to_string(), ip.to_string());
+                    }
+                    // A sandbox index keeps one pod: re-using it for another pod is not a thing.
+                    let pod = live.get(&sandbox).map(|(_, p)| *p).unwrap_or(pod);
+                    let req = AllocateRequest {
+                        network: "net".into(),
+                        container_id: format!("sb-{sandbox}"),
+                        ifname: "eth0".into(),
+                        pod: pod.map(pod_of),
+                        annotations,
+                        pool: None,
+                    };
+                    match ipam.allocate(&req) {
+                        Ok(a) => {
+                            let ip = a.address.addr();
+                            prop_assert!(pool.check(ip).is_ok(), "{ip} is usable");
+                            if let Some((prev, _)) = live.get(&sandbox) {
+                                prop_assert_eq!(*prev, ip, "ADD is idempotent per attachment");
+                            } else {
+                                if let Some(e) = explicit_ip { prop_assert_eq!(ip, e); }
+                                // Nobody else held it (unexpired) for another pod.
+                                if let Some(l) = before.iter().find(|l| l.ip == ip) {
+                                    let other = l.sticky.as_ref().map(|s| s.name.clone()) != pod.map(|p| format!("pod-{p}"));
+                                    prop_assert!(l.expired(clock_now(&clock)) || !other,
+                                        "{ip} was taken from {:?} while not expired", l);
+                                    let was_allocated = matches!(l.state, LeaseState::Allocated { .. });
+                                    prop_assert!(!was_allocated, "{ip} was allocated already");
+                                }
+                                // Stickiness: a pod with a held address in the pool gets it back.
+                                if let (Some(p), None) = (pod, explicit_ip) {
+                                    let held = before.iter().find(|l| l.sticky.as_ref().is_some_and(|s| s.name == format!("pod-{p}"))
+                                        && matches!(l.state, LeaseState::Held { .. }));
+                                    if let Some(h) = held { prop_assert_eq!(h.ip, ip, "sticky address returned"); }
+                                }
+                                live.insert(sandbox, (ip, pod));
+                            }
+                        }
+                        Err(IpamError::Exhausted { .. }) => {
+                            prop_assert!(explicit_ip.is_none());
+                            let blocked = before.iter().filter(|l| !l.expired(clock_now(&clock))).count() as u128;
+                            prop_assert_eq!(blocked, pool.capacity(), "exhausted only when every address is taken");
+                        }
+                        Err(IpamError::AddressUnavailable { address, .. }) => {
+                            // Explicit address in use/held/blocked, or the pod's address still on another sandbox.
+                            let explicit_blocked = explicit_ip == Some(address)
+                                && (pool.check(address).is_err() || before.iter().any(|l| l.ip == address));
+                            let sticky_busy = before.iter().any(|l| l.ip == address && matches!(l.state, LeaseState::Allocated { .. })
+                                && l.sticky.as_ref().map(|s| s.name.clone()) == pod.map(|p| format!("pod-{p}")));
+                            prop_assert!(explicit_blocked || sticky_busy, "refusal of {address} has a cause");
+                            prop_assert!(!live.contains_key(&sandbox));
+                        }
+                        Err(e) => prop_assert!(false, "unexpected error {e}"),
+                    }
+                }
+                Op::Del { sandbox } => {
+                    ipam.release("net", &format!("sb-{sandbox}"), "eth0").unwrap();
+                    live.remove(&sandbox);
+                }
+                Op::Gc { keep_mask } => {
+                    let keep: Vec<Attachment> = (0u8..12).filter(|i| keep_mask & (1 << i) != 0)
+                        .map(|i| Attachment { container_id: format!("sb-{i}"), ifname: "eth0".into() }).collect();
+                    let report = ipam.gc("net", &keep).unwrap();
+                    let dropped: BTreeSet<IpAddr> = live.iter().filter(|(i, _)| keep_mask & (1 << **i) == 0).map(|(_, (ip, _))| *ip).collect();
+                    prop_assert_eq!(report.released.iter().copied().collect::<BTreeSet<_>>(), dropped);
+                    live.retain(|i, _| keep_mask & (1 << i) != 0);
+                }
+                Op::Advance { minutes } => clock.advance(chrono::Duration::minutes(minutes as i64)),
+            }
+            // Invariants: the store's allocations are exactly the model's, no address twice.
+            let after = ipam.list("net").unwrap();
+            let allocated: BTreeMap<String, IpAddr> = after.iter()
+                .filter_map(|l| l.attachment().map(|(c, _)| (c.to_string(), l.ip))).collect();
+            let model: BTreeMap<String, IpAddr> = live.iter().map(|(i, (ip, _))| (format!("sb-{i}"), *ip)).collect();
+            prop_assert_eq!(&allocated, &model);
+            let ips: BTreeSet<IpAddr> = after.iter().map(|l| l.ip).collect();
+            prop_assert_eq!(ips.len(), after.len());
+            prop_assert!(after.iter().all(|l| pool.check(l.ip).is_ok()));
+        }
+    }
+}
+
+fn clock_now(c: &ManualClock) -> chrono::DateTime<chrono::Utc> {
+    berth_ipam_core::Clock::now(c)
+}

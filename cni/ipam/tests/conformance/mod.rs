@@ -1,0 +1,335 @@
+//! The one store conformance suite: every `Store` implementation must pass all of it.
+#![allow(dead_code)] // each test file uses a part of the shared helpers
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use berth_ipam_core::state::{Leases, Plan};
+use berth_ipam_core::store::Store;
+use berth_ipam_core::{
+    AllocateRequest, Allocator, Event, EventKind, HistoryQuery, Ipam, IpamConfig, IpamError, Lease,
+    LeaseState, ManualClock, NodeInfo, PodIdentity,
+};
+use chrono::{TimeZone, Utc};
+use serde_json::json;
+
+pub fn t0() -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()
+}
+
+pub fn config() -> IpamConfig {
+    IpamConfig::from_json(&json!({
+        "hold": "10m",
+        "history": {"maxEvents": 50},
+        "pools": [{"name": "a", "subnet": "10.50.0.0/24", "gateway": "10.50.0.1"}]
+    }))
+    .unwrap()
+}
+
+pub fn node() -> NodeInfo {
+    NodeInfo {
+        node: "n1".into(),
+        rack: Some("r1".into()),
+    }
+}
+
+pub fn ipam(store: Arc<dyn Store>, clock: Arc<ManualClock>) -> Ipam {
+    Ipam::new(&config(), node(), store, clock).unwrap()
+}
+
+pub fn req(net: &str, cid: &str, pod: Option<&str>) -> AllocateRequest {
+    AllocateRequest {
+        network: net.into(),
+        container_id: cid.into(),
+        ifname: "eth0".into(),
+        pod: pod.map(|n| PodIdentity {
+            namespace: "ns".into(),
+            name: n.into(),
+            uid: None,
+        }),
+        annotations: BTreeMap::new(),
+        pool: None,
+    }
+}
+
+fn lease(ip: &str, cid: &str) -> Lease {
+    Lease {
+        ip: ip.parse().unwrap(),
+        pool: "a".into(),
+        state: LeaseState::Allocated {
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+        },
+        sticky: None,
+        pod: None,
+        node: "n1".into(),
+        rack: None,
+        since: t0(),
+    }
+}
+
+fn event(ip: &str, n: i64) -> Event {
+    Event {
+        time: t0() + chrono::Duration::seconds(n),
+        kind: EventKind::Allocate,
+        ip: ip.parse().unwrap(),
+        pool: "a".into(),
+        pod: None,
+        sticky: None,
+        container_id: Some(format!("c{n}")),
+        ifname: Some("eth0".into()),
+        node: "n1".into(),
+        rack: None,
+        detail: None,
+    }
+}
+
+fn commit(store: &dyn Store, net: &str, plan: Plan) {
+    store.transact(net, &mut |_| Ok(plan.clone())).unwrap();
+}
+
+/// Puts, replaces and deletes are visible to the next read; networks are separate.
+pub fn put_replace_delete(store: &dyn Store) {
+    assert_eq!(store.read("conf-a").unwrap(), Leases::new());
+    commit(
+        store,
+        "conf-a",
+        Plan {
+            puts: vec![lease("10.50.0.2", "c1"), lease("10.50.0.3", "c2")],
+            ..Plan::default()
+        },
+    );
+    let got = store.read("conf-a").unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        got[&"10.50.0.2".parse::<IpAddr>().unwrap()],
+        lease("10.50.0.2", "c1")
+    );
+    commit(
+        store,
+        "conf-a",
+        Plan {
+            puts: vec![lease("10.50.0.2", "c9")],
+            deletes: vec!["10.50.0.3".parse().unwrap()],
+            ..Plan::default()
+        },
+    );
+    let got = store.read("conf-a").unwrap();
+    assert_eq!(
+        got.values().cloned().collect::<Vec<_>>(),
+        vec![lease("10.50.0.2", "c9")]
+    );
+    assert!(
+        store.read("conf-b").unwrap().is_empty(),
+        "networks do not share leases"
+    );
+    assert!(store.networks().unwrap().contains(&"conf-a".to_string()));
+    store.status().unwrap();
+}
+
+/// A decision error aborts the transaction; an empty plan writes nothing.
+pub fn failed_or_empty_decisions_write_nothing(store: &dyn Store) {
+    commit(
+        store,
+        "conf-c",
+        Plan {
+            puts: vec![lease("10.50.0.2", "c1")],
+            events: vec![event("10.50.0.2", 1)],
+            ..Plan::default()
+        },
+    );
+    let before = (
+        store.read("conf-c").unwrap(),
+        store.history("conf-c").unwrap(),
+    );
+    let err = store
+        .transact("conf-c", &mut |_| {
+            Err(IpamError::Exhausted { pool: "a".into() })
+        })
+        .unwrap_err();
+    assert!(matches!(err, IpamError::Exhausted { .. }));
+    store
+        .transact("conf-c", &mut |_| Ok(Plan::default()))
+        .unwrap();
+    assert_eq!(
+        (
+            store.read("conf-c").unwrap(),
+            store.history("conf-c").unwrap()
+        ),
+        before
+    );
+}
+
+/// The decision sees the committed state (read-your-writes inside transact).
+pub fn decisions_see_committed_state(store: &dyn Store) {
+    for i in 0..5 {
+        store
+            .transact("conf-d", &mut |leases| {
+                assert_eq!(leases.len(), i, "the snapshot holds every earlier commit");
+                Ok(Plan {
+                    puts: vec![lease(&format!("10.50.0.{}", i + 2), &format!("c{i}"))],
+                    ..Plan::default()
+                })
+            })
+            .unwrap();
+    }
+}
+
+/// History is appended in order and bounded.
+pub fn history_in_order_and_bounded(store: &dyn Store, max_events: usize) {
+    for n in 0..(max_events as i64 + 10) {
+        commit(
+            store,
+            "conf-h",
+            Plan {
+                events: vec![event("10.50.0.2", n)],
+                ..Plan::default()
+            },
+        );
+    }
+    let h = store.history("conf-h").unwrap();
+    assert!(
+        h.len() <= max_events + max_events,
+        "history is bounded (got {})",
+        h.len()
+    );
+    assert!(h.windows(2).all(|w| w[0].time <= w[1].time), "oldest first");
+    assert_eq!(
+        h.last().unwrap().time,
+        t0() + chrono::Duration::seconds(max_events as i64 + 9)
+    );
+}
+
+/// Bad network names never reach a path or a key.
+pub fn refuses_bad_network_names(store: &dyn Store) {
+    for bad in ["../etc", "", ".hidden", "a/b"] {
+        assert!(
+            matches!(store.read(bad), Err(IpamError::InvalidConfig(_))),
+            "{bad:?}"
+        );
+        assert!(
+            matches!(
+                store.transact(bad, &mut |_| Ok(Plan::default())),
+                Err(IpamError::InvalidConfig(_))
+            ),
+            "{bad:?}"
+        );
+    }
+}
+
+/// The whole allocator on the store: sticky round trip, history query, GC, admin calls.
+pub fn allocator_round_trip(store: Arc<dyn Store>) {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let ipam = ipam(store, clock.clone());
+    let a = ipam.allocate(&req("conf-r", "c1", Some("web-0"))).unwrap();
+    assert_eq!(
+        ipam.lookup("conf-r", "c1", "eth0").unwrap(),
+        Some(a.clone())
+    );
+    ipam.release("conf-r", "c1", "eth0").unwrap();
+    ipam.release("conf-r", "c1", "eth0").unwrap();
+    assert_eq!(ipam.lookup("conf-r", "c1", "eth0").unwrap(), None);
+    let other = ipam.allocate(&req("conf-r", "c2", Some("web-1"))).unwrap();
+    assert_ne!(other.address, a.address, "held for web-0");
+    clock.advance(chrono::Duration::minutes(3));
+    let back = ipam.allocate(&req("conf-r", "c3", Some("web-0"))).unwrap();
+    assert_eq!(back.address, a.address, "web-0 gets its address back");
+    let h = ipam
+        .history(
+            "conf-r",
+            &HistoryQuery {
+                pod: Some(("ns".into(), "web-0".into())),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let kinds: Vec<EventKind> = h.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [EventKind::Allocate, EventKind::Hold, EventKind::Allocate]
+    );
+    // GC keeps c3, releases c2.
+    let report = ipam
+        .gc(
+            "conf-r",
+            &[berth_ipam_core::Attachment {
+                container_id: "c3".into(),
+                ifname: "eth0".into(),
+            }],
+        )
+        .unwrap();
+    assert_eq!(report.released, vec![other.address.addr()]);
+    // Reconcile with the live sandboxes: c3 is gone too now.
+    let report = ipam
+        .reconcile("conf-r", &["unrelated".to_string()])
+        .unwrap();
+    assert_eq!(report.released, vec![a.address.addr()]);
+    assert_eq!(ipam.lookup("conf-r", "c3", "eth0").unwrap(), None);
+    // Admin: reserve, list, show, free.
+    let r = ipam
+        .reserve(
+            "conf-r",
+            "10.50.0.200".parse().unwrap(),
+            &berth_ipam_core::Reservation {
+                note: Some("vip".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(matches!(r.state, LeaseState::Reserved { .. }));
+    assert!(ipam.list("conf-r").unwrap().iter().any(|l| l.ip == r.ip));
+    assert_eq!(ipam.show("conf-r", r.ip).unwrap(), Some(r.clone()));
+    assert_eq!(ipam.release_ip("conf-r", r.ip).unwrap(), Some(r.clone()));
+    assert_eq!(ipam.show("conf-r", r.ip).unwrap(), None);
+    // Clock skew: a node whose clock is 10 minutes behind is refused, and nothing changes.
+    let before = ipam.list("conf-r").unwrap();
+    clock.advance(chrono::Duration::minutes(-10));
+    assert!(matches!(
+        ipam.allocate(&req("conf-r", "c4", None)),
+        Err(IpamError::ClockSkew { .. })
+    ));
+    assert_eq!(ipam.list("conf-r").unwrap(), before);
+}
+
+/// Threads allocating at once never get the same address, and nothing is lost.
+pub fn concurrent_allocations_are_unique(store: Arc<dyn Store>) {
+    let ipam = Arc::new(ipam(store, Arc::new(ManualClock::new(t0()))));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let ipam = ipam.clone();
+            std::thread::spawn(move || {
+                (0..15)
+                    .map(|i| {
+                        ipam.allocate(&req("conf-x", &format!("t{t}-{i}"), None))
+                            .unwrap()
+                            .address
+                            .addr()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let all: Vec<IpAddr> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let unique: BTreeSet<IpAddr> = all.iter().copied().collect();
+    assert_eq!(unique.len(), all.len(), "no address handed out twice");
+    assert_eq!(
+        ipam.list("conf-x").unwrap().len(),
+        60,
+        "every allocation is stored"
+    );
+}
+
+/// Runs every case against stores made by `make` (a fresh, empty store per case).
+pub fn run_all(make: &dyn Fn() -> Arc<dyn Store>, max_events: usize) {
+    put_replace_delete(&*make());
+    failed_or_empty_decisions_write_nothing(&*make());
+    decisions_see_committed_state(&*make());
+    history_in_order_and_bounded(&*make(), max_events);
+    refuses_bad_network_names(&*make());
+    allocator_round_trip(make());
+    concurrent_allocations_are_unique(make());
+}

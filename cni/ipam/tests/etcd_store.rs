@@ -1,0 +1,138 @@
+//! etcd-store specifics on a real etcd: unreachable or hung server → code 11, nothing
+//! half-written; corrupt values refused naming the key.
+
+mod conformance;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_ipam_core::store::etcd::EtcdStore;
+use berth_ipam_core::store::{HistoryLimits, Store};
+use berth_ipam_core::testsupport::EtcdServer;
+use berth_ipam_core::{Allocator, IpamError, ManualClock};
+
+fn store(endpoint: &str, prefix: &str) -> Arc<EtcdStore> {
+    Arc::new(
+        EtcdStore::connect(
+            &[endpoint.to_string()],
+            prefix,
+            Duration::from_millis(800),
+            HistoryLimits::default(),
+        )
+        .unwrap(),
+    )
+}
+
+#[test]
+fn unreachable_etcd_is_try_again_later() {
+    // A port nobody listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let err = match EtcdStore::connect(
+        &[endpoint],
+        "/x",
+        Duration::from_millis(500),
+        HistoryLimits::default(),
+    ) {
+        Err(e) => e,
+        Ok(s) => {
+            let ipam =
+                conformance::ipam(Arc::new(s), Arc::new(ManualClock::new(conformance::t0())));
+            assert!(matches!(ipam.status(), Err(IpamError::Unavailable(_))));
+            ipam.allocate(&conformance::req("net1", "c1", None))
+                .unwrap_err()
+        }
+    };
+    assert_eq!(err.cni_code(), 11, "{err}");
+    assert!(matches!(err, IpamError::Unavailable(_)));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "fails within the timeout"
+    );
+}
+
+#[test]
+#[ignore = "needs root: run by scripts/test (spawns /usr/bin/etcd)"]
+fn hung_etcd_fails_with_code_11_and_recovers_consistent() {
+    let etcd = EtcdServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let s = store(&etcd.endpoint, "/hung");
+    let ipam = conformance::ipam(s.clone(), Arc::new(ManualClock::new(conformance::t0())));
+    let a = ipam
+        .allocate(&conformance::req("net1", "c1", None))
+        .unwrap();
+    // Freeze etcd: every call must time out as Unavailable.
+    let pid = etcd.pid() as i32;
+    struct Cont(i32);
+    impl Drop for Cont {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let guard = Cont(pid);
+    for r in [
+        ipam.allocate(&conformance::req("net1", "c2", None))
+            .map(|_| ()),
+        ipam.release("net1", "c1", "eth0"),
+        ipam.status(),
+    ] {
+        let err = r.unwrap_err();
+        assert!(matches!(err, IpamError::Unavailable(_)), "{err:?}");
+        assert_eq!(err.cni_code(), 11);
+    }
+    drop(guard);
+    // After it thaws: c1 still has its address (the release did not half-happen) and c2 has
+    // nothing unless the commit had reached etcd, in which case ADD again returns the same.
+    let leases = s.read("net1").unwrap();
+    assert!(
+        leases
+            .values()
+            .any(|l| l.attachment() == Some(("c1", "eth0")) && l.ip == a.address.addr())
+            || leases
+                .values()
+                .all(|l| l.attachment() != Some(("c1", "eth0")))
+    );
+    let again = ipam
+        .allocate(&conformance::req("net1", "c2", None))
+        .unwrap();
+    assert_ne!(again.address, a.address);
+    let ips: Vec<_> = s.read("net1").unwrap().keys().copied().collect();
+    let unique: std::collections::BTreeSet<_> = ips.iter().collect();
+    assert_eq!(ips.len(), unique.len());
+}
+
+#[test]
+#[ignore = "needs root: run by scripts/test (spawns /usr/bin/etcd)"]
+fn corrupt_etcd_value_is_refused_naming_the_key() {
+    let etcd = EtcdServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let s = store(&etcd.endpoint, "/corrupt");
+    let ipam = conformance::ipam(s.clone(), Arc::new(ManualClock::new(conformance::t0())));
+    ipam.allocate(&conformance::req("net1", "c1", None))
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect([etcd.endpoint.clone()], None)
+            .await
+            .unwrap();
+        c.put("/corrupt/net1/leases/10.50.0.9", "{nope", None)
+            .await
+            .unwrap();
+    });
+    let err = ipam
+        .allocate(&conformance::req("net1", "c2", None))
+        .unwrap_err();
+    assert_eq!(err.cni_code(), 112);
+    assert!(
+        err.to_string().contains("/corrupt/net1/leases/10.50.0.9"),
+        "{err}"
+    );
+    assert_eq!(s.read("net1").unwrap_err().cni_code(), 112);
+}
