@@ -1,1 +1,13 @@
 //! berth's node agent: NRI plugin (file logs, faketime), log cleanup, gRPC API server
+
+pub mod cleanup;
+pub mod config;
+pub mod events;
+pub mod filelogs;
+pub mod fsops;
+pub mod names;
+pub mod retention;
+pub mod run;
+pub mod state;
+
+pub use run::{Agent, Args, main_with};

@@ -1,4 +1,10 @@
+//! berth-agent: parses the command line and hands over to the library.
+use clap::Parser;
+
 fn main() {
-    eprintln!("berth-agent: not built yet");
-    std::process::exit(1);
+    if let Err(e) = berth_agent::main_with(berth_agent::Args::parse()) {
+        // The whole cause chain on one line, without a backtrace.
+        eprintln!("berth-agent: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -142,11 +142,22 @@ impl<P: Plugin> Service for PluginService<P> {
             }
             let started = std::time::Instant::now();
             let r = dispatch(&*plugin, events, &sync_parts, &progress, &method, &payload).await;
-            if let Some(t) = timeout {
-                let took = started.elapsed();
-                if took > t {
-                    tracing::warn!(method, ?took, timeout = ?t, "nri handler answered after the runtime's timeout; the runtime went on without it");
-                }
+            let took = started.elapsed();
+            tracing::debug!(
+                method,
+                took_us = took.as_micros() as u64,
+                ok = r.is_ok(),
+                "nri request handled"
+            );
+            if let Some(t) = timeout
+                && took > t
+            {
+                tracing::warn!(
+                    method,
+                    ?took,
+                    timeout = ?t,
+                    "nri handler answered after the runtime's timeout; the runtime went on without it"
+                );
             }
             r
         })

@@ -163,6 +163,7 @@ impl Session {
         self.inner.closed.cancelled().await
     }
 
+    #[cfg_attr(not(feature = "fake-runtime"), allow(dead_code))]
     pub(crate) fn is_closed(&self) -> bool {
         self.inner.closed.is_cancelled()
     }
@@ -172,6 +173,7 @@ impl Session {
     }
 
     /// The largest frame payload the peer has sent so far.
+    #[cfg_attr(not(feature = "fake-runtime"), allow(dead_code))]
     pub(crate) fn largest_frame_in(&self) -> usize {
         self.inner.largest_frame_in.load(Ordering::Relaxed)
     }

@@ -1,0 +1,225 @@
+//! Wiring: state, log root, NRI runner, sweeper; and the command line.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use crate::cleanup::Sweeper;
+use crate::config::{Config, Listen, LogConfig, LogFormat, Overrides, Resolved};
+use crate::events::EventLog;
+use crate::filelogs::{AgentPlugin, FileLogs};
+use crate::fsops::RealFs;
+use crate::retention::{Clock, Policy, SystemClock};
+use crate::state::Store;
+
+/// berth's node agent: containerd NRI plugin for host file logs, log cleanup, API server.
+#[derive(Debug, Parser)]
+#[command(name = "berth-agent", version)]
+pub struct Args {
+    /// TOML config file (every key: agents/agent/README.md).
+    #[arg(long, env = "BERTH_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The runtime's NRI socket (overrides nri.socket).
+    #[arg(long)]
+    pub nri_socket: Option<PathBuf>,
+    /// Host dir for file logs (overrides filelogs.log_root).
+    #[arg(long)]
+    pub log_root: Option<PathBuf>,
+    /// Agent state dir (overrides state_dir).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// API server address: ip:port or unix:/path (overrides api.listen).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Node name for metadata (overrides node_name).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Validate the configuration, print it resolved, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+impl Args {
+    pub fn resolve(&self) -> anyhow::Result<Resolved> {
+        let mut cfg = Config::load(self.config.as_deref())?;
+        cfg.apply(Overrides {
+            nri_socket: self.nri_socket.clone(),
+            log_root: self.log_root.clone(),
+            state_dir: self.state_dir.clone(),
+            listen: self.listen.clone(),
+            node_name: self.node_name.clone(),
+        });
+        Ok(cfg.resolve()?)
+    }
+}
+
+pub fn init_tracing(cfg: &LogConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
+    use std::io::IsTerminal;
+    // Colours only on a terminal: journald and log files get plain `key=value` text.
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = match cfg.format {
+        LogFormat::Json => b.json().flatten_event(true).try_init(),
+        LogFormat::Text => b.try_init(),
+    };
+}
+
+/// A running agent's parts, for the binary and for tests.
+pub struct Agent {
+    pub resolved: Resolved,
+    pub filelogs: Option<Arc<FileLogs>>,
+    pub sweeper: Option<Arc<Sweeper>>,
+    pub runner: berth_nri::Runner<AgentPlugin>,
+}
+
+impl Agent {
+    pub fn new(resolved: Resolved, clock: Arc<dyn Clock>) -> anyhow::Result<Agent> {
+        let cfg = &resolved.config;
+        std::fs::create_dir_all(&cfg.state_dir)
+            .with_context(|| format!("cannot create the state dir {}", cfg.state_dir.display()))?;
+        let events = Arc::new(EventLog::new(&cfg.state_dir));
+        let (filelogs, sweeper) = if cfg.filelogs.enabled {
+            let fs = RealFs::open(&cfg.filelogs.log_root).with_context(|| {
+                format!(
+                    "cannot open the log root {}",
+                    cfg.filelogs.log_root.display()
+                )
+            })?;
+            let root = fs.root().to_path_buf();
+            let store = Store::load(&cfg.state_dir)?;
+            let f = Arc::new(FileLogs::new(
+                cfg.filelogs.clone(),
+                resolved.layout.clone(),
+                cfg.node_name.clone(),
+                Arc::new(fs),
+                store,
+                events,
+                clock,
+            ));
+            let policy = Policy {
+                retention: cfg.cleanup.retention,
+                pod_budget: (cfg.filelogs.pod_budget > 0).then_some(cfg.filelogs.pod_budget),
+                node_budget: (cfg.cleanup.node_budget > 0).then_some(cfg.cleanup.node_budget),
+            };
+            let s = Arc::new(Sweeper::new(
+                f.clone(),
+                policy,
+                &cfg.state_dir,
+                cfg.cleanup.full_scan_interval,
+            ));
+            s.watch(&root);
+            (Some(f), Some(s))
+        } else {
+            (None, None)
+        };
+        let mut opts =
+            berth_nri::Options::new(&cfg.nri.socket, &cfg.nri.plugin_name, &cfg.nri.plugin_index);
+        opts.registration_timeout = cfg.nri.registration_timeout;
+        opts.backoff_max = cfg.nri.reconnect_max;
+        let runner = berth_nri::Runner::new(
+            opts,
+            Arc::new(AgentPlugin {
+                filelogs: filelogs.clone(),
+            }),
+        )?;
+        Ok(Agent {
+            resolved,
+            filelogs,
+            sweeper,
+            runner,
+        })
+    }
+
+    /// The validated API address. The gRPC API server (berth-api) is started by the lead's
+    /// wiring from here with `resolved.config.api` (its other keys are in `api.server`).
+    pub fn api_listen(&self) -> Option<&Listen> {
+        self.resolved.listen.as_ref()
+    }
+
+    /// Serves NRI and sweeps until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        if let Some(l) = self.api_listen() {
+            tracing::info!(listen = ?l, "api.listen is configured; the API server is not part of this build yet");
+        }
+        let sweeper_task = self.sweeper.clone().map(|s| {
+            let every = self.resolved.config.cleanup.interval;
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.cancelled() => break,
+                    }
+                    let s = s.clone();
+                    match tokio::task::spawn_blocking(move || s.sweep()).await {
+                        Ok(r) if !r.removed_dirs.is_empty() || !r.removed_files.is_empty() => {
+                            tracing::info!(
+                                dirs = r.removed_dirs.len(),
+                                files = r.removed_files.len(),
+                                total_bytes = r.total_bytes,
+                                "cleanup pass"
+                            );
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(error = %e, "cleanup pass panicked"),
+                    }
+                }
+            })
+        });
+        self.runner.run(shutdown).await;
+        if let Some(t) = sweeper_task {
+            let _ = t.await;
+        }
+        if let Some(f) = &self.filelogs {
+            f.save_if_dirty();
+        }
+        tracing::info!("berth-agent stopped");
+    }
+}
+
+/// The binary's whole life: parse, log, run until SIGTERM/SIGINT.
+pub fn main_with(args: Args) -> anyhow::Result<()> {
+    let resolved = args.resolve()?;
+    if args.check_config {
+        println!(
+            "{}",
+            toml::to_string_pretty(&resolved.config).context("cannot print the config")?
+        );
+        return Ok(());
+    }
+    init_tracing(&resolved.config.log);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let agent = Agent::new(resolved, Arc::new(SystemClock))?;
+        let c = &agent.resolved.config;
+        tracing::info!(nri_socket = %c.nri.socket.display(), log_root = %c.filelogs.log_root.display(),
+            state_dir = %c.state_dir.display(), node = %c.node_name, "berth-agent starting");
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("signal received; stopping");
+            s.cancel();
+        });
+        agent.run(shutdown).await;
+        anyhow::Ok(())
+    })
+}
