@@ -1,1 +1,22 @@
-//! berth's CNI plugin: bridge and macvlan underlay networking with several NICs per pod
+//! berth's CNI plugin: bridge and macvlan underlay networking with several NICs per pod.
+//!
+//! Flow of an ADD: [`config`] validates the network config into a [`config::NetworkSpec`];
+//! [`apply::preflight`] refuses missing host NICs; the IPAM [`ipam`] seam allocates one
+//! address per interface; [`plan::build`] turns spec + allocations into a typed
+//! [`plan::Plan`] (pure); [`apply::apply`] executes it through the [`net::NetOps`] seam
+//! ([`netlink::RealNet`] in production), undoing everything if a step fails.
+
+pub mod apply;
+pub mod arp;
+pub mod config;
+pub mod error;
+#[cfg(test)]
+pub(crate) mod fake;
+pub mod ipam;
+pub mod names;
+pub mod net;
+pub mod netlink;
+pub mod plan;
+pub mod plugin;
+
+pub use plugin::{BerthCni, KernelNet, NetOpener};

@@ -1,4 +1,7 @@
+//! The `berth-cni` binary: the CNI executor around [`berth_cni::BerthCni`].
 fn main() {
-    eprintln!("berth-cni: not built yet");
-    std::process::exit(1);
+    berth_cni_spec::run(&berth_cni::BerthCni {
+        net: berth_cni::KernelNet,
+        ipam: berth_cni::ipam::DefaultIpam,
+    })
 }

@@ -37,16 +37,30 @@ fn tcp() -> String {
     "tcp".into()
 }
 
+/// Reads `null` as the type's default: runtimes send e.g. `"io.kubernetes.cri.pod-annotations":
+/// null` for a pod without annotations.
+pub(crate) fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// What the runtime put in `runtimeConfig` for the capabilities the conflist asked for.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuntimeConfig {
     /// The pod's annotations (`io.kubernetes.cri.pod-annotations`).
-    #[serde(default, rename = "io.kubernetes.cri.pod-annotations")]
+    #[serde(
+        default,
+        rename = "io.kubernetes.cri.pod-annotations",
+        deserialize_with = "null_default"
+    )]
     pub pod_annotations: BTreeMap<String, String>,
-    #[serde(default, rename = "portMappings")]
+    #[serde(default, rename = "portMappings", deserialize_with = "null_default")]
     pub port_mappings: Vec<PortMapping>,
     /// Requested addresses (`ips` capability), with or without prefix length.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub ips: Vec<String>,
     /// Requested MAC address (`mac` capability).
     #[serde(default)]
@@ -90,7 +104,7 @@ struct Common {
     name: Option<String>,
     #[serde(rename = "type")]
     plugin_type: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     capabilities: Capabilities,
     #[serde(default)]
     ipam: Option<Value>,
@@ -225,6 +239,18 @@ mod tests {
             "10.0.0.9/24".parse::<ipnet::IpNet>().unwrap()
         );
         assert_eq!(c.ipam, Some(json!({"pool": "a"})));
+    }
+
+    #[test]
+    fn nulls_from_runtimes_read_as_empty() {
+        let c = parse(json!({"cniVersion": "1.0.0", "name": "n", "type": "t", "capabilities": null,
+            "dns": {"nameservers": null},
+            "runtimeConfig": {"io.kubernetes.cri.pod-annotations": null, "portMappings": null, "ips": null}}))
+        .unwrap();
+        assert!(c.runtime_config.pod_annotations.is_empty());
+        assert!(c.runtime_config.port_mappings.is_empty());
+        assert!(c.capabilities.is_empty());
+        assert!(c.dns.unwrap().nameservers.is_empty());
     }
 
     #[test]

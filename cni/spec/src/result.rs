@@ -77,13 +77,25 @@ impl Route {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dns {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::config::null_default"
+    )]
     pub nameservers: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::config::null_default"
+    )]
     pub search: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::config::null_default"
+    )]
     pub options: Vec<String>,
 }
 
@@ -96,13 +108,17 @@ impl Dns {
 /// A plugin's result, version-independent.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CniResult {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::null_default")]
     pub interfaces: Vec<Interface>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::null_default")]
     pub ips: Vec<IpConfig>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::null_default")]
     pub routes: Vec<Route>,
-    #[serde(default, skip_serializing_if = "Dns::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Dns::is_empty",
+        deserialize_with = "crate::config::null_default"
+    )]
     pub dns: Dns,
 }
 
