@@ -44,6 +44,35 @@ fn main() {
     );
     println!("cargo:rustc-env=BERTH_FAKETIME_SHIM={}", shim.display());
 
+    // The same shim without libdl.so.2: dlsym@GLIBC_2.2.5 then binds to libc.so.6, where
+    // glibc 2.34 and later keep it. For images with such a glibc and no libdl.so.2 (minimal
+    // images that copy only the libraries their programs need).
+    let libc_only = out.join("libberth-faketime-libc.so");
+    compile(
+        Path::new("shim/berth_faketime.c"),
+        &libc_only,
+        &[
+            "-shared",
+            "-fPIC",
+            "-fvisibility=hidden",
+            "-fno-stack-protector",
+            "-U_FORTIFY_SOURCE",
+            "-D_FORTIFY_SOURCE=0",
+            "-fno-delete-null-pointer-checks",
+            "-Wno-nonnull-compare",
+            "-Wl,-soname,libberth-faketime.so",
+            "-Wl,--no-undefined",
+            "-Wl,--hash-style=both",
+            "-Wl,-z,noexecstack",
+            "-Wl,-z,relro",
+            "-s",
+        ],
+    );
+    println!(
+        "cargo:rustc-env=BERTH_FAKETIME_SHIM_LIBC_ONLY={}",
+        libc_only.display()
+    );
+
     let probe = out.join("berth-faketime-probe");
     compile(
         Path::new("shim/probe.c"),

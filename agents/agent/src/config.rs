@@ -46,6 +46,7 @@ pub struct Config {
     pub nri: NriConfig,
     pub filelogs: FileLogsConfig,
     pub cleanup: CleanupConfig,
+    pub faketime: FakeTimeConfig,
     pub api: ApiConfig,
 }
 
@@ -126,6 +127,66 @@ pub struct CleanupConfig {
     pub full_scan_interval: Duration,
 }
 
+/// What happens to a container that asks for faketime when the shim cannot shift its clock
+/// (static, musl, Go, foreign-architecture entry point).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnUncovered {
+    /// Create the container without the shim (real time); the reason is recorded.
+    RunUnfaked,
+    /// Fail CreateContainer with the reason (kubelet retries and shows it).
+    Refuse,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FakeTimeConfig {
+    pub enabled: bool,
+    /// Where the shim library is installed on the host; unset: `<state_dir>/faketime`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shim_dir: Option<PathBuf>,
+    pub on_uncovered: OnUncovered,
+    /// How often the shim re-checks the timestamp file (whole seconds; `0s` = every read).
+    #[serde(with = "humantime_serde_compat")]
+    pub cache_duration: Duration,
+    /// Must stay false: the shim never fakes the monotonic clock (timers and sleeps keep
+    /// working). Present so that a config asking for it fails loudly instead of being ignored.
+    pub fake_monotonic: bool,
+    /// containerd's gRPC socket, for inspecting a container's entry point at creation (through
+    /// `ctr snapshots mounts`). Unset: the entry point is inspected once it runs (PostStart).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub containerd_address: Option<PathBuf>,
+    /// The `ctr` binary used with `containerd_address`.
+    pub ctr: PathBuf,
+    pub containerd_namespace: String,
+    pub snapshotter: String,
+}
+
+impl Default for FakeTimeConfig {
+    fn default() -> Self {
+        FakeTimeConfig {
+            enabled: true,
+            shim_dir: None,
+            on_uncovered: OnUncovered::RunUnfaked,
+            cache_duration: Duration::from_secs(1),
+            fake_monotonic: false,
+            containerd_address: None,
+            ctr: PathBuf::from("ctr"),
+            containerd_namespace: "k8s.io".into(),
+            snapshotter: "overlayfs".into(),
+        }
+    }
+}
+
+impl FakeTimeConfig {
+    /// The shim's host directory for an agent whose state dir is `state_dir`.
+    pub fn shim_dir(&self, state_dir: &Path) -> PathBuf {
+        self.shim_dir
+            .clone()
+            .unwrap_or_else(|| state_dir.join("faketime"))
+    }
+}
+
 /// The gRPC API server's section. `listen` is parsed and validated here; every other key is
 /// kept for the API server (berth-api) to read.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -184,6 +245,7 @@ impl Default for Config {
             nri: NriConfig::default(),
             filelogs: FileLogsConfig::default(),
             cleanup: CleanupConfig::default(),
+            faketime: FakeTimeConfig::default(),
             api: ApiConfig::default(),
         }
     }
@@ -348,6 +410,25 @@ impl Config {
         if self.cleanup.interval.is_zero() || self.cleanup.full_scan_interval.is_zero() {
             return Err(invalid("cleanup.interval", "intervals must be positive"));
         }
+        if self.faketime.fake_monotonic {
+            return Err(invalid(
+                "faketime.fake_monotonic",
+                "berth's shim never fakes the monotonic clock (it breaks timers and sleeps); remove the key or set it to false",
+            ));
+        }
+        if self.faketime.cache_duration.subsec_nanos() != 0
+            || self.faketime.cache_duration.as_secs() > u64::from(u32::MAX)
+        {
+            return Err(invalid(
+                "faketime.cache_duration",
+                "must be whole seconds, e.g. \"1s\" or \"0s\"",
+            ));
+        }
+        if let Some(d) = &self.faketime.shim_dir
+            && !d.is_absolute()
+        {
+            return Err(invalid("faketime.shim_dir", "must be an absolute path"));
+        }
         let listen = self.api.listen.as_deref().map(Listen::parse).transpose()?;
         if self.node_name.is_empty() {
             self.node_name = std::env::var("NODE_NAME")
@@ -461,6 +542,31 @@ mod tests {
         assert_eq!(c.cleanup.retention, Duration::from_secs(172_800));
         assert_eq!(c.filelogs.on_violation, OnProblem::Refuse);
         assert_eq!(c.filelogs.dir_mode, 0o777);
+        assert!(c.faketime.enabled);
+        assert_eq!(c.faketime.on_uncovered, OnUncovered::RunUnfaked);
+        assert_eq!(c.faketime.cache_duration, Duration::from_secs(1));
+        assert!(!c.faketime.fake_monotonic);
+        assert_eq!(
+            c.faketime.shim_dir(&c.state_dir),
+            Path::new("/var/lib/berth/agent/faketime")
+        );
+    }
+
+    #[test]
+    fn faketime_section_parses() {
+        let c = parse(
+            "[faketime]\non_uncovered = \"refuse\"\ncache_duration = \"0s\"\nshim_dir = \"/opt/berth\"\ncontainerd_address = \"/run/containerd/containerd.sock\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.faketime.on_uncovered, OnUncovered::Refuse);
+        assert_eq!(c.faketime.cache_duration, Duration::ZERO);
+        assert_eq!(
+            c.faketime.shim_dir(Path::new("/x")),
+            Path::new("/opt/berth")
+        );
+        let text = toml::to_string_pretty(&c).unwrap();
+        assert_eq!(parse(&text).unwrap(), c);
+        c.resolve().unwrap();
     }
 
     #[test]
@@ -575,6 +681,19 @@ mod tests {
             "filelogs.extra_denied",
         );
         bad("[api]\nlisten = \"localhost\"", "api.listen");
+        bad(
+            "[faketime]\nfake_monotonic = true",
+            "faketime.fake_monotonic",
+        );
+        bad(
+            "[faketime]\ncache_duration = \"500ms\"",
+            "faketime.cache_duration",
+        );
+        bad("[faketime]\nshim_dir = \"lib\"", "faketime.shim_dir");
+        assert!(matches!(
+            parse("[faketime]\non_uncovered = \"ignore\""),
+            Err(ConfigError::Parse { .. })
+        ));
         bad("[api]\nlisten = \"unix:relative.sock\"", "api.listen");
     }
 

@@ -3,6 +3,7 @@
 pub mod cleanup;
 pub mod config;
 pub mod events;
+pub mod faketime;
 pub mod filelogs;
 pub mod fsops;
 pub mod names;

@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 use crate::cleanup::Sweeper;
 use crate::config::{Config, Listen, LogConfig, LogFormat, Overrides, Resolved};
 use crate::events::EventLog;
+use crate::faketime::FakeTime;
+use crate::faketime::probe::{CtrProbe, NoProbe, RootfsProbe};
 use crate::filelogs::{AgentPlugin, FileLogs};
 use crate::fsops::RealFs;
 use crate::retention::{Clock, Policy, SystemClock};
@@ -40,6 +42,70 @@ pub struct Args {
     /// Validate the configuration, print it resolved, and exit.
     #[arg(long)]
     pub check_config: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Commands that work on the agent's state dir instead of running the agent.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Read or change the faketime offset of running containers (the same code as the agent's
+    /// API; changes reach the containers within faketime.cache_duration). Prints JSON.
+    Faketime {
+        #[command(subcommand)]
+        action: FakeTimeAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum FakeTimeAction {
+    /// Show offset, coverage and reason of a pod's faketime containers.
+    Get(TargetArgs),
+    /// Set the offset (e.g. +10d, -3h, 0).
+    Set {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Relative offset: [+|-]<number>[.<fraction>][s|m|h|d|y].
+        #[arg(long, allow_hyphen_values = true)]
+        offset: String,
+    },
+    /// Back to the real clock (offset 0).
+    Clear(TargetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TargetArgs {
+    #[arg(long)]
+    pub namespace: String,
+    #[arg(long)]
+    pub pod: String,
+    /// One container of the pod; all its faketime containers when omitted.
+    #[arg(long)]
+    pub container: Option<String>,
+}
+
+fn run_command(cmd: &Command, resolved: &Resolved) -> anyhow::Result<()> {
+    let Command::Faketime { action } = cmd;
+    let control = crate::faketime::Control::new(&resolved.config.state_dir);
+    fn target(t: &TargetArgs) -> crate::faketime::Target<'_> {
+        crate::faketime::Target {
+            namespace: &t.namespace,
+            pod: &t.pod,
+            container: t.container.as_deref(),
+        }
+    }
+    let out = match action {
+        FakeTimeAction::Get(t) => control.get(&target(t))?,
+        FakeTimeAction::Set { target: t, offset } => {
+            let o: berth_faketime::Offset = offset
+                .parse()
+                .with_context(|| format!("invalid --offset {offset:?}"))?;
+            control.set(&target(t), o)?
+        }
+        FakeTimeAction::Clear(t) => control.clear(&target(t))?,
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
 }
 
 impl Args {
@@ -76,6 +142,7 @@ pub struct Agent {
     pub resolved: Resolved,
     pub filelogs: Option<Arc<FileLogs>>,
     pub sweeper: Option<Arc<Sweeper>>,
+    pub faketime: Option<Arc<FakeTime>>,
     pub runner: berth_nri::Runner<AgentPlugin>,
 }
 
@@ -85,6 +152,33 @@ impl Agent {
         std::fs::create_dir_all(&cfg.state_dir)
             .with_context(|| format!("cannot create the state dir {}", cfg.state_dir.display()))?;
         let events = Arc::new(EventLog::new(&cfg.state_dir));
+        let faketime = if cfg.faketime.enabled {
+            let dir = cfg.faketime.shim_dir(&cfg.state_dir);
+            let probe: Arc<dyn RootfsProbe> = match &cfg.faketime.containerd_address {
+                Some(address) => Arc::new(CtrProbe {
+                    ctr: cfg.faketime.ctr.clone(),
+                    address: address.clone(),
+                    namespace: cfg.faketime.containerd_namespace.clone(),
+                    snapshotter: cfg.faketime.snapshotter.clone(),
+                    work_dir: cfg.state_dir.join("faketime/probe"),
+                }),
+                None => Arc::new(NoProbe),
+            };
+            let ft = FakeTime::new(
+                cfg.faketime.clone(),
+                &cfg.state_dir,
+                &dir,
+                probe,
+                events.clone(),
+                clock.clone(),
+            )
+            .with_context(|| format!("cannot install the faketime shim in {}", dir.display()))?;
+            tracing::info!(shim_dir = %dir.display(), create_time_probe = cfg.faketime.containerd_address.is_some(),
+                "faketime shim installed");
+            Some(Arc::new(ft))
+        } else {
+            None
+        };
         let (filelogs, sweeper) = if cfg.filelogs.enabled {
             let fs = RealFs::open(&cfg.filelogs.log_root).with_context(|| {
                 format!(
@@ -127,14 +221,24 @@ impl Agent {
             opts,
             Arc::new(AgentPlugin {
                 filelogs: filelogs.clone(),
+                faketime: faketime.clone(),
             }),
         )?;
         Ok(Agent {
             resolved,
             filelogs,
             sweeper,
+            faketime,
             runner,
         })
+    }
+
+    /// The faketime API (get/set/clear offsets) the gRPC service binds to; `None` when
+    /// faketime is disabled.
+    pub fn faketime_control(&self) -> Option<crate::faketime::Control> {
+        self.faketime
+            .as_ref()
+            .map(|_| crate::faketime::Control::new(&self.resolved.config.state_dir))
     }
 
     /// The validated API address. The gRPC API server (berth-api) is started by the lead's
@@ -189,6 +293,9 @@ impl Agent {
 /// The binary's whole life: parse, log, run until SIGTERM/SIGINT.
 pub fn main_with(args: Args) -> anyhow::Result<()> {
     let resolved = args.resolve()?;
+    if let Some(cmd) = &args.command {
+        return run_command(cmd, &resolved);
+    }
     if args.check_config {
         println!(
             "{}",

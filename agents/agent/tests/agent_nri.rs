@@ -606,3 +606,88 @@ async fn usage_is_remeasured_only_where_the_watcher_saw_writes() {
     stop.cancel();
     rt.stop();
 }
+
+/// Faketime and file logs answer CreateContainer together: one adjustment with both mounts
+/// and the shim's env; a container refused by file logs leaves no faketime state behind;
+/// PostStart judges the entry point; RemoveContainer removes the container's state dir.
+#[tokio::test]
+async fn faketime_and_filelogs_share_one_adjustment() {
+    let bed = Bed::new();
+    let (_sw, stop) = bed.start_agent(bed.config(|_| {}));
+    let mut rt = FakeRuntime::start(&bed.socket(), FakeOptions::default())
+        .await
+        .unwrap();
+    let h = connect(&mut rt).await;
+    assert!(h.events.contains(Event::PostStartContainer));
+
+    let mut p = pod("shop", "web-0", "uid-1");
+    p.annotations
+        .insert("berth.io/faketime".into(), "+2d".into());
+    let mut c = ctr(&p, "app", "c1", Some("/app/logs"));
+    c.env.push("LD_PRELOAD=/usr/lib/libjemalloc.so.2".into());
+    let adjust = h.create_container(&p, &c).await.unwrap().adjust.unwrap();
+    let dests: Vec<&str> = adjust
+        .mounts
+        .iter()
+        .map(|m| m.destination.as_str())
+        .collect();
+    assert_eq!(
+        dests,
+        [
+            "/app/logs",
+            "/.berth/faketime/libberth-faketime.so",
+            "/.berth/faketime/state"
+        ]
+    );
+    let env: HashMap<&str, &str> = adjust
+        .env
+        .iter()
+        .map(|kv| (kv.key.as_str(), kv.value.as_str()))
+        .collect();
+    assert_eq!(
+        env["LD_PRELOAD"],
+        "/usr/lib/libjemalloc.so.2:/.berth/faketime/libberth-faketime.so"
+    );
+    assert_eq!(
+        env["FAKETIME_TIMESTAMP_FILE"],
+        "/.berth/faketime/state/offset"
+    );
+    assert_eq!(env["FAKETIME_CACHE_DURATION"], "1");
+    assert!(!env.contains_key("FAKETIME"));
+    let state_dir = bed.state_dir().join("faketime/containers/c1");
+    assert!(state_dir.join("offset").is_file());
+    let control = berth_agent::faketime::Control::new(&bed.state_dir());
+    let target = berth_agent::faketime::Target {
+        namespace: "shop",
+        pod: "web-0",
+        container: None,
+    };
+    let st = control.get(&target).unwrap();
+    assert_eq!(
+        (st.len(), st[0].offset.as_str(), st[0].covered),
+        (1, "+2d", None)
+    );
+
+    // PostStart with a pid: judged from /proc (this test binary is a glibc program).
+    c.pid = std::process::id();
+    h.state_change(Event::PostStartContainer, &p, Some(&c))
+        .await
+        .unwrap();
+    let st = control.get(&target).unwrap();
+    assert_eq!(st[0].covered, Some(true));
+    assert_eq!(st[0].coverage.as_deref(), Some("glibc"));
+
+    // File logs refuse a hostile request: the container fails, faketime keeps nothing.
+    let bad = ctr(&p, "evil", "c2", Some("/proc/self"));
+    h.create_container(&p, &bad).await.unwrap_err();
+    assert!(!bed.state_dir().join("faketime/containers/c2").exists());
+    assert_eq!(control.get(&target).unwrap().len(), 1);
+
+    // Removal takes the state dir.
+    h.state_change(Event::RemoveContainer, &p, Some(&c))
+        .await
+        .unwrap();
+    assert!(!state_dir.exists());
+    assert!(control.get(&target).is_err());
+    stop.cancel();
+}

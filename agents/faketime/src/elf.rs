@@ -100,6 +100,12 @@ pub enum Coverage {
     ForeignArch { machine: u16, class64: bool },
     /// An interpreter berth does not know.
     OtherInterpreter { interpreter: String },
+    /// glibc without the `libdl.so.2` that the shim needs before glibc 2.34 (or whose
+    /// version could not be read).
+    MissingLibdl {
+        interpreter: String,
+        glibc: Option<GlibcVersion>,
+    },
     /// glibc below [`GLIBC_FLOOR`].
     OldGlibc {
         interpreter: String,
@@ -142,6 +148,13 @@ impl Coverage {
             Coverage::OtherInterpreter { interpreter } => format!(
                 "unknown ELF interpreter {interpreter}: not glibc's x86_64 loader, so the shim \
                  is not injected"
+            ),
+            Coverage::MissingLibdl { glibc, .. } => format!(
+                "the image has no libdl.so.2 and its glibc ({}) is not 2.34 or later, so neither \
+                 build of the shim can load: it is not injected",
+                glibc
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "version unknown".into())
             ),
             Coverage::OldGlibc { glibc, .. } => {
                 format!("glibc {glibc} is older than {GLIBC_FLOOR}, the oldest the shim supports")
@@ -715,6 +728,51 @@ fn resolve_in_root(root: &Path, path: &str) -> Result<PathBuf, ElfError> {
 }
 
 /// The image's glibc version: the highest `GLIBC_x.y` its libc.so.6 defines.
+/// glibc 2.34 moved `dlsym` into libc.so.6: from there on the libc-only shim loads.
+pub const LIBC_HAS_DLSYM: GlibcVersion = GlibcVersion {
+    major: 2,
+    minor: 34,
+};
+
+/// Whether `name` (e.g. `libdl.so.2`) is in one of the image's standard library directories.
+pub fn image_has_library(root: &Path, name: &str) -> bool {
+    LIBC_DIRS.iter().any(|dir| {
+        resolve_in_root(root, &format!("{dir}/{name}"))
+            .ok()
+            .and_then(|p| ElfFile::open(&p).ok())
+            .is_some()
+    })
+}
+
+/// [`inspect_in_root`], plus which build of the shim fits the image: `Some` exactly when the
+/// coverage is [`Coverage::Glibc`]. A glibc image without `libdl.so.2` gets the libc-only
+/// build when its glibc is 2.34 or later, and [`Coverage::MissingLibdl`] otherwise (injecting
+/// the shim would make the program fail to start).
+pub fn inspect_for_shim(
+    root: &Path,
+    program: &str,
+    path_env: Option<&str>,
+) -> Result<(Coverage, Option<crate::shim::Variant>), ElfError> {
+    use crate::shim::Variant;
+    let coverage = inspect_in_root(root, program, path_env)?;
+    let Coverage::Glibc { interpreter, glibc } = coverage else {
+        return Ok((coverage, None));
+    };
+    if image_has_library(root, "libdl.so.2") {
+        return Ok((
+            Coverage::Glibc { interpreter, glibc },
+            Some(Variant::WithLibdl),
+        ));
+    }
+    if glibc.is_some_and(|v| v >= LIBC_HAS_DLSYM) {
+        return Ok((
+            Coverage::Glibc { interpreter, glibc },
+            Some(Variant::LibcOnly),
+        ));
+    }
+    Ok((Coverage::MissingLibdl { interpreter, glibc }, None))
+}
+
 fn image_glibc(root: &Path) -> Option<GlibcVersion> {
     LIBC_DIRS.iter().find_map(|dir| {
         let host = resolve_in_root(root, &format!("{dir}/libc.so.6")).ok()?;
@@ -936,6 +994,42 @@ mod tests {
         symlink("l2", r.join("opt/app/l1")).unwrap();
         symlink("l1", r.join("opt/app/l2")).unwrap();
         root
+    }
+
+    #[test]
+    fn shim_build_follows_libdl_and_the_glibc_version() {
+        use crate::shim::Variant;
+        let root = fake_root();
+        let r = root.path();
+        // host glibc (bookworm 2.36), no libdl.so.2 in the root: the libc-only build
+        let (c, v) = inspect_for_shim(r, "/usr/bin/python3", None).unwrap();
+        assert!(c.is_covered(), "{c:?}");
+        assert_eq!(v, Some(Variant::LibcOnly));
+        // with libdl.so.2: the build that loads everywhere
+        fs::copy(
+            "/lib/x86_64-linux-gnu/libdl.so.2",
+            r.join("lib/x86_64-linux-gnu/libdl.so.2"),
+        )
+        .unwrap();
+        assert!(image_has_library(r, "libdl.so.2"));
+        let (_, v) = inspect_for_shim(r, "/usr/bin/python3", None).unwrap();
+        assert_eq!(v, Some(Variant::WithLibdl));
+        // no libdl and a libc whose version cannot be read: not injected
+        fs::remove_file(r.join("lib/x86_64-linux-gnu/libdl.so.2")).unwrap();
+        fs::remove_file(r.join("lib/x86_64-linux-gnu/libc.so.6")).unwrap();
+        let (c, v) = inspect_for_shim(r, "/usr/bin/python3", None).unwrap();
+        assert!(
+            matches!(c, Coverage::MissingLibdl { glibc: None, .. }),
+            "{c:?}"
+        );
+        assert!(!c.is_covered());
+        assert!(c.reason().contains("libdl.so.2"), "{}", c.reason());
+        assert_eq!(v, None);
+        // uncovered programs get no build
+        assert_eq!(
+            inspect_for_shim(r, "/bin/sh", None).unwrap(),
+            (Coverage::Static, None)
+        );
     }
 
     #[test]

@@ -43,4 +43,4 @@ pub mod shim;
 
 pub use elf::Coverage;
 pub use offset::Offset;
-pub use shim::{SHIM, install_shim};
+pub use shim::{SHIM, Variant, install_shim, install_shim_variant};

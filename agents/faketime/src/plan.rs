@@ -70,12 +70,36 @@ pub fn plan<'a, I>(
 where
     I: IntoIterator<Item = (&'a str, &'a str)>,
 {
+    plan_with(
+        annotations,
+        container,
+        env,
+        now,
+        host_shim,
+        host_state_dir,
+        &Injection::default(),
+    )
+}
+
+/// [`plan`] with a chosen [`Injection`] (e.g. another `FAKETIME_CACHE_DURATION`).
+pub fn plan_with<'a, I>(
+    annotations: I,
+    container: &str,
+    env: &[String],
+    now: SystemTime,
+    host_shim: &Path,
+    host_state_dir: &Path,
+    injection: &Injection,
+) -> Result<Option<Plan>, OffsetError>
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+{
     let Some(offset) = offset_from_annotations(annotations, container, now)? else {
         return Ok(None);
     };
     Ok(Some(Plan {
         offset,
-        set_env: env_adjustments(env, &Injection::default()),
+        set_env: env_adjustments(env, injection),
         mounts: bind_mounts(host_shim, host_state_dir),
         state_dir: host_state_dir.to_path_buf(),
         timestamp_file: host_state_dir.join(TIMESTAMP_FILE_NAME),
@@ -133,6 +157,30 @@ mod tests {
         remove_state_dir(&state).unwrap();
         assert!(!state.exists());
         remove_state_dir(&state).unwrap(); // already gone
+    }
+
+    #[test]
+    fn plan_with_sets_the_cache_duration() {
+        let inj = Injection {
+            cache_duration_secs: 0,
+            ..Injection::default()
+        };
+        let p = plan_with(
+            [("berth.io/faketime", "-3h")],
+            "app",
+            &[],
+            SystemTime::now(),
+            Path::new("/s.so"),
+            Path::new("/st"),
+            &inj,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(
+            p.set_env
+                .contains(&("FAKETIME_CACHE_DURATION".to_string(), "0".to_string()))
+        );
+        assert_eq!(p.offset, "-3h".parse().unwrap());
     }
 
     #[test]

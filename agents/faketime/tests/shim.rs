@@ -734,3 +734,27 @@ fn clock_reads_in_signal_handlers_during_refreshes() {
     assert!(v["handler_good"] > 100, "too few signals: {}", f.stdout);
     assert!(v["main_reads"] > 100, "{}", f.stdout);
 }
+
+/// The libc-only build (for glibc ≥ 2.34 images without libdl.so.2) shifts the clock and
+/// keeps sleeps real, like the default build, and needs nothing but libc.so.6.
+#[test]
+fn libc_only_build_shifts_the_clock_without_libdl() {
+    use berth_faketime::shim::{SHIM_LIBC_ONLY, Variant};
+    let needs = elf::version_needs(SHIM_LIBC_ONLY).unwrap();
+    assert!(!needs.is_empty());
+    for n in &needs {
+        assert_eq!(n.file, "libc.so.6", "unexpected dependency {n:?}");
+    }
+    let mut bed = Bed::new(Some("+2d\n"));
+    bed.shim = berth_faketime::install_shim_variant(bed._dir.path(), Variant::LibcOnly).unwrap();
+    assert_near("date", date_offset(&bed), 2.0 * DAY, CLOCK_SLACK);
+    let f = run_ok(
+        bed.command("python3", &["-c", "import time; time.sleep(1)"]),
+        Duration::from_secs(10),
+    );
+    assert!(
+        f.elapsed >= Duration::from_millis(950) && f.elapsed < Duration::from_secs(5),
+        "{:?}",
+        f.elapsed
+    );
+}

@@ -482,15 +482,21 @@ impl FileLogs {
     }
 }
 
-/// The NRI plugin of the agent: file logs now; more features subscribe here later.
+/// The NRI plugin of the agent: file logs and faketime, merged into one adjustment.
 pub struct AgentPlugin {
     pub filelogs: Option<Arc<FileLogs>>,
+    pub faketime: Option<Arc<crate::faketime::FakeTime>>,
 }
 
 impl berth_nri::Plugin for AgentPlugin {
     fn events(&self) -> berth_nri::EventMask {
         use berth_nri::Event::*;
-        berth_nri::EventMask::of(&[CreateContainer, RemoveContainer, RemovePodSandbox])
+        berth_nri::EventMask::of(&[
+            CreateContainer,
+            PostStartContainer,
+            RemoveContainer,
+            RemovePodSandbox,
+        ])
     }
 
     async fn configure(
@@ -510,6 +516,9 @@ impl berth_nri::Plugin for AgentPlugin {
         if let Some(f) = &self.filelogs {
             f.synchronize(&pods, &containers);
         }
+        if let Some(ft) = &self.faketime {
+            ft.synchronize(&pods, &containers);
+        }
         Ok(Vec::new())
     }
 
@@ -518,10 +527,34 @@ impl berth_nri::Plugin for AgentPlugin {
         pod: PodSandbox,
         ctr: Container,
     ) -> berth_nri::HandlerResult<CreateContainerResponse> {
-        match &self.filelogs {
-            Some(f) => f.create_container(&pod, &ctr),
-            None => Ok(CreateContainerResponse::default()),
+        // Faketime first: it may refuse, and its probe (ctr, a short-lived mount) blocks.
+        let injected = match &self.faketime {
+            Some(ft) => {
+                let (ft, p, c) = (ft.clone(), pod.clone(), ctr.clone());
+                tokio::task::spawn_blocking(move || ft.create_container(&p, &c))
+                    .await
+                    .map_err(|e| HandlerError::new(format!("faketime handler failed: {e}")))??
+            }
+            None => None,
+        };
+        let mut resp = match &self.filelogs {
+            Some(f) => match f.create_container(&pod, &ctr) {
+                Ok(r) => r,
+                Err(e) => {
+                    if let (Some(ft), Some(_)) = (&self.faketime, &injected) {
+                        ft.undo_create(&ctr);
+                    }
+                    return Err(e);
+                }
+            },
+            None => CreateContainerResponse::default(),
+        };
+        if let Some(inj) = injected {
+            let adjust = resp.adjust.get_or_insert_with(Default::default);
+            adjust.mounts.extend(inj.mounts);
+            adjust.env.extend(inj.env);
         }
+        Ok(resp)
     }
 
     async fn event(
@@ -530,6 +563,17 @@ impl berth_nri::Plugin for AgentPlugin {
         pod: PodSandbox,
         ctr: Option<Container>,
     ) -> berth_nri::HandlerResult<()> {
+        if let Some(ft) = &self.faketime {
+            match (event, &ctr) {
+                (berth_nri::Event::PostStartContainer, Some(c)) => {
+                    let (ft, c) = (ft.clone(), c.clone());
+                    let _ = tokio::task::spawn_blocking(move || ft.container_started(&c)).await;
+                }
+                (berth_nri::Event::RemoveContainer, Some(c)) => ft.container_removed(c),
+                (berth_nri::Event::RemovePodSandbox, _) => ft.pod_removed(&pod),
+                _ => {}
+            }
+        }
         let Some(f) = &self.filelogs else {
             return Ok(());
         };

@@ -1,0 +1,812 @@
+//! Faketime as the NRI handler drives it: decide at CreateContainer, judge the entry point,
+//! prepare the container's timestamp file, answer with mounts and env; check again after
+//! start when the entry point could not be judged before; forget removed containers.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use berth_faketime::env::Injection;
+use berth_faketime::shim::CONTAINER_SHIM_PATH;
+use berth_faketime::{Coverage, Offset, Variant, file, install_shim_variant, plan};
+use berth_nri::{Container, HandlerError, KeyValue, Mount, PodSandbox};
+
+use super::probe::{RootfsProbe, inspect_process};
+use super::store::{CheckedAt, CoverageRecord, Entry, Store, now_rfc3339, valid_container_id};
+use crate::config::{FakeTimeConfig, OnUncovered};
+use crate::events::{EventLog, Record};
+use crate::retention::Clock;
+
+/// What faketime adds to a container's adjustment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Injected {
+    pub mounts: Vec<Mount>,
+    pub env: Vec<KeyValue>,
+}
+
+pub struct FakeTime {
+    cfg: FakeTimeConfig,
+    store: Store,
+    /// Host paths of the two shim builds.
+    shim_with_libdl: PathBuf,
+    shim_libc_only: PathBuf,
+    probe: Arc<dyn RootfsProbe>,
+    events: Arc<EventLog>,
+    clock: Arc<dyn Clock>,
+}
+
+fn ann_value(pod: &PodSandbox, container: &str) -> String {
+    let key = format!(
+        "{}{container}",
+        berth_faketime::offset::CONTAINER_ANNOTATION_PREFIX
+    );
+    pod.annotations
+        .get(&key)
+        .or_else(|| pod.annotations.get(berth_faketime::offset::ANNOTATION))
+        .cloned()
+        .unwrap_or_default()
+}
+
+impl FakeTime {
+    /// Installs both builds of the shim in `shim_dir` (unchanged files are left alone).
+    pub fn new(
+        cfg: FakeTimeConfig,
+        state_dir: &Path,
+        shim_dir: &Path,
+        probe: Arc<dyn RootfsProbe>,
+        events: Arc<EventLog>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<FakeTime, berth_faketime::shim::InstallError> {
+        let shim_with_libdl = install_shim_variant(shim_dir, Variant::WithLibdl)?;
+        let shim_libc_only = install_shim_variant(shim_dir, Variant::LibcOnly)?;
+        Ok(FakeTime {
+            cfg,
+            store: Store::new(state_dir),
+            shim_with_libdl,
+            shim_libc_only,
+            probe,
+            events,
+            clock,
+        })
+    }
+
+    fn host_shim(&self, v: Variant) -> &Path {
+        match v {
+            Variant::WithLibdl => &self.shim_with_libdl,
+            Variant::LibcOnly => &self.shim_libc_only,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn record(pod: &PodSandbox, ctr: &Container) -> Record {
+        Record {
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+            pod_uid: pod.uid.clone(),
+            container: ctr.name.clone(),
+            container_id: ctr.id.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn entry(pod: &PodSandbox, ctr: &Container, offset: Offset) -> Entry {
+        Entry {
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+            pod_uid: pod.uid.clone(),
+            container: ctr.name.clone(),
+            offset_ns: offset.as_nanos(),
+            injected: false,
+            coverage: None,
+            note: String::new(),
+            updated_at: now_rfc3339(),
+        }
+    }
+
+    fn refuse(&self, pod: &PodSandbox, ctr: &Container, value: &str, reason: &str) -> HandlerError {
+        tracing::warn!(namespace = %pod.namespace, pod = %pod.name, container = %ctr.name, id = %ctr.id,
+            value, reason, "faketime: container refused");
+        self.events.emit(Record {
+            kind: "faketime_refused".into(),
+            value: value.into(),
+            reason: reason.into(),
+            ..Self::record(pod, ctr)
+        });
+        HandlerError::new(format!(
+            "berth refused faketime for container {:?} in pod {}/{}: {reason}",
+            ctr.name, pod.namespace, pod.name
+        ))
+    }
+
+    /// CreateContainer: `None` when the container gets no shim (no annotation, or its entry
+    /// point cannot be faked and `on_uncovered = "run-unfaked"`); an error refuses it.
+    pub fn create_container(
+        &self,
+        pod: &PodSandbox,
+        ctr: &Container,
+    ) -> Result<Option<Injected>, HandlerError> {
+        let value = ann_value(pod, &ctr.name);
+        let injection = Injection {
+            cache_duration_secs: u32::try_from(self.cfg.cache_duration.as_secs())
+                .unwrap_or(u32::MAX),
+            ..Injection::default()
+        };
+        if !valid_container_id(&ctr.id) {
+            if value.is_empty() {
+                return Ok(None);
+            }
+            return Err(self.refuse(pod, ctr, &value, "container id is not a plain identifier"));
+        }
+        let dir = self.store.container_dir(&ctr.id);
+        // Cheap first: does an annotation apply at all?
+        let wanted = berth_faketime::offset::offset_from_annotations(
+            pod.annotations
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+            &ctr.name,
+            self.clock.now(),
+        );
+        match wanted {
+            Ok(None) => return Ok(None),
+            Ok(Some(_)) => {}
+            Err(e) => return Err(self.refuse(pod, ctr, &value, &chain(&e))),
+        }
+        let started = std::time::Instant::now();
+        let probed = self.probe.inspect(ctr);
+        let variant = match &probed {
+            Ok((_, Some(v))) => *v,
+            _ => Variant::WithLibdl,
+        };
+        let planned = plan::plan_with(
+            pod.annotations
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+            &ctr.name,
+            &ctr.env,
+            self.clock.now(),
+            self.host_shim(variant),
+            &dir,
+            &injection,
+        );
+        let p = match planned {
+            Ok(None) => return Ok(None),
+            Ok(Some(p)) => p,
+            Err(e) => return Err(self.refuse(pod, ctr, &value, &chain(&e))),
+        };
+        let mut entry = Self::entry(pod, ctr, p.offset);
+        match probed {
+            Ok((cov, _)) => {
+                entry.coverage = Some(CoverageRecord::new(&cov, CheckedAt::Create));
+                if !cov.is_covered() {
+                    return self.uncovered(pod, ctr, &value, entry, &cov);
+                }
+            }
+            Err(e) => {
+                entry.note = format!(
+                    "injected before the entry point could be judged ({}); checked when it starts",
+                    chain(&e)
+                );
+                tracing::info!(namespace = %pod.namespace, pod = %pod.name, container = %ctr.name,
+                    reason = %chain(&e), "faketime: entry point not judged at creation");
+            }
+        }
+        if let Err(e) = p.prepare_host() {
+            return Err(self.refuse(pod, ctr, &value, &chain(&e)));
+        }
+        entry.injected = true;
+        let id = ctr.id.clone();
+        if let Err(e) = self.store.update(|m| {
+            m.insert(id, entry.clone());
+        }) {
+            let _ = plan::remove_state_dir(&dir);
+            return Err(self.refuse(pod, ctr, &value, &chain(&e)));
+        }
+        let prepare_us = started.elapsed().as_micros() as u64;
+        tracing::info!(namespace = %pod.namespace, pod = %pod.name, container = %ctr.name, id = %ctr.id,
+            offset = %p.offset, covered = ?entry.coverage.as_ref().map(|c| c.covered), shim = ?variant, prepare_us,
+            "faketime injected");
+        self.events.emit(Record {
+            kind: "faketime_injected".into(),
+            value,
+            path: dir.display().to_string(),
+            reason: entry
+                .coverage
+                .as_ref()
+                .map(|c| c.reason.clone())
+                .unwrap_or(entry.note.clone()),
+            ..Self::record(pod, ctr)
+        });
+        let mounts = p
+            .mounts
+            .iter()
+            .map(|m| Mount {
+                destination: m.destination.to_string(),
+                r#type: "bind".into(),
+                source: m.source.to_string_lossy().into_owned(),
+                options: m.options.iter().map(|s| s.to_string()).collect(),
+            })
+            .collect();
+        let env = p
+            .set_env
+            .into_iter()
+            .map(|(key, value)| KeyValue { key, value })
+            .collect();
+        Ok(Some(Injected { mounts, env }))
+    }
+
+    fn uncovered(
+        &self,
+        pod: &PodSandbox,
+        ctr: &Container,
+        value: &str,
+        mut entry: Entry,
+        cov: &Coverage,
+    ) -> Result<Option<Injected>, HandlerError> {
+        let reason = format!(
+            "entry point {:?} is not covered: {}",
+            ctr.args.first().map(String::as_str).unwrap_or(""),
+            cov.reason()
+        );
+        if self.cfg.on_uncovered == OnUncovered::Refuse {
+            return Err(self.refuse(pod, ctr, value, &reason));
+        }
+        entry.note = format!("runs with the real clock: {reason}");
+        let id = ctr.id.clone();
+        let kept = entry.clone();
+        if let Err(e) = self.store.update(|m| {
+            m.insert(id, kept);
+        }) {
+            tracing::error!(error = %chain(&e), "cannot record faketime state");
+        }
+        tracing::warn!(namespace = %pod.namespace, pod = %pod.name, container = %ctr.name, id = %ctr.id,
+            value, reason = %reason, "faketime not injected: the container runs with the real clock");
+        self.events.emit(Record {
+            kind: "faketime_uncovered".into(),
+            value: value.into(),
+            reason,
+            ..Self::record(pod, ctr)
+        });
+        Ok(None)
+    }
+
+    /// Undoes [`Self::create_container`] when another feature refused the container.
+    pub fn undo_create(&self, ctr: &Container) {
+        self.forget(&ctr.id);
+    }
+
+    fn forget(&self, id: &str) {
+        if !valid_container_id(id) {
+            return;
+        }
+        let had = self
+            .store
+            .update(|m| m.remove(id).is_some())
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %chain(&e), "cannot update faketime state");
+                false
+            });
+        let dir = self.store.container_dir(id);
+        if let Err(e) = plan::remove_state_dir(&dir) {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot remove a faketime state dir");
+        } else if had {
+            tracing::debug!(id, "faketime state removed");
+        }
+    }
+
+    /// PostStartContainer: judge the entry point now if it was not judged at creation.
+    pub fn container_started(&self, ctr: &Container) {
+        let Ok(entries) = self.store.read() else {
+            return;
+        };
+        let Some(e) = entries.get(&ctr.id) else {
+            return;
+        };
+        if e.coverage.is_some() || !e.injected {
+            return;
+        }
+        if ctr.pid == 0 {
+            tracing::warn!(id = %ctr.id, "faketime: the runtime gave no pid; the entry point stays unjudged");
+            return;
+        }
+        let cov = match inspect_process(ctr.pid) {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::warn!(id = %ctr.id, error = %chain(&err), "faketime: cannot judge the running entry point");
+                return;
+            }
+        };
+        let rec = CoverageRecord::new(&cov, CheckedAt::Start);
+        let mut note = String::new();
+        if !cov.is_covered() {
+            // Too late not to inject: make it harmless and honest. Offset 0 means any covered
+            // child sees the same (real) time as the uncovered entry point.
+            note = format!(
+                "the shim was injected but cannot work for the entry point; offset set to 0 (real clock): {}",
+                cov.reason()
+            );
+            let f = self
+                .store
+                .container_dir(&ctr.id)
+                .join(file::TIMESTAMP_FILE_NAME);
+            if let Err(e) = file::write_timestamp_file(&f, Offset::ZERO) {
+                tracing::error!(error = %chain(&e), "cannot reset the faketime offset");
+            }
+            if self.cfg.on_uncovered == OnUncovered::Refuse {
+                tracing::error!(id = %ctr.id, "faketime: on_uncovered = \"refuse\" cannot stop a container that already runs; configure faketime.containerd_address to judge entry points at creation");
+            }
+        }
+        let id = ctr.id.clone();
+        let (rec2, note2) = (rec.clone(), note.clone());
+        let _ = self.store.update(|m| {
+            if let Some(e) = m.get_mut(&id) {
+                e.coverage = Some(rec2);
+                e.note = note2;
+                if !e.coverage.as_ref().is_some_and(|c| c.covered) {
+                    e.offset_ns = 0;
+                }
+                e.updated_at = now_rfc3339();
+            }
+        });
+        tracing::info!(id = %ctr.id, covered = rec.covered, reason = %rec.reason, "faketime: entry point judged after start");
+        if !rec.covered {
+            self.events.emit(Record {
+                kind: "faketime_uncovered".into(),
+                namespace: e.namespace.clone(),
+                pod: e.pod.clone(),
+                pod_uid: e.pod_uid.clone(),
+                container: e.container.clone(),
+                container_id: ctr.id.clone(),
+                reason: note,
+                ..Default::default()
+            });
+        }
+    }
+
+    /// RemoveContainer: its state dir and record go.
+    pub fn container_removed(&self, ctr: &Container) {
+        self.forget(&ctr.id);
+    }
+
+    /// RemovePodSandbox: containers of the pod whose removal was missed go too.
+    pub fn pod_removed(&self, pod: &PodSandbox) {
+        if pod.uid.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = match self.store.read() {
+            Ok(m) => m
+                .iter()
+                .filter(|(_, e)| e.pod_uid == pod.uid)
+                .map(|(id, _)| id.clone())
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %chain(&e), "cannot read faketime state");
+                return;
+            }
+        };
+        for id in ids {
+            self.forget(&id);
+        }
+    }
+
+    /// Synchronize: drop the state of containers that vanished while the agent was away, keep
+    /// live ones, re-adopt live injected containers whose record was lost.
+    pub fn synchronize(&self, pods: &[PodSandbox], containers: &[Container]) {
+        let live: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+        let mut gone: Vec<String> = Vec::new();
+        let mut adopted = 0usize;
+        let r = self.store.update(|m| {
+            m.retain(|id, _| {
+                let keep = live.contains(id.as_str());
+                if !keep {
+                    gone.push(id.clone());
+                }
+                keep
+            });
+            for c in containers {
+                if m.contains_key(&c.id) || !valid_container_id(&c.id) {
+                    continue;
+                }
+                let injected = c
+                    .env_var("LD_PRELOAD")
+                    .is_some_and(|v| v.split([':', ' ']).any(|p| p == CONTAINER_SHIM_PATH));
+                let f = self
+                    .store
+                    .container_dir(&c.id)
+                    .join(file::TIMESTAMP_FILE_NAME);
+                let Some(pod) = pods.iter().find(|p| p.id == c.pod_sandbox_id) else {
+                    continue;
+                };
+                if let (true, Ok(offset)) = (injected, file::read_timestamp_file(&f)) {
+                    let mut e = Self::entry(pod, c, offset);
+                    e.injected = true;
+                    e.note = "re-adopted after the agent lost its state".into();
+                    m.insert(c.id.clone(), e);
+                    adopted += 1;
+                }
+            }
+        });
+        if let Err(e) = r {
+            tracing::error!(error = %chain(&e), "cannot reconcile faketime state");
+            return;
+        }
+        // Dirs on disk without a live container (state lost, or removal missed).
+        if let Ok(rd) = std::fs::read_dir(self.store.containers_root()) {
+            for d in rd.flatten() {
+                let name = d.file_name().to_string_lossy().into_owned();
+                if valid_container_id(&name)
+                    && !live.contains(name.as_str())
+                    && !gone.contains(&name)
+                {
+                    gone.push(name);
+                }
+            }
+        }
+        for id in &gone {
+            let _ = plan::remove_state_dir(&self.store.container_dir(id));
+        }
+        tracing::info!(
+            containers = containers.len(),
+            removed = gone.len(),
+            adopted,
+            "faketime synchronized"
+        );
+    }
+}
+
+/// An error and its sources on one line.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retention::SystemClock;
+    use std::sync::Mutex;
+
+    /// Answers with a fixed judgement and counts calls.
+    struct FakeProbe {
+        answer: Mutex<Option<(Coverage, Option<Variant>)>>,
+        calls: Mutex<u32>,
+    }
+
+    impl FakeProbe {
+        fn new(answer: Option<(Coverage, Option<Variant>)>) -> Arc<FakeProbe> {
+            Arc::new(FakeProbe {
+                answer: Mutex::new(answer),
+                calls: Mutex::new(0),
+            })
+        }
+    }
+
+    impl RootfsProbe for FakeProbe {
+        fn inspect(
+            &self,
+            _ctr: &Container,
+        ) -> Result<(Coverage, Option<Variant>), super::super::probe::ProbeError> {
+            *self.calls.lock().unwrap() += 1;
+            self.answer
+                .lock()
+                .unwrap()
+                .clone()
+                .ok_or(super::super::probe::ProbeError::Unavailable)
+        }
+    }
+
+    fn glibc() -> (Coverage, Option<Variant>) {
+        (
+            Coverage::Glibc {
+                interpreter: "/lib64/ld-linux-x86-64.so.2".into(),
+                glibc: None,
+            },
+            Some(Variant::LibcOnly),
+        )
+    }
+
+    struct Bed {
+        tmp: tempfile::TempDir,
+        ft: FakeTime,
+        probe: Arc<FakeProbe>,
+    }
+
+    fn bed(answer: Option<(Coverage, Option<Variant>)>, on_uncovered: OnUncovered) -> Bed {
+        let tmp = tempfile::tempdir().unwrap();
+        let probe = FakeProbe::new(answer);
+        let cfg = FakeTimeConfig {
+            on_uncovered,
+            cache_duration: std::time::Duration::from_secs(3),
+            ..FakeTimeConfig::default()
+        };
+        let ft = FakeTime::new(
+            cfg,
+            tmp.path(),
+            &tmp.path().join("faketime"),
+            probe.clone(),
+            Arc::new(EventLog::new(tmp.path())),
+            Arc::new(SystemClock),
+        )
+        .unwrap();
+        Bed { tmp, ft, probe }
+    }
+
+    fn pod(ann: &[(&str, &str)]) -> PodSandbox {
+        PodSandbox {
+            id: "pod1".into(),
+            name: "web-0".into(),
+            namespace: "shop".into(),
+            uid: "uid-1".into(),
+            annotations: ann
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn ctr(id: &str, name: &str, env: &[&str]) -> Container {
+        Container {
+            id: id.into(),
+            pod_sandbox_id: "pod1".into(),
+            name: name.into(),
+            args: vec!["/bin/sh".into()],
+            env: env.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn kinds(b: &Bed) -> Vec<String> {
+        std::fs::read_to_string(b.tmp.path().join("events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].to_string())
+            .collect()
+    }
+
+    #[test]
+    fn covered_container_gets_mounts_env_and_a_timestamp_file() {
+        let b = bed(Some(glibc()), OnUncovered::RunUnfaked);
+        let p = pod(&[
+            ("berth.io/faketime", "+2d"),
+            ("berth.io/faketime.db", "-3h"),
+        ]);
+        let c = ctr(
+            "c1",
+            "app",
+            &["PATH=/bin", "LD_PRELOAD=/usr/lib/libjemalloc.so"],
+        );
+        let inj = b.ft.create_container(&p, &c).unwrap().expect("injected");
+        let env: Vec<(String, String)> = inj
+            .env
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect();
+        assert_eq!(
+            env,
+            vec![
+                (
+                    "LD_PRELOAD".into(),
+                    format!("/usr/lib/libjemalloc.so:{CONTAINER_SHIM_PATH}")
+                ),
+                (
+                    "FAKETIME_TIMESTAMP_FILE".into(),
+                    "/.berth/faketime/state/offset".into()
+                ),
+                ("FAKETIME_CACHE_DURATION".into(), "3".into()),
+            ]
+        );
+        let dir = b.ft.store().container_dir("c1");
+        assert_eq!(inj.mounts.len(), 2);
+        assert_eq!(
+            inj.mounts[0].source,
+            b.tmp
+                .path()
+                .join("faketime/libberth-faketime-libc.so")
+                .display()
+                .to_string(),
+            "the build the probe chose"
+        );
+        assert_eq!(inj.mounts[1].source, dir.display().to_string());
+        assert!(
+            inj.mounts
+                .iter()
+                .all(|m| m.options.contains(&"ro".to_string()))
+        );
+        assert_eq!(
+            file::read_timestamp_file(&dir.join("offset")).unwrap(),
+            "+2d".parse().unwrap()
+        );
+        let e = &b.ft.store().read().unwrap()["c1"];
+        assert!(e.injected);
+        assert_eq!(e.coverage.as_ref().unwrap().checked_at, CheckedAt::Create);
+        assert_eq!((e.namespace.as_str(), e.pod.as_str()), ("shop", "web-0"));
+        // the container's own annotation wins
+        b.ft.create_container(&p, &ctr("c2", "db", &[]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            file::read_timestamp_file(&b.ft.store().container_dir("c2").join("offset")).unwrap(),
+            "-3h".parse().unwrap()
+        );
+        assert_eq!(
+            kinds(&b),
+            vec!["\"faketime_injected\"", "\"faketime_injected\""]
+        );
+    }
+
+    #[test]
+    fn no_annotation_means_no_probe_and_no_state() {
+        let b = bed(Some(glibc()), OnUncovered::RunUnfaked);
+        assert_eq!(
+            b.ft.create_container(&pod(&[]), &ctr("c1", "app", &[]))
+                .unwrap(),
+            None
+        );
+        assert_eq!(*b.probe.calls.lock().unwrap(), 0);
+        assert!(b.ft.store().read().unwrap().is_empty());
+        assert!(!b.ft.store().containers_root().exists());
+    }
+
+    #[test]
+    fn uncovered_runs_unfaked_and_says_why() {
+        let b = bed(Some((Coverage::Static, None)), OnUncovered::RunUnfaked);
+        let p = pod(&[("berth.io/faketime", "+2d")]);
+        assert_eq!(
+            b.ft.create_container(&p, &ctr("c1", "bb", &[])).unwrap(),
+            None
+        );
+        let e = &b.ft.store().read().unwrap()["c1"];
+        assert!(!e.injected);
+        assert_eq!(e.coverage.as_ref().unwrap().kind, "static");
+        assert!(e.note.contains("statically linked"), "{}", e.note);
+        assert!(!b.ft.store().container_dir("c1").exists());
+        assert_eq!(kinds(&b), vec!["\"faketime_uncovered\""]);
+    }
+
+    #[test]
+    fn uncovered_is_refused_when_configured() {
+        let b = bed(
+            Some((
+                Coverage::Musl {
+                    interpreter: "/lib/ld-musl-x86_64.so.1".into(),
+                },
+                None,
+            )),
+            OnUncovered::Refuse,
+        );
+        let p = pod(&[("berth.io/faketime", "+2d")]);
+        let err =
+            b.ft.create_container(&p, &ctr("c1", "app", &[]))
+                .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("berth refused faketime for container \"app\" in pod shop/web-0"),
+            "{msg}"
+        );
+        assert!(msg.contains("musl"), "{msg}");
+        assert!(b.ft.store().read().unwrap().is_empty());
+        assert!(!b.ft.store().container_dir("c1").exists());
+        assert_eq!(kinds(&b), vec!["\"faketime_refused\""]);
+    }
+
+    #[test]
+    fn a_bad_annotation_refuses_naming_the_key() {
+        let b = bed(Some(glibc()), OnUncovered::RunUnfaked);
+        let p = pod(&[("berth.io/faketime.app", "2 days")]);
+        let msg =
+            b.ft.create_container(&p, &ctr("c1", "app", &[]))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            msg.contains("annotation berth.io/faketime.app is invalid"),
+            "{msg}"
+        );
+        assert!(b.ft.store().read().unwrap().is_empty());
+    }
+
+    #[test]
+    fn unjudged_container_is_injected_and_removal_cleans_up() {
+        let b = bed(None, OnUncovered::RunUnfaked);
+        let p = pod(&[("berth.io/faketime", "+1h")]);
+        let inj =
+            b.ft.create_container(&p, &ctr("c1", "app", &[]))
+                .unwrap()
+                .unwrap();
+        assert!(
+            inj.mounts[0].source.ends_with("/libberth-faketime.so"),
+            "default build"
+        );
+        let e = &b.ft.store().read().unwrap()["c1"];
+        assert!(e.injected && e.coverage.is_none());
+        assert!(e.note.contains("checked when it starts"), "{}", e.note);
+        // started without a pid: stays unjudged, nothing breaks
+        b.ft.container_started(&ctr("c1", "app", &[]));
+        assert!(b.ft.store().read().unwrap()["c1"].coverage.is_none());
+        b.ft.container_removed(&ctr("c1", "app", &[]));
+        assert!(b.ft.store().read().unwrap().is_empty());
+        assert!(!b.ft.store().container_dir("c1").exists());
+        // a missed RemoveContainer is caught by RemovePodSandbox
+        b.ft.create_container(&p, &ctr("c2", "app", &[]))
+            .unwrap()
+            .unwrap();
+        let mut other = pod(&[]);
+        other.uid = "uid-other".into();
+        b.ft.pod_removed(&other);
+        assert!(
+            b.ft.store().container_dir("c2").exists(),
+            "another pod's removal"
+        );
+        b.ft.pod_removed(&p);
+        assert!(b.ft.store().read().unwrap().is_empty());
+        assert!(!b.ft.store().container_dir("c2").exists());
+    }
+
+    #[test]
+    fn started_container_is_judged_from_proc() {
+        let b = bed(None, OnUncovered::RunUnfaked);
+        let p = pod(&[("berth.io/faketime", "+1h")]);
+        let mut c = ctr("c1", "app", &[]);
+        b.ft.create_container(&p, &c).unwrap().unwrap();
+        c.pid = std::process::id(); // this test binary: glibc
+        b.ft.container_started(&c);
+        let e = &b.ft.store().read().unwrap()["c1"];
+        let cov = e.coverage.as_ref().unwrap();
+        assert!(cov.covered);
+        assert_eq!(cov.checked_at, CheckedAt::Start);
+        assert_eq!(
+            e.offset_ns, 3_600_000_000_000,
+            "a covered container keeps its offset"
+        );
+    }
+
+    #[test]
+    fn synchronize_keeps_live_and_drops_vanished_state() {
+        let b = bed(Some(glibc()), OnUncovered::RunUnfaked);
+        let p = pod(&[("berth.io/faketime", "+2d")]);
+        for id in ["live", "gone"] {
+            b.ft.create_container(&p, &ctr(id, id, &[]))
+                .unwrap()
+                .unwrap();
+        }
+        // a stray dir nobody knows (state lost while its container went away)
+        std::fs::create_dir_all(b.ft.store().container_dir("stray")).unwrap();
+        let live = ctr("live", "live", &[]);
+        b.ft.synchronize(std::slice::from_ref(&p), std::slice::from_ref(&live));
+        let entries = b.ft.store().read().unwrap();
+        assert_eq!(entries.keys().collect::<Vec<_>>(), vec!["live"]);
+        assert!(b.ft.store().container_dir("live").join("offset").exists());
+        assert!(!b.ft.store().container_dir("gone").exists());
+        assert!(!b.ft.store().container_dir("stray").exists());
+    }
+
+    #[test]
+    fn synchronize_readopts_an_injected_container_after_state_loss() {
+        let b = bed(Some(glibc()), OnUncovered::RunUnfaked);
+        let p = pod(&[("berth.io/faketime", "+2d")]);
+        let inj =
+            b.ft.create_container(&p, &ctr("c1", "app", &[]))
+                .unwrap()
+                .unwrap();
+        std::fs::remove_file(b.tmp.path().join(super::super::store::STATE_FILE)).unwrap();
+        let mut running = ctr("c1", "app", &[]);
+        running.env = inj
+            .env
+            .iter()
+            .map(|kv| format!("{}={}", kv.key, kv.value))
+            .collect();
+        b.ft.synchronize(std::slice::from_ref(&p), &[running]);
+        let e = &b.ft.store().read().unwrap()["c1"];
+        assert!(e.injected);
+        assert_eq!(e.offset_ns, 2 * 86_400 * 1_000_000_000);
+        assert_eq!(e.container, "app");
+    }
+}

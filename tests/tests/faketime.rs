@@ -1,0 +1,662 @@
+//! Faketime end to end: berth-agent registered over a real containerd's NRI socket (2.1 and
+//! 1.7), pods driven through CRI like kubelet does, the glibc image (dash, coreutils, python3)
+//! and the static busybox image.
+//!
+//! A pod annotated `berth.io/faketime: "+2d"` sees the wall clock two days ahead; a container
+//! with its own `berth.io/faketime.<name>` keeps its own offset; a container without annotation
+//! is untouched; relative sleeps, Python sleeps, threading timers and `timeout` keep real
+//! time; an image's own LD_PRELOAD is kept; the offset changes at run time through the
+//! agent-side API (`berth-agent faketime set|clear`, the same code the gRPC service binds to)
+//! without a restart; a static busybox is reported as not covered and gets no shim, whether it
+//! is judged at creation (containerd's snapshot) or after start (`/proc/<pid>/exe`); the state
+//! survives an agent restart and goes with the container.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use berth_e2e::testbed::{Containerd, Node, NodeOptions, binary};
+use berth_e2e::{BUSYBOX_IMAGE, ContainerSpec, CriClient, GLIBC_IMAGE, PodSpec};
+
+const T: Duration = Duration::from_secs(10);
+const DAY: i64 = 86_400;
+const SHIM: &str = "/.berth/faketime/libberth-faketime.so";
+const PRELOAD: &str = "/usr/lib/x86_64-linux-gnu/libuuid.so.1";
+/// Prints `jumped <seconds since start>` when its wall clock runs 7 days ahead of its
+/// monotonic clock, or `nojump` after 8 s.
+const WATCHER: &str = "import time
+m0 = time.monotonic(); w0 = time.time()
+while time.monotonic() - m0 < 8:
+    if (time.time() - w0) - (time.monotonic() - m0) > 7 * 86400:
+        print('jumped %.3f' % (time.monotonic() - m0)); break
+    time.sleep(0.02)
+else:
+    print('nojump')
+";
+
+/// The agent as a child process; killed (by its pid, which we own) on drop.
+struct AgentProc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl AgentProc {
+    fn start(node: &Node, config: &Path, state: &Path, log_root: &Path, log: &Path) -> AgentProc {
+        let out = File::options().create(true).append(true).open(log).unwrap();
+        let child = Command::new(binary("berth-agent"))
+            .arg("--config")
+            .arg(config)
+            .arg("--nri-socket")
+            .arg(node.nri_socket())
+            .arg("--log-root")
+            .arg(log_root)
+            .arg("--state-dir")
+            .arg(state)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("berth-agent starts");
+        AgentProc {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_ready(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let count = self.log_text().matches("nri plugin ready").count();
+            if count >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not register ({count}/{n}); its log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn host_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// `berth-agent --state-dir <state> faketime <args>`, bounded by 10 s: (exit ok, stdout+stderr).
+fn ctl(state: &Path, args: &[&str]) -> (bool, String) {
+    let mut child = Command::new(binary("berth-agent"))
+        .arg("--state-dir")
+        .arg(state)
+        .arg("faketime")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + T;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("berth-agent faketime {args:?} hung");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn ctl_json(state: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let (ok, text) = ctl(state, args);
+    assert!(ok, "berth-agent faketime {args:?} failed: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// Runs a command in a container, bounded by `timeout` (CRI's own and a local one).
+async fn exec(
+    cri: &mut CriClient,
+    id: &str,
+    cmd: &[&str],
+    timeout: Duration,
+) -> berth_e2e::cri::ExecOutput {
+    tokio::time::timeout(timeout + Duration::from_secs(5), cri.exec(id, cmd, timeout))
+        .await
+        .unwrap_or_else(|_| panic!("exec {cmd:?} hung"))
+        .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// The container's `date +%s` minus the host's, in seconds.
+async fn clock_offset(cri: &mut CriClient, id: &str) -> i64 {
+    let before = host_now();
+    let out = exec(cri, id, &["date", "+%s"], T).await.ok().unwrap();
+    let after = host_now();
+    let theirs: i64 = out.trim().parse().unwrap();
+    // the nearer end of the host's interval
+    if theirs < before {
+        theirs - before
+    } else if theirs > after {
+        theirs - after
+    } else {
+        0
+    }
+}
+
+fn assert_near(got: i64, want: i64, what: &str) {
+    assert!(
+        (got - want).abs() <= 5,
+        "{what}: clock offset {got} s, want {want} s ±5"
+    );
+}
+
+/// Waits (at most `within`) until the container's clock is `want` ahead; returns how long.
+async fn wait_offset(cri: &mut CriClient, id: &str, want: i64, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let got = clock_offset(cri, id).await;
+        if (got - want).abs() <= 5 {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "clock offset still {got} s after {:?}, want {want} s",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `cmd`, asserting it took between `min` and `max` of real time; returns the output.
+async fn timed(
+    cri: &mut CriClient,
+    id: &str,
+    cmd: &[&str],
+    min: Duration,
+    max: Duration,
+) -> berth_e2e::cri::ExecOutput {
+    let start = Instant::now();
+    let out = exec(cri, id, cmd, T).await;
+    let took = start.elapsed();
+    assert!(
+        took >= min && took <= max,
+        "{cmd:?} took {took:?}, want {min:?}..{max:?}; output {out:?}"
+    );
+    eprintln!("{cmd:?} took {took:?}");
+    out
+}
+
+fn status_of<'a>(list: &'a [serde_json::Value], container: &str) -> &'a serde_json::Value {
+    list.iter()
+        .find(|s| s["container"] == container)
+        .unwrap_or_else(|| panic!("no status for {container}: {list:?}"))
+}
+
+fn glibc(name: &str) -> ContainerSpec {
+    ContainerSpec::sleeper(name, GLIBC_IMAGE)
+}
+
+fn dir_entries(p: &Path) -> Vec<String> {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
+    let node = Node::start(
+        node_name,
+        NodeOptions {
+            containerd,
+            ..Default::default()
+        },
+    )
+    .expect("node starts");
+    let work = node.dir().join("faketime-test");
+    std::fs::create_dir_all(&work).unwrap();
+    let state = work.join("state");
+    let log_root = work.join("logs");
+    let probing = work.join("agent.toml");
+    std::fs::write(
+        &probing,
+        format!(
+            "[nri]\nreconnect_max = \"500ms\"\n[faketime]\ncontainerd_address = {:?}\nctr = {:?}\n",
+            node.containerd_socket(),
+            node.env("BERTH_CTR"),
+        ),
+    )
+    .unwrap();
+    let agent_log = work.join("agent.log");
+    let agent = AgentProc::start(&node, &probing, &state, &log_root, &agent_log);
+    agent.wait_ready(1);
+    let mut cri = node.cri().await.expect("CRI ready");
+    let containers_dir = state.join("faketime/containers");
+
+    // 1. A pod two days ahead, one container with its own offset, one with its own preload.
+    let pod = cri
+        .run_pod(
+            &PodSpec::new("clock", "shifted")
+                .annotation("berth.io/faketime", "+2d")
+                .annotation("berth.io/faketime.other", "-3h"),
+        )
+        .await
+        .unwrap();
+    let app = cri.run_container(&pod, &glibc("app")).await.unwrap();
+    let other = cri.run_container(&pod, &glibc("other")).await.unwrap();
+    let preload = cri
+        .run_container(&pod, &glibc("preload").env("LD_PRELOAD", PRELOAD))
+        .await
+        .unwrap();
+    let plain_pod = cri.run_pod(&PodSpec::new("clock", "plain")).await.unwrap();
+    let plain = cri
+        .run_container(&plain_pod, &glibc("plain"))
+        .await
+        .unwrap();
+
+    assert_near(clock_offset(&mut cri, &app).await, 2 * DAY, "app (+2d)");
+    assert_near(
+        clock_offset(&mut cri, &other).await,
+        -3 * 3600,
+        "other (-3h)",
+    );
+    assert_near(
+        clock_offset(&mut cri, &preload).await,
+        2 * DAY,
+        "preload (+2d)",
+    );
+    assert_near(
+        clock_offset(&mut cri, &plain).await,
+        0,
+        "plain (no annotation)",
+    );
+
+    // The environment: LD_PRELOAD appended to the image's, never FAKETIME.
+    let env = exec(&mut cri, &app, &["env"], T).await.ok().unwrap();
+    assert!(
+        env.lines().any(|l| l == format!("LD_PRELOAD={SHIM}")),
+        "{env}"
+    );
+    assert!(
+        env.lines()
+            .any(|l| l == "FAKETIME_TIMESTAMP_FILE=/.berth/faketime/state/offset"),
+        "{env}"
+    );
+    assert!(
+        env.lines().any(|l| l == "FAKETIME_CACHE_DURATION=1"),
+        "{env}"
+    );
+    assert!(!env.lines().any(|l| l.starts_with("FAKETIME=")), "{env}");
+    let env = exec(&mut cri, &preload, &["env"], T).await.ok().unwrap();
+    assert!(
+        env.lines()
+            .any(|l| l == format!("LD_PRELOAD={PRELOAD}:{SHIM}")),
+        "{env}"
+    );
+    let maps = exec(&mut cri, &preload, &["cat", "/proc/self/maps"], T)
+        .await
+        .ok()
+        .unwrap();
+    assert!(
+        maps.contains("libuuid.so.1"),
+        "the image's preload is loaded"
+    );
+    assert!(maps.contains("libberth-faketime.so"), "the shim is loaded");
+    let env = exec(&mut cri, &plain, &["env"], T).await.ok().unwrap();
+    assert!(!env.contains("LD_PRELOAD"), "{env}");
+    // The mounts are read-only.
+    let mountinfo = exec(&mut cri, &app, &["cat", "/proc/self/mountinfo"], T)
+        .await
+        .ok()
+        .unwrap();
+    for dest in [SHIM, "/.berth/faketime/state"] {
+        let line = mountinfo
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(dest))
+            .unwrap_or_else(|| panic!("{dest} is not a mount:\n{mountinfo}"));
+        assert!(
+            line.split(' ')
+                .nth(5)
+                .unwrap()
+                .split(',')
+                .any(|f| f == "ro"),
+            "{line}"
+        );
+    }
+
+    // 2. Relative sleeps, Python sleeps, timers and timeout keep real time.
+    let ms = Duration::from_millis;
+    timed(&mut cri, &app, &["sleep", "1"], ms(950), ms(4000))
+        .await
+        .ok()
+        .unwrap();
+    timed(
+        &mut cri,
+        &app,
+        &["python3", "-c", "import time; time.sleep(1)"],
+        ms(950),
+        ms(5000),
+    )
+    .await
+    .ok()
+    .unwrap();
+    let out = timed(
+        &mut cri,
+        &app,
+        &[
+            "python3",
+            "-c",
+            "import threading; e = threading.Event(); threading.Timer(0.5, e.set).start(); print(e.wait(3))",
+        ],
+        ms(450),
+        ms(5000),
+    )
+    .await
+    .ok()
+    .unwrap();
+    assert_eq!(out.trim(), "True");
+    let out = timed(
+        &mut cri,
+        &app,
+        &["timeout", "2", "sleep", "10"],
+        ms(1900),
+        ms(6000),
+    )
+    .await;
+    assert_eq!(out.exit_code, 124, "{out:?}");
+    // Python's own wall clock is shifted too.
+    let py = exec(
+        &mut cri,
+        &app,
+        &["python3", "-c", "import time; print(int(time.time()))"],
+        T,
+    )
+    .await
+    .ok()
+    .unwrap();
+    assert_near(
+        py.trim().parse::<i64>().unwrap() - host_now(),
+        2 * DAY,
+        "python time.time()",
+    );
+
+    // 3. The agent-side API: state and coverage of every container.
+    let st = ctl_json(&state, &["get", "--namespace", "clock", "--pod", "shifted"]);
+    assert_eq!(st.len(), 3, "{st:?}");
+    let a = status_of(&st, "app");
+    assert_eq!(a["container_id"], app.as_str());
+    assert_eq!(a["offset"], "+2d");
+    assert_eq!(a["injected"], true);
+    assert_eq!(a["covered"], true);
+    assert_eq!(a["coverage"], "glibc");
+    assert_eq!(a["checked_at"], "create");
+    assert!(a["reason"].as_str().unwrap().contains("glibc"), "{a}");
+    assert_eq!(status_of(&st, "other")["offset"], "-3h");
+    let (ok, text) = ctl(&state, &["get", "--namespace", "clock", "--pod", "plain"]);
+    assert!(
+        !ok && text.contains("no faketime container in pod clock/plain"),
+        "{text}"
+    );
+
+    // 4. A run-time change moves the running clock within 2 s, without a restart; clear
+    // brings real time back. The other container keeps its own offset.
+    // A process that runs across the change sees its wall clock jump (the shim re-reads the
+    // file within its 1 s cache), and a fresh one sees the new offset.
+    let watcher = {
+        let mut cri2 = node.cri().await.unwrap();
+        let id = app.clone();
+        tokio::spawn(async move {
+            let launched = Instant::now();
+            let out = exec(&mut cri2, &id, &["python3", "-c", WATCHER], T).await;
+            (launched, Instant::now(), out)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let set_at = Instant::now();
+    let st = ctl_json(
+        &state,
+        &[
+            "set",
+            "--namespace",
+            "clock",
+            "--pod",
+            "shifted",
+            "--container",
+            "app",
+            "--offset",
+            "+10d",
+        ],
+    );
+    assert_eq!(st[0]["offset"], "+10d");
+    let (launched, finished, out) = watcher.await.unwrap();
+    let out = out.ok().unwrap();
+    let seen: f64 = out
+        .trim()
+        .strip_prefix("jumped ")
+        .unwrap_or_else(|| panic!("the running process never saw the change: {out:?}"))
+        .parse()
+        .unwrap();
+    // Upper bound: the watcher had seen the jump by the time its exec returned. Estimate: its
+    // own clock counts from its start, a little after `launched`.
+    let bound = (finished - set_at).as_secs_f64();
+    let estimate = seen - (set_at - launched).as_secs_f64();
+    eprintln!("running process saw +10d {estimate:.3} s after the set (at most {bound:.3} s)");
+    assert!(bound < 2.0, "change seen only {bound} s after the set");
+    let took = wait_offset(&mut cri, &app, 10 * DAY, Duration::from_secs(2)).await;
+    eprintln!("offset +10d seen by a new process after {took:?}");
+    assert_near(
+        clock_offset(&mut cri, &other).await,
+        -3 * 3600,
+        "other after set",
+    );
+    ctl_json(
+        &state,
+        &[
+            "clear",
+            "--namespace",
+            "clock",
+            "--pod",
+            "shifted",
+            "--container",
+            "app",
+        ],
+    );
+    let took = wait_offset(&mut cri, &app, 0, Duration::from_secs(2)).await;
+    eprintln!("clear seen after {took:?}");
+    let (ok, text) = ctl(
+        &state,
+        &[
+            "set",
+            "--namespace",
+            "clock",
+            "--pod",
+            "shifted",
+            "--offset",
+            "2 days",
+        ],
+    );
+    assert!(!ok && text.contains("invalid --offset"), "{text}");
+
+    // 5. A static busybox is judged at creation: not covered, no shim, real clock, reported.
+    let bb_pod = cri
+        .run_pod(&PodSpec::new("clock", "static").annotation("berth.io/faketime", "+2d"))
+        .await
+        .unwrap();
+    let bb = cri
+        .run_container(&bb_pod, &ContainerSpec::sleeper("bb", BUSYBOX_IMAGE))
+        .await
+        .unwrap();
+    let env = exec(&mut cri, &bb, &["env"], T).await.ok().unwrap();
+    assert!(
+        !env.contains("LD_PRELOAD") && !env.contains("FAKETIME"),
+        "{env}"
+    );
+    let mountinfo = exec(&mut cri, &bb, &["cat", "/proc/self/mountinfo"], T)
+        .await
+        .ok()
+        .unwrap();
+    assert!(!mountinfo.contains("/.berth/faketime"), "{mountinfo}");
+    assert_near(clock_offset(&mut cri, &bb).await, 0, "static busybox");
+    let st = ctl_json(&state, &["get", "--namespace", "clock", "--pod", "static"]);
+    let b = status_of(&st, "bb");
+    assert_eq!(b["injected"], false);
+    assert_eq!(b["covered"], false);
+    assert_eq!(b["coverage"], "static");
+    assert_eq!(b["checked_at"], "create");
+    assert!(
+        b["reason"].as_str().unwrap().contains("statically linked"),
+        "{b}"
+    );
+    assert!(
+        !containers_dir.join(&bb).exists(),
+        "no state dir for an uninjected container"
+    );
+    assert!(
+        agent.log_text().contains("faketime not injected"),
+        "the agent log says why"
+    );
+    let (ok, text) = ctl(
+        &state,
+        &[
+            "set",
+            "--namespace",
+            "clock",
+            "--pod",
+            "static",
+            "--offset",
+            "+1d",
+        ],
+    );
+    assert!(!ok && text.contains("no container has the shim"), "{text}");
+
+    // 6. The state survives an agent restart. Without a containerd address the agent judges
+    // entry points after start instead: a busybox then gets the (inert) shim, is reported as
+    // not covered, and its offset is set to 0 so nothing in it runs on a shifted clock.
+    drop(agent);
+    let late = work.join("agent-late.toml");
+    std::fs::write(&late, "[nri]\nreconnect_max = \"500ms\"\n").unwrap();
+    let agent = AgentProc::start(&node, &late, &state, &log_root, &agent_log);
+    agent.wait_ready(2);
+    let st = ctl_json(&state, &["get", "--namespace", "clock", "--pod", "shifted"]);
+    assert_eq!(st.len(), 3, "state kept across the restart: {st:?}");
+    ctl_json(
+        &state,
+        &[
+            "set",
+            "--namespace",
+            "clock",
+            "--pod",
+            "shifted",
+            "--container",
+            "app",
+            "--offset",
+            "+1d",
+        ],
+    );
+    wait_offset(&mut cri, &app, DAY, Duration::from_secs(2)).await;
+    let bb2 = cri
+        .run_container(&bb_pod, &ContainerSpec::sleeper("bb2", BUSYBOX_IMAGE))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + T;
+    let b2 = loop {
+        let st = ctl_json(
+            &state,
+            &[
+                "get",
+                "--namespace",
+                "clock",
+                "--pod",
+                "static",
+                "--container",
+                "bb2",
+            ],
+        );
+        if !st[0]["covered"].is_null() {
+            break st[0].clone();
+        }
+        assert!(Instant::now() < deadline, "bb2 never judged: {st:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(b2["injected"], true);
+    assert_eq!(b2["covered"], false);
+    assert_eq!(b2["coverage"], "static");
+    assert_eq!(b2["checked_at"], "start");
+    assert_eq!(b2["offset"], "0");
+    assert!(
+        b2["reason"].as_str().unwrap().contains("offset set to 0"),
+        "{b2}"
+    );
+    assert_near(clock_offset(&mut cri, &bb2).await, 0, "late-judged busybox");
+
+    // 7. A removed container's state goes with it; the rest stays.
+    cri.stop_container(&other, 5).await.unwrap();
+    cri.remove_container(&other).await.unwrap();
+    let deadline = Instant::now() + T;
+    while containers_dir.join(&other).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "state dir of a removed container stays"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let st = ctl_json(&state, &["get", "--namespace", "clock", "--pod", "shifted"]);
+    assert_eq!(st.len(), 2, "{st:?}");
+    assert!(containers_dir.join(&app).join("offset").exists());
+
+    // 8. Containers removed while the agent is away are dropped at the next Synchronize.
+    drop(agent);
+    cri.teardown_all().await.unwrap();
+    assert!(
+        !dir_entries(&containers_dir).is_empty(),
+        "the agent was away"
+    );
+    let agent = AgentProc::start(&node, &late, &state, &log_root, &agent_log);
+    agent.wait_ready(3);
+    let deadline = Instant::now() + T;
+    while !dir_entries(&containers_dir).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "state of vanished containers kept: {:?}",
+            dir_entries(&containers_dir)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, _) = ctl(&state, &["get", "--namespace", "clock", "--pod", "shifted"]);
+    assert!(!ok, "state of vanished containers kept");
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the test bed: run by scripts/test"]
+async fn faketime_on_containerd_2_1() {
+    faketime_end_to_end("faketime-21", Containerd::V2_1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the test bed: run by scripts/test"]
+async fn faketime_on_containerd_1_7() {
+    faketime_end_to_end("faketime-17", Containerd::V1_7).await;
+}
