@@ -9,11 +9,18 @@
 
 /// The `berth.v1` package.
 pub mod v1 {
-    #![allow(clippy::all, missing_docs)]
+    #![allow(
+        clippy::all,
+        missing_docs,
+        rustdoc::invalid_html_tags,
+        rustdoc::bare_urls,
+        rustdoc::broken_intra_doc_links
+    )]
     tonic::include_proto!("berth.v1");
 
     /// The encoded `FileDescriptorSet` of `berth.v1` (for reflection and completeness tests).
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("berth_v1_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("berth_v1_descriptor");
 }
 
 /// Every RPC of the API as its full gRPC path, `/berth.v1.<Service>/<Method>`, with whether
@@ -49,7 +56,11 @@ mod tests {
             for svc in &file.service {
                 for m in &svc.method {
                     found.push((
-                        format!("/berth.v1.{}/{}", svc.name.as_deref().unwrap(), m.name.as_deref().unwrap()),
+                        format!(
+                            "/berth.v1.{}/{}",
+                            svc.name.as_deref().unwrap(),
+                            m.name.as_deref().unwrap()
+                        ),
                         m.server_streaming.unwrap_or(false),
                         m.client_streaming.unwrap_or(false),
                     ));
@@ -58,7 +69,10 @@ mod tests {
         }
         assert_eq!(found.len(), METHODS.len(), "descriptor has {found:?}");
         for (path, server_streaming, client_streaming) in &found {
-            assert!(!client_streaming, "{path}: client streaming is not supported by the audit layer");
+            assert!(
+                !client_streaming,
+                "{path}: client streaming is not supported by the audit layer"
+            );
             let entry = METHODS.iter().find(|(p, _)| p == path);
             assert_eq!(entry.map(|e| e.1), Some(*server_streaming), "{path}");
         }

@@ -42,6 +42,11 @@ pub struct Config {
     /// Node name written into metadata; default `$NODE_NAME`, else the host name.
     pub node_name: String,
     pub state_dir: PathBuf,
+    /// A CNI network config (`.conflist` or `.conf`) whose berth-cni or berth-ipam `ipam`
+    /// section the API's `Ipam` service manages (list, history, reserve, release). Unset: the
+    /// service answers UNAVAILABLE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam_network: Option<PathBuf>,
     pub log: LogConfig,
     pub nri: NriConfig,
     pub filelogs: FileLogsConfig,
@@ -241,6 +246,7 @@ impl Default for Config {
         Config {
             node_name: String::new(),
             state_dir: PathBuf::from("/var/lib/berth/agent"),
+            ipam_network: None,
             log: LogConfig::default(),
             nri: NriConfig::default(),
             filelogs: FileLogsConfig::default(),

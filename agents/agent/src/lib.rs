@@ -1,5 +1,6 @@
 //! berth's node agent: NRI plugin (file logs, faketime), log cleanup, gRPC API server
 
+pub mod api;
 pub mod cleanup;
 pub mod config;
 pub mod events;

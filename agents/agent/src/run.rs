@@ -241,17 +241,38 @@ impl Agent {
             .map(|_| crate::faketime::Control::new(&self.resolved.config.state_dir))
     }
 
-    /// The validated API address. The gRPC API server (berth-api) is started by the lead's
-    /// wiring from here with `resolved.config.api` (its other keys are in `api.server`).
+    /// The validated API address (the server itself starts in `run`, see `crate::api`).
     pub fn api_listen(&self) -> Option<&Listen> {
         self.resolved.listen.as_ref()
     }
 
     /// Serves NRI and sweeps until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        if let Some(l) = self.api_listen() {
-            tracing::info!(listen = ?l, "api.listen is configured; the API server is not part of this build yet");
-        }
+        let api_task = if crate::api::wanted(&self.resolved.config) {
+            match crate::api::server(&self.resolved.config) {
+                Ok(server) => {
+                    let stop = shutdown.clone();
+                    let failed = shutdown.clone();
+                    Some(tokio::spawn(async move {
+                        if let Err(e) = server.serve(stop.cancelled_owned()).await {
+                            // No API means no audited access: stop rather than run half-configured.
+                            tracing::error!(error = %e, "the API server failed; stopping the agent");
+                            failed.cancel();
+                        }
+                    }))
+                }
+                Err(e) => {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "the API server cannot start; stopping the agent"
+                    );
+                    shutdown.cancel();
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let sweeper_task = self.sweeper.clone().map(|s| {
             let every = self.resolved.config.cleanup.interval;
             let stop = shutdown.clone();
@@ -281,6 +302,9 @@ impl Agent {
         });
         self.runner.run(shutdown).await;
         if let Some(t) = sweeper_task {
+            let _ = t.await;
+        }
+        if let Some(t) = api_task {
             let _ = t.await;
         }
         if let Some(f) = &self.filelogs {

@@ -31,6 +31,8 @@ pub enum ApiError {
     Audit(#[from] crate::audit::AuditError),
     #[error("grpc server failed")]
     Serve(#[source] tonic::transport::Error),
+    #[error("api server task ended abnormally: {0}")]
+    Task(String),
 }
 
 /// Errors a backend (logs, IPAM) reports to the services.
@@ -42,6 +44,10 @@ pub enum BackendError {
     Conflict(String),
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("{0}")]
+    Exhausted(String),
+    #[error("{0}")]
+    Precondition(String),
     #[error("backend unavailable: {0}")]
     Unavailable(String),
     #[error("backend failed: {0}")]
@@ -56,6 +62,8 @@ impl From<BackendError> for tonic::Status {
             BackendError::NotFound(_) => Status::not_found(msg),
             BackendError::Conflict(_) => Status::already_exists(msg),
             BackendError::Invalid(_) => Status::invalid_argument(msg),
+            BackendError::Exhausted(_) => Status::resource_exhausted(msg),
+            BackendError::Precondition(_) => Status::failed_precondition(msg),
             BackendError::Unavailable(_) => Status::unavailable(msg),
             BackendError::Internal(_) => Status::internal(msg),
         }

@@ -1,1 +1,39 @@
-//! berth's agent API server: mTLS, per-caller authorization, audit
+//! berth's agent API server: mTLS, per-caller authorization, audit.
+//!
+//! - [`transport`]: TCP + mutual TLS (rustls) and a local unix socket (SO_PEERCRED);
+//! - [`identity`]: callers from client certificates (CN, OU, SANs) or unix uids;
+//! - [`policy`]: roles → methods and namespaces, default deny, hot reload;
+//! - [`audit`]: one fsynced JSON line per call, rotation, queries;
+//! - [`layer`]: the tower layer that applies policy and audit to every RPC;
+//! - [`services`]: `berth.v1.{Node,Logs,Ipam,Audit}` over the [`backend`] seams;
+//! - [`metrics`]: Prometheus text on a separate port;
+//! - [`pki`]: a small CA for test beds (`berthctl certs init`).
+//!
+//! The agent starts it with [`Server::builder`].
+
+pub mod audit;
+pub mod backend;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod ipam_core;
+pub mod layer;
+pub mod logs_fs;
+pub mod methods;
+pub mod metrics;
+pub mod pki;
+pub mod policy;
+pub mod server;
+pub mod services;
+pub mod transport;
+pub mod watch;
+
+pub use audit::{AuditConfig, AuditLog, AuditRecord};
+pub use backend::{DirLayout, IpamBackend, LogsBackend, PodLogDir};
+pub use config::{ApiConfig, LogsLimits, MetricsConfig, NodeIdentity, TlsConfig};
+pub use error::{ApiError, BackendError};
+pub use identity::Caller;
+pub use ipam_core::CoreIpam;
+pub use metrics::{Counter, Gauge, Metrics};
+pub use server::{RunningServer, Server, ServerBuilder};

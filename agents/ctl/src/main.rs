@@ -1,4 +1,28 @@
+//! berthctl: parse, run, print errors with their causes.
+
+use clap::Parser;
+
 fn main() {
-    eprintln!("berthctl: not built yet");
-    std::process::exit(1);
+    let cli = berthctl::cli::Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berthctl: cannot start runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = rt.block_on(berthctl::run(cli, &mut stdout)) {
+        eprintln!("berthctl: {e:#}");
+        let code = match e.downcast_ref::<berthctl::commands::RpcError>() {
+            Some(r) if r.status == tonic::Code::PermissionDenied => 3,
+            Some(r) if r.status == tonic::Code::NotFound => 4,
+            Some(_) => 5,
+            None => 1,
+        };
+        std::process::exit(code);
+    }
 }

@@ -1,0 +1,224 @@
+//! The seams between the API and the rest of the agent: where a pod's log directories are,
+//! and the IPAM store. The agent passes real implementations; tests pass fakes.
+
+use std::path::{Path, PathBuf};
+
+use berth_proto::v1;
+
+use crate::error::BackendError;
+
+/// A file-log directory of a pod, as the agent mounted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodLogDir {
+    /// Name the API addresses it by (usually the container or volume name).
+    pub name: String,
+    /// Absolute host path.
+    pub path: PathBuf,
+}
+
+/// Where the file logs of pods live on this node.
+pub trait LogsBackend: Send + Sync + 'static {
+    /// The pod's log directories; an unknown pod is `BackendError::NotFound`.
+    fn pod_log_dirs(&self, namespace: &str, pod: &str) -> Result<Vec<PodLogDir>, BackendError>;
+}
+
+impl<T: LogsBackend + ?Sized> LogsBackend for std::sync::Arc<T> {
+    fn pod_log_dirs(&self, namespace: &str, pod: &str) -> Result<Vec<PodLogDir>, BackendError> {
+        (**self).pod_log_dirs(namespace, pod)
+    }
+}
+
+/// The plain layout `<root>/<namespace>/<pod>/<dir>/`, opened without following symlinks.
+#[derive(Debug, Clone)]
+pub struct DirLayout {
+    root: PathBuf,
+}
+
+impl DirLayout {
+    pub fn new(root: impl Into<PathBuf>) -> DirLayout {
+        DirLayout { root: root.into() }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// Kubernetes object names (RFC 1123 subdomain): what namespace and pod names can be.
+pub fn valid_k8s_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !s.starts_with(['-', '.'])
+        && !s.ends_with(['-', '.'])
+        && !s.contains("..")
+}
+
+impl LogsBackend for DirLayout {
+    fn pod_log_dirs(&self, namespace: &str, pod: &str) -> Result<Vec<PodLogDir>, BackendError> {
+        for (what, v) in [("namespace", namespace), ("pod", pod)] {
+            if !valid_k8s_name(v) {
+                return Err(BackendError::Invalid(format!(
+                    "{what} {v:?} is not a valid Kubernetes name"
+                )));
+            }
+        }
+        use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+        let io =
+            |e: rustix::io::Errno| BackendError::Internal(format!("{}: {e}", self.root.display()));
+        let root = rustix::fs::open(
+            &self.root,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io)?;
+        let rel = format!("{namespace}/{pod}");
+        let pod_dir = match rustix::fs::openat2(
+            &root,
+            rel.as_str(),
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => {
+                return Err(BackendError::NotFound(format!("file logs of pod {rel}")));
+            }
+            Err(e) => return Err(io(e)),
+        };
+        let mut out = Vec::new();
+        for ent in rustix::fs::Dir::read_from(&pod_dir).map_err(io)? {
+            let ent = ent.map_err(io)?;
+            let Ok(name) = ent.file_name().to_str() else {
+                continue;
+            };
+            if name == "." || name == ".." {
+                continue;
+            }
+            let Ok(st) = rustix::fs::statat(&pod_dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                out.push(PodLogDir {
+                    name: name.to_string(),
+                    path: self.root.join(namespace).join(pod).join(name),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}
+
+/// The IPAM store as the API sees it. [`crate::ipam_core::CoreIpam`] implements it over
+/// berth-ipam-core; tests use fakes. An empty `network` means every network.
+#[tonic::async_trait]
+pub trait IpamBackend: Send + Sync + 'static {
+    /// Leases matching the request's network and pool (the service filters namespaces too).
+    async fn list(
+        &self,
+        req: &v1::ListAllocationsRequest,
+    ) -> Result<Vec<v1::Allocation>, BackendError>;
+    /// One address; `NotFound` when no lease holds it.
+    async fn show(&self, network: &str, address: &str) -> Result<v1::Allocation, BackendError>;
+    /// Events oldest first, filtered by the request (the service applies namespace and limit).
+    async fn history(
+        &self,
+        req: &v1::IpamHistoryRequest,
+    ) -> Result<Vec<v1::IpamEvent>, BackendError>;
+    /// `actor` is the caller's identity, for the IPAM history.
+    async fn reserve(
+        &self,
+        req: &v1::ReserveRequest,
+        actor: &str,
+    ) -> Result<v1::Allocation, BackendError>;
+    /// Frees the address; returns what it was.
+    async fn release(
+        &self,
+        network: &str,
+        address: &str,
+        actor: &str,
+    ) -> Result<v1::Allocation, BackendError>;
+}
+
+#[tonic::async_trait]
+impl<T: IpamBackend + ?Sized> IpamBackend for std::sync::Arc<T> {
+    async fn list(
+        &self,
+        req: &v1::ListAllocationsRequest,
+    ) -> Result<Vec<v1::Allocation>, BackendError> {
+        (**self).list(req).await
+    }
+    async fn show(&self, network: &str, address: &str) -> Result<v1::Allocation, BackendError> {
+        (**self).show(network, address).await
+    }
+    async fn history(
+        &self,
+        query: &v1::IpamHistoryRequest,
+    ) -> Result<Vec<v1::IpamEvent>, BackendError> {
+        (**self).history(query).await
+    }
+    async fn reserve(
+        &self,
+        req: &v1::ReserveRequest,
+        actor: &str,
+    ) -> Result<v1::Allocation, BackendError> {
+        (**self).reserve(req, actor).await
+    }
+    async fn release(
+        &self,
+        pool: &str,
+        address: &str,
+        actor: &str,
+    ) -> Result<v1::Allocation, BackendError> {
+        (**self).release(pool, address, actor).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_layout_lists_dirs_and_refuses_bad_names() {
+        let t = tempfile::tempdir().unwrap();
+        let pod = t.path().join("team-a/web-0");
+        std::fs::create_dir_all(pod.join("app")).unwrap();
+        std::fs::create_dir_all(pod.join("sidecar")).unwrap();
+        std::fs::write(pod.join("stray.log"), "").unwrap();
+        std::os::unix::fs::symlink("/etc", pod.join("etc")).unwrap();
+        let l = DirLayout::new(t.path());
+        let dirs = l.pod_log_dirs("team-a", "web-0").unwrap();
+        assert_eq!(
+            dirs,
+            vec![
+                PodLogDir {
+                    name: "app".into(),
+                    path: pod.join("app")
+                },
+                PodLogDir {
+                    name: "sidecar".into(),
+                    path: pod.join("sidecar")
+                },
+            ]
+        );
+        assert!(matches!(
+            l.pod_log_dirs("team-a", "web-1"),
+            Err(BackendError::NotFound(_))
+        ));
+        assert!(matches!(
+            l.pod_log_dirs("..", "x"),
+            Err(BackendError::Invalid(_))
+        ));
+        assert!(matches!(
+            l.pod_log_dirs("a/b", "x"),
+            Err(BackendError::Invalid(_))
+        ));
+        // A symlinked pod dir is not followed.
+        std::os::unix::fs::symlink(&pod, t.path().join("team-a/alias")).unwrap();
+        assert!(matches!(
+            l.pod_log_dirs("team-a", "alias"),
+            Err(BackendError::Internal(_))
+        ));
+    }
+}

@@ -1,0 +1,260 @@
+//! What the guard layer knows about each RPC before it runs: whether the response streams,
+//! whether it changes state, and what it targets (decoded from the request message).
+
+use berth_proto::v1;
+use prost::Message;
+
+use crate::policy::Scope;
+
+/// The target of one call, for authorization and the audit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub scope: Scope,
+    /// Human-readable, e.g. `pod team-a/web-0 dir app path app.log`.
+    pub describe: String,
+}
+
+pub struct MethodSpec {
+    pub path: &'static str,
+    pub streaming: bool,
+    pub mutating: bool,
+    target: fn(&[u8]) -> Result<Target, prost::DecodeError>,
+}
+
+impl MethodSpec {
+    pub fn target(&self, msg: &[u8]) -> Result<Target, prost::DecodeError> {
+        (self.target)(msg)
+    }
+}
+
+fn node(_: &[u8]) -> Result<Target, prost::DecodeError> {
+    Ok(Target {
+        scope: Scope::Node,
+        describe: String::new(),
+    })
+}
+
+fn ns_scope(ns: &str) -> Scope {
+    if ns.is_empty() {
+        Scope::AllNamespaces
+    } else {
+        Scope::Namespace(ns.to_string())
+    }
+}
+
+fn pod(p: &Option<v1::PodRef>) -> (Scope, String) {
+    let p = p.clone().unwrap_or_default();
+    (
+        ns_scope(&p.namespace),
+        format!("pod {}/{}", p.namespace, p.pod),
+    )
+}
+
+fn with(parts: &[(&str, &str)], base: String) -> String {
+    let mut s = base;
+    for (k, v) in parts {
+        if !v.is_empty() {
+            if !s.is_empty() {
+                s.push(' ');
+            }
+            s.push_str(k);
+            s.push(' ');
+            s.push_str(v);
+        }
+    }
+    s
+}
+
+fn logs_list(b: &[u8]) -> Result<Target, prost::DecodeError> {
+    let r = v1::ListLogsRequest::decode(b)?;
+    let (scope, describe) = pod(&r.pod);
+    Ok(Target { scope, describe })
+}
+
+fn logs_read(b: &[u8]) -> Result<Target, prost::DecodeError> {
+    let r = v1::ReadLogRequest::decode(b)?;
+    let (scope, d) = pod(&r.pod);
+    let follow = if r.follow { "true" } else { "" };
+    Ok(Target {
+        scope,
+        describe: with(&[("dir", &r.dir), ("path", &r.path), ("follow", follow)], d),
+    })
+}
+
+fn logs_download(b: &[u8]) -> Result<Target, prost::DecodeError> {
+    let r = v1::DownloadLogsRequest::decode(b)?;
+    let (scope, d) = pod(&r.pod);
+    Ok(Target {
+        scope,
+        describe: with(&[("dir", &r.dir)], d),
+    })
+}
+
+fn ipam_list(b: &[u8]) -> Result<Target, prost::DecodeError> {
+    let r = v1::ListAllocationsRequest::decode(b)?;
+    Ok(Target {
+        scope: ns_scope(&r.namespace),
+        describe: with(
+            &[
+                ("network", &r.network),
+                ("pool", &r.pool),
+                ("namespace", &r.namespace),
+            ],
+            String::new(),
+        ),
+    })
+}
+
+fn ipam_show(b: &[u8]) -> Result<Target, prost::DecodeError> {
+    let r = v1::ShowAddressRequest::decode(b)?;
+    Ok(Target {
+        scope: ns_scope(&r.namespace),
+        describe: with(
+            &[
+                ("network", &r.network),
+                ("address", &r.address),
+                ("namespace", &r.namespace),
+            ],
+            String::new(),
+        ),
+    })
+}
+
+fn ipam_history(b: &[u8]) -> Result<Target, prost::DecodeError> {
+    let r = v1::IpamHistoryRequest::decode(b)?;
+    Ok(Target {
+        scope: ns_scope(&r.namespace),
+        describe: with(
+            &[
+                ("network", &r.network),
+                ("address", &r.address),
+                ("namespace", &r.namespace),
+                ("pod", &r.pod),
+            ],
+            String::new(),
+        ),
+    })
+}
+
+fn ipam_reserve(b: &[u8]) -> Result<Target, prost::DecodeError> {
+    let r = v1::ReserveRequest::decode(b)?;
+    Ok(Target {
+        scope: ns_scope(&r.namespace),
+        describe: with(
+            &[
+                ("network", &r.network),
+                ("address", &r.address),
+                ("namespace", &r.namespace),
+                ("owner", &r.owner),
+            ],
+            String::new(),
+        ),
+    })
+}
+
+fn ipam_release(b: &[u8]) -> Result<Target, prost::DecodeError> {
+    let r = v1::ReleaseRequest::decode(b)?;
+    Ok(Target {
+        scope: ns_scope(&r.namespace),
+        describe: with(
+            &[
+                ("network", &r.network),
+                ("address", &r.address),
+                ("namespace", &r.namespace),
+            ],
+            String::new(),
+        ),
+    })
+}
+
+fn audit_query(b: &[u8]) -> Result<Target, prost::DecodeError> {
+    let r = v1::AuditQueryRequest::decode(b)?;
+    Ok(Target {
+        scope: Scope::Node,
+        describe: with(
+            &[("identity", &r.identity), ("method", &r.method)],
+            String::new(),
+        ),
+    })
+}
+
+const fn spec(
+    path: &'static str,
+    streaming: bool,
+    mutating: bool,
+    target: fn(&[u8]) -> Result<Target, prost::DecodeError>,
+) -> MethodSpec {
+    MethodSpec {
+        path,
+        streaming,
+        mutating,
+        target,
+    }
+}
+
+/// Every RPC the server knows. A call to anything else is denied (and audited).
+pub static METHODS: &[MethodSpec] = &[
+    spec("/berth.v1.Node/Info", false, false, node),
+    spec("/berth.v1.Node/Health", false, false, node),
+    spec("/berth.v1.Node/Capabilities", false, false, node),
+    spec("/berth.v1.Logs/List", false, false, logs_list),
+    spec("/berth.v1.Logs/Read", true, false, logs_read),
+    spec("/berth.v1.Logs/Download", true, false, logs_download),
+    spec("/berth.v1.Ipam/List", false, false, ipam_list),
+    spec("/berth.v1.Ipam/Show", false, false, ipam_show),
+    spec("/berth.v1.Ipam/History", false, false, ipam_history),
+    spec("/berth.v1.Ipam/Reserve", false, true, ipam_reserve),
+    spec("/berth.v1.Ipam/Release", false, true, ipam_release),
+    spec("/berth.v1.Audit/Query", false, false, audit_query),
+];
+
+pub fn lookup(path: &str) -> Option<&'static MethodSpec> {
+    METHODS.iter().find(|m| m.path == path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rpc_of_the_proto_has_a_spec_with_the_right_streaming_flag() {
+        assert_eq!(METHODS.len(), berth_proto::METHODS.len());
+        for (path, streaming) in berth_proto::METHODS {
+            let spec = lookup(path).unwrap_or_else(|| panic!("{path} has no MethodSpec"));
+            assert_eq!(spec.streaming, *streaming, "{path}");
+            // An empty message decodes for every method.
+            spec.target(&[]).unwrap();
+        }
+    }
+
+    #[test]
+    fn targets_are_decoded_from_the_request() {
+        let req = v1::ReadLogRequest {
+            pod: Some(v1::PodRef {
+                namespace: "team-a".into(),
+                pod: "web-0".into(),
+            }),
+            dir: "app".into(),
+            path: "x.log".into(),
+            follow: true,
+            ..Default::default()
+        };
+        let t = lookup("/berth.v1.Logs/Read")
+            .unwrap()
+            .target(&req.encode_to_vec())
+            .unwrap();
+        assert_eq!(t.scope, Scope::Namespace("team-a".into()));
+        assert_eq!(
+            t.describe,
+            "pod team-a/web-0 dir app path x.log follow true"
+        );
+        let list = v1::ListAllocationsRequest::default();
+        let t = lookup("/berth.v1.Ipam/List")
+            .unwrap()
+            .target(&list.encode_to_vec())
+            .unwrap();
+        assert_eq!(t.scope, Scope::AllNamespaces);
+        assert!(lookup("/berth.v1.Ipam/Reserve").unwrap().mutating);
+        assert!(lookup("/berth.v1.Nope/X").is_none());
+    }
+}

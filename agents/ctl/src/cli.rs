@@ -1,0 +1,244 @@
+//! Command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::output::Format;
+
+/// berthctl: talk to berth node agents (node info, file logs, IPAM, audit).
+#[derive(Debug, Parser)]
+#[command(name = "berthctl", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
+    pub output: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct ConnArgs {
+    /// Agent endpoint: https://host:port (mutual TLS) or unix:///path/to/api.sock.
+    #[arg(long, env = "BERTH_ENDPOINT", global = true)]
+    pub endpoint: Option<String>,
+    /// Client certificate (PEM).
+    #[arg(long, global = true)]
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, global = true)]
+    pub key: Option<PathBuf>,
+    /// CA that signed the agent's server certificate (PEM).
+    #[arg(long, global = true)]
+    pub ca: Option<PathBuf>,
+    /// Name to verify in the server certificate (default: the endpoint host).
+    #[arg(long, global = true)]
+    pub server_name: Option<String>,
+    /// Context from the context file.
+    #[arg(long, env = "BERTH_CONTEXT", global = true)]
+    pub context: Option<String>,
+    /// Context file (default: $BERTH_CONFIG or ~/.config/berth/config.toml).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The agent's node.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// File logs of pods on the node.
+    #[command(subcommand)]
+    Logs(LogsCmd),
+    /// Fixed-IP address management.
+    #[command(subcommand)]
+    Ipam(IpamCmd),
+    /// The agent's audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Certificates for a test bed or demo.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+    /// Shell completion script.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Node name, rack, versions, and who you are to the agent.
+    Info,
+    /// Health of the agent's components.
+    Health,
+    /// Services and features the agent serves.
+    Capabilities,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LogsCmd {
+    /// List a pod's log dirs and files.
+    Ls {
+        /// namespace/pod
+        pod: String,
+    },
+    /// Print a file.
+    Cat {
+        /// namespace/pod
+        pod: String,
+        /// Log dir name (see `logs ls`).
+        dir: String,
+        /// File path inside the dir.
+        path: String,
+        /// Start at this byte offset.
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+    },
+    /// Print the end of a file, optionally following it.
+    Tail {
+        /// namespace/pod
+        pod: String,
+        /// Log dir name (see `logs ls`).
+        dir: String,
+        /// File path inside the dir.
+        path: String,
+        /// Lines from the end.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: u32,
+        /// Keep printing what is appended.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Download a log dir as a tar file.
+    Pull {
+        /// namespace/pod
+        pod: String,
+        /// Log dir name (see `logs ls`).
+        dir: String,
+        /// Output file ("-" for stdout); default POD-DIR.tar.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IpamCmd {
+    /// Allocations, holds and reservations.
+    List {
+        /// CNI network name (default: every network).
+        #[arg(long, default_value = "")]
+        network: String,
+        #[arg(long, default_value = "")]
+        pool: String,
+        /// Only this namespace (default: all, which needs a role scoped to "*").
+        #[arg(short = 'n', long, default_value = "")]
+        namespace: String,
+    },
+    /// One address.
+    Show {
+        /// IP address.
+        address: String,
+        #[arg(long, default_value = "")]
+        network: String,
+        #[arg(short = 'n', long, default_value = "")]
+        namespace: String,
+    },
+    /// Who had which address, oldest first.
+    History {
+        #[arg(long, default_value = "")]
+        network: String,
+        #[arg(long, default_value = "")]
+        pool: String,
+        #[arg(long, default_value = "")]
+        address: String,
+        #[arg(short = 'n', long, default_value = "")]
+        namespace: String,
+        #[arg(long, default_value = "")]
+        pod: String,
+        /// Newest N events (0: all).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+    },
+    /// Reserve an address for a pod (namespace + owner), or for nobody (neither).
+    Reserve {
+        /// IP address.
+        address: String,
+        #[arg(long)]
+        network: String,
+        #[arg(short = 'n', long, default_value = "")]
+        namespace: String,
+        /// Pod name, or app:KEY for an app's sticky addresses.
+        #[arg(long, default_value = "")]
+        owner: String,
+        /// Only for this interface of the pod.
+        #[arg(long, default_value = "")]
+        ifname: String,
+        /// The reservation ends after this long (e.g. 2h, 7d).
+        #[arg(long = "for")]
+        for_: Option<humantime::Duration>,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Free an address (with -n: only if it belongs to that namespace).
+    Release {
+        /// IP address.
+        address: String,
+        #[arg(long, default_value = "")]
+        network: String,
+        #[arg(short = 'n', long, default_value = "")]
+        namespace: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Audit records, oldest first.
+    Query {
+        /// Exact caller identity, e.g. cn:alice or unix:uid:0.
+        #[arg(long, default_value = "")]
+        identity: String,
+        /// Method or prefix ending in '/', e.g. /berth.v1.Logs/.
+        #[arg(long, default_value = "")]
+        method: String,
+        /// allow or deny.
+        #[arg(long, default_value = "")]
+        decision: String,
+        /// Only records newer than this (e.g. 15m, 2h, 1d).
+        #[arg(long)]
+        since: Option<humantime::Duration>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Check the hash chain of an audit log on this machine (the file and its rotations).
+    Verify {
+        /// The audit log, e.g. /var/log/berth/audit.log.
+        path: PathBuf,
+        /// Rotated files to include (audit.log.1 … audit.log.N).
+        #[arg(long, default_value_t = 5)]
+        keep: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCmd {
+    /// Write a CA, a server certificate and client certificates into a directory.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Server SANs (DNS names or IPs); repeatable.
+        #[arg(long = "server-san", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        server_sans: Vec<String>,
+        /// Client as NAME or NAME:group1,group2 (groups go to OU and berth://group/ SANs);
+        /// repeatable.
+        #[arg(long = "client", default_values_t = ["admin:ops".to_string()])]
+        clients: Vec<String>,
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}

@@ -1,0 +1,584 @@
+//! One function per command; each talks to the agent and prints the answer.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+use berth_api::pki::{ClientSpec, InitSpec};
+use berth_proto::v1;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+use crate::cli::{AuditCmd, CertsCmd, IpamCmd, LogsCmd, NodeCmd};
+use crate::output::{self, Format, Table};
+
+/// A gRPC error as one readable line.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {code}: {message}")]
+pub struct RpcError {
+    pub what: &'static str,
+    pub code: String,
+    pub message: String,
+    pub status: tonic::Code,
+}
+
+/// `PermissionDenied` → `permission denied`.
+fn code_words(code: tonic::Code) -> String {
+    let mut out = String::new();
+    for (i, ch) in format!("{code:?}").chars().enumerate() {
+        if ch.is_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.push(ch.to_ascii_lowercase());
+    }
+    out
+}
+
+fn rpc<T>(
+    what: &'static str,
+    r: std::result::Result<tonic::Response<T>, tonic::Status>,
+) -> Result<T> {
+    r.map(|r| r.into_inner()).map_err(|s| {
+        RpcError {
+            what,
+            code: code_words(s.code()),
+            message: s.message().to_string(),
+            status: s.code(),
+        }
+        .into()
+    })
+}
+
+fn pod_ref(s: &str) -> Result<Option<v1::PodRef>> {
+    let Some((ns, pod)) = s.split_once('/') else {
+        bail!("pod must be namespace/name, got {s:?}");
+    };
+    Ok(Some(v1::PodRef {
+        namespace: ns.to_string(),
+        pod: pod.to_string(),
+    }))
+}
+
+pub async fn node(ch: Channel, cmd: NodeCmd, fmt: Format, out: &mut dyn Write) -> Result<()> {
+    let mut c = v1::node_client::NodeClient::new(ch);
+    match cmd {
+        NodeCmd::Info => {
+            let i = rpc("node info", c.info(v1::NodeInfoRequest {}).await)?;
+            if fmt == Format::Json {
+                return Ok(output::json(out, &i)?);
+            }
+            let caller = i.caller.clone().unwrap_or_default();
+            let mut labels: Vec<String> =
+                i.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            labels.sort();
+            output::pairs(
+                out,
+                &[
+                    ("NODE", i.node_name),
+                    ("RACK", i.rack),
+                    ("ZONE", i.zone),
+                    ("LABELS", labels.join(",")),
+                    ("AGENT", i.agent_version),
+                    ("API", i.api_version),
+                    ("STARTED", output::time_ms(i.started_unix_ms)),
+                    (
+                        "YOU",
+                        format!("{} via {}", caller.identity, caller.transport),
+                    ),
+                    ("GROUPS", caller.groups.join(",")),
+                    ("ROLES", caller.roles.join(",")),
+                ],
+            )?;
+        }
+        NodeCmd::Health => {
+            let h = rpc("node health", c.health(v1::HealthRequest {}).await)?;
+            if fmt == Format::Json {
+                return Ok(output::json(out, &h)?);
+            }
+            let status = v1::ServingStatus::try_from(h.status)
+                .map(|s| {
+                    s.as_str_name()
+                        .trim_start_matches("SERVING_STATUS_")
+                        .to_string()
+                })
+                .unwrap_or_else(|_| h.status.to_string());
+            writeln!(out, "STATUS  {status}")?;
+            let mut t = Table::new(&["COMPONENT", "HEALTHY", "MESSAGE"]);
+            for c in h.components {
+                t.row(vec![c.name, c.healthy.to_string(), c.message]);
+            }
+            t.write(out)?;
+        }
+        NodeCmd::Capabilities => {
+            let c = rpc(
+                "node capabilities",
+                c.capabilities(v1::CapabilitiesRequest {}).await,
+            )?;
+            if fmt == Format::Json {
+                return Ok(output::json(out, &c)?);
+            }
+            output::pairs(
+                out,
+                &[
+                    ("SERVICES", c.services.join(",")),
+                    ("FEATURES", c.features.join(",")),
+                ],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn logs(ch: Channel, cmd: LogsCmd, fmt: Format, out: &mut dyn Write) -> Result<()> {
+    let mut c = v1::logs_client::LogsClient::new(ch);
+    match cmd {
+        LogsCmd::Ls { pod } => {
+            let r = rpc(
+                "logs ls",
+                c.list(v1::ListLogsRequest {
+                    pod: pod_ref(&pod)?,
+                })
+                .await,
+            )?;
+            if fmt == Format::Json {
+                return Ok(output::json(out, &r)?);
+            }
+            let mut t = Table::new(&["DIR", "FILE", "SIZE", "MODIFIED"]);
+            for d in r.dirs {
+                if d.files.is_empty() {
+                    t.row(vec![
+                        d.name.clone(),
+                        "-".into(),
+                        String::new(),
+                        String::new(),
+                    ]);
+                }
+                for f in d.files {
+                    t.row(vec![
+                        d.name.clone(),
+                        f.path,
+                        output::bytes(f.size),
+                        output::time_ms(f.modified_unix_ms),
+                    ]);
+                }
+                if d.truncated {
+                    t.row(vec![
+                        d.name.clone(),
+                        "(listing truncated)".into(),
+                        String::new(),
+                        String::new(),
+                    ]);
+                }
+            }
+            t.write(out)?;
+        }
+        LogsCmd::Cat {
+            pod,
+            dir,
+            path,
+            offset,
+        } => {
+            let req = v1::ReadLogRequest {
+                pod: pod_ref(&pod)?,
+                dir,
+                path,
+                offset,
+                ..Default::default()
+            };
+            stream_log(&mut c, req, out).await?;
+        }
+        LogsCmd::Tail {
+            pod,
+            dir,
+            path,
+            lines,
+            follow,
+        } => {
+            let req = v1::ReadLogRequest {
+                pod: pod_ref(&pod)?,
+                dir,
+                path,
+                tail_lines: lines,
+                follow,
+                ..Default::default()
+            };
+            stream_log(&mut c, req, out).await?;
+        }
+        LogsCmd::Pull {
+            pod,
+            dir,
+            out: file,
+        } => {
+            let pr = pod_ref(&pod)?;
+            let default = format!(
+                "{}-{dir}.tar",
+                pr.as_ref().map(|p| p.pod.clone()).unwrap_or_default()
+            );
+            let req = v1::DownloadLogsRequest { pod: pr, dir };
+            let mut s = rpc("logs pull", c.download(req).await)?;
+            let to_stdout = file.as_deref() == Some(std::path::Path::new("-"));
+            let path = file.unwrap_or_else(|| PathBuf::from(default));
+            let tmp = path.with_extension("tar.partial");
+            let mut file = if to_stdout {
+                None
+            } else {
+                Some(
+                    std::fs::File::create(&tmp)
+                        .with_context(|| format!("cannot create {}", tmp.display()))?,
+                )
+            };
+            let progress = !to_stdout && std::io::stderr().is_terminal();
+            let (mut got, mut expected) = (0u64, 0u64);
+            while let Some(chunk) = s.next().await {
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(st) => {
+                        if !to_stdout {
+                            let _ = std::fs::remove_file(&tmp);
+                        }
+                        return rpc::<()>("logs pull", Err(st));
+                    }
+                };
+                if chunk.expected_bytes > 0 {
+                    expected = chunk.expected_bytes;
+                }
+                got += chunk.data.len() as u64;
+                match file.as_mut() {
+                    Some(f) => f.write_all(&chunk.data)?,
+                    None => out.write_all(&chunk.data)?,
+                }
+                if progress {
+                    let pct = (got * 100).checked_div(expected).unwrap_or(0);
+                    eprint!(
+                        "\r{} / {} ({pct}%)",
+                        output::bytes(got),
+                        output::bytes(expected)
+                    );
+                }
+            }
+            match file.take() {
+                Some(f) => f.sync_all()?,
+                None => out.flush()?,
+            }
+            if progress {
+                eprintln!();
+            }
+            if !to_stdout {
+                std::fs::rename(&tmp, &path).with_context(|| {
+                    format!("cannot rename {} to {}", tmp.display(), path.display())
+                })?;
+                if fmt == Format::Json {
+                    output::json(out, &serde_json::json!({"file": path, "bytes": got}))?;
+                } else {
+                    writeln!(out, "pulled {} into {}", output::bytes(got), path.display())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn stream_log(
+    c: &mut v1::logs_client::LogsClient<Channel>,
+    req: v1::ReadLogRequest,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let mut s = rpc("logs read", c.read(req).await)?;
+    while let Some(chunk) = s.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(st) => return rpc::<()>("logs read", Err(st)),
+        };
+        if chunk.truncated {
+            eprintln!("berthctl: file was truncated or rotated; reading from the start");
+        }
+        out.write_all(&chunk.data)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn alloc_table(allocs: Vec<v1::Allocation>, out: &mut dyn Write) -> Result<()> {
+    let mut t = Table::new(&[
+        "NETWORK",
+        "POOL",
+        "ADDRESS",
+        "STATE",
+        "NAMESPACE",
+        "POD",
+        "IFNAME",
+        "SINCE",
+        "UNTIL",
+    ]);
+    for a in allocs {
+        t.row(vec![
+            a.network,
+            a.pool,
+            a.address,
+            a.state,
+            a.namespace,
+            a.pod,
+            a.ifname,
+            output::time_ms(a.since_unix_ms),
+            output::time_ms(a.hold_until_unix_ms),
+        ]);
+    }
+    Ok(t.write(out)?)
+}
+
+pub async fn ipam(ch: Channel, cmd: IpamCmd, fmt: Format, out: &mut dyn Write) -> Result<()> {
+    let mut c = v1::ipam_client::IpamClient::new(ch);
+    match cmd {
+        IpamCmd::List {
+            network,
+            pool,
+            namespace,
+        } => {
+            let req = v1::ListAllocationsRequest {
+                network,
+                pool,
+                namespace,
+            };
+            let r = rpc("ipam list", c.list(req).await)?;
+            if fmt == Format::Json {
+                return Ok(output::json(out, &r)?);
+            }
+            alloc_table(r.allocations, out)?;
+        }
+        IpamCmd::Show {
+            address,
+            network,
+            namespace,
+        } => {
+            let req = v1::ShowAddressRequest {
+                network,
+                address,
+                namespace,
+                ..Default::default()
+            };
+            let a = rpc("ipam show", c.show(req).await)?;
+            if fmt == Format::Json {
+                return Ok(output::json(out, &a)?);
+            }
+            alloc_table(vec![a], out)?;
+        }
+        IpamCmd::History {
+            network,
+            pool,
+            address,
+            namespace,
+            pod,
+            limit,
+        } => {
+            let req = v1::IpamHistoryRequest {
+                network,
+                pool,
+                address,
+                namespace,
+                pod,
+                limit,
+            };
+            let r = rpc("ipam history", c.history(req).await)?;
+            if fmt == Format::Json {
+                return Ok(output::json(out, &r)?);
+            }
+            let mut t = Table::new(&[
+                "TIME",
+                "ACTION",
+                "NETWORK",
+                "POOL",
+                "ADDRESS",
+                "NAMESPACE",
+                "POD",
+                "NODE",
+                "DETAIL",
+            ]);
+            for e in r.events {
+                t.row(vec![
+                    output::time_ms(e.time_unix_ms),
+                    e.action,
+                    e.network,
+                    e.pool,
+                    e.address,
+                    e.namespace,
+                    e.pod,
+                    e.node,
+                    e.detail,
+                ]);
+            }
+            t.write(out)?;
+        }
+        IpamCmd::Reserve {
+            address,
+            network,
+            namespace,
+            owner,
+            ifname,
+            for_,
+            note,
+        } => {
+            let until_unix_ms = match for_ {
+                Some(d) => {
+                    let d = chrono::Duration::from_std(*d).context("--for is too long")?;
+                    (chrono::Utc::now() + d).timestamp_millis()
+                }
+                None => 0,
+            };
+            let req = v1::ReserveRequest {
+                network,
+                address,
+                namespace,
+                owner,
+                note,
+                ifname,
+                until_unix_ms,
+                ..Default::default()
+            };
+            let a = rpc("ipam reserve", c.reserve(req).await)?;
+            if fmt == Format::Json {
+                return Ok(output::json(out, &a)?);
+            }
+            alloc_table(vec![a], out)?;
+        }
+        IpamCmd::Release {
+            address,
+            network,
+            namespace,
+        } => {
+            let req = v1::ReleaseRequest {
+                network,
+                address,
+                namespace,
+                ..Default::default()
+            };
+            let r = rpc("ipam release", c.release(req).await)?;
+            if fmt == Format::Json {
+                return Ok(output::json(out, &r)?);
+            }
+            alloc_table(r.released.into_iter().collect(), out)?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn audit(ch: Channel, cmd: AuditCmd, fmt: Format, out: &mut dyn Write) -> Result<()> {
+    let mut c = v1::audit_client::AuditClient::new(ch);
+    let AuditCmd::Query {
+        identity,
+        method,
+        decision,
+        since,
+        limit,
+    } = cmd
+    else {
+        return audit_verify(cmd, fmt, out);
+    };
+    let since_unix_ms = match since {
+        Some(d) => {
+            let d = chrono::Duration::from_std(*d).context("--since is too long")?;
+            (chrono::Utc::now() - d).timestamp_millis()
+        }
+        None => 0,
+    };
+    let req = v1::AuditQueryRequest {
+        since_unix_ms,
+        until_unix_ms: 0,
+        identity,
+        method,
+        decision,
+        limit,
+    };
+    let r = rpc("audit query", c.query(req).await)?;
+    if fmt == Format::Json {
+        return Ok(output::json(out, &r)?);
+    }
+    let mut t = Table::new(&[
+        "TIME", "IDENTITY", "METHOD", "TARGET", "DECISION", "CODE", "MS", "BYTES",
+    ]);
+    for a in r.records.iter().filter(|a| a.event == "call") {
+        t.row(vec![
+            a.time.clone(),
+            a.identity.clone(),
+            a.method.clone(),
+            a.target.clone(),
+            a.decision.clone(),
+            format!("{:?}", tonic::Code::from(a.code)),
+            format!("{:.1}", a.duration_us as f64 / 1000.0),
+            a.bytes_sent.to_string(),
+        ]);
+    }
+    t.write(out)?;
+    if r.truncated {
+        writeln!(
+            out,
+            "(more records matched; raise --limit or narrow the query)"
+        )?;
+    }
+    Ok(())
+}
+
+/// `audit verify`: local, no agent involved.
+pub fn audit_verify(cmd: AuditCmd, fmt: Format, out: &mut dyn Write) -> Result<()> {
+    let AuditCmd::Verify { path, keep } = cmd else {
+        bail!("not a verify command");
+    };
+    let mut cfg = berth_api::AuditConfig::new(&path);
+    cfg.keep = keep;
+    let v = berth_api::audit::verify(&cfg)?;
+    if v.files == 0 {
+        bail!("no audit log at {}", path.display());
+    }
+    if fmt == Format::Json {
+        output::json(
+            out,
+            &serde_json::json!({"files": v.files, "lines": v.lines, "skipped": v.skipped, "intact": true}),
+        )?;
+    } else {
+        writeln!(
+            out,
+            "hash chain intact: {} lines in {} files ({} torn lines skipped)",
+            v.lines, v.files, v.skipped
+        )?;
+    }
+    Ok(())
+}
+
+/// `certs init`: parses `NAME[:g1,g2]` client specs and writes the files.
+pub fn certs(cmd: CertsCmd, fmt: Format, out: &mut dyn Write) -> Result<()> {
+    let CertsCmd::Init {
+        dir,
+        server_sans,
+        clients,
+        days,
+        force,
+    } = cmd;
+    let clients = clients
+        .iter()
+        .map(|c| {
+            let (name, groups) = c.split_once(':').unwrap_or((c, ""));
+            ClientSpec {
+                common_name: name.to_string(),
+                groups: groups
+                    .split(',')
+                    .filter(|g| !g.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let spec = InitSpec {
+        server_sans,
+        clients,
+        days,
+        force,
+    };
+    let files = berth_api::pki::init_dir(&dir, &spec)?;
+    if fmt == Format::Json {
+        return Ok(output::json(out, &files)?);
+    }
+    for f in files {
+        writeln!(out, "wrote {}", f.display())?;
+    }
+    Ok(())
+}
