@@ -45,6 +45,16 @@ pub fn wanted(config: &Config) -> bool {
     config.api.listen.is_some() || !config.api.server.is_empty()
 }
 
+/// Validates the `[api]` section (unknown keys, TCP without TLS). Files it names (certs,
+/// policy, `ipam_network`) are the node's and are checked when the agent starts.
+pub fn check(config: &Config) -> anyhow::Result<()> {
+    let api =
+        berth_api::ApiConfig::from_agent_section(config.api.listen.as_deref(), &config.api.server)
+            .context("invalid [api] section")?;
+    api.validate().context("invalid [api] section")?;
+    Ok(())
+}
+
 /// Builds the server from the agent's config; `serve` runs it until `shutdown`.
 pub fn server(config: &Config) -> anyhow::Result<berth_api::ServerBuilder> {
     let api =
@@ -61,6 +71,16 @@ pub fn server(config: &Config) -> anyhow::Result<berth_api::ServerBuilder> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_refuses_a_typo_in_the_api_section() {
+        let text = "[api]\nunix_socket = \"/run/berth/api.sock\"\npolicy = \"/p\"\n[api.audit]\npath = \"/a\"\nkep = 3\n";
+        let config: Config = toml::from_str(text).unwrap();
+        let err = check(&config).unwrap_err();
+        assert!(format!("{err:#}").contains("kep"), "{err:#}");
+        let good: Config = toml::from_str(&text.replace("kep = 3\n", "")).unwrap();
+        check(&good).unwrap();
+    }
 
     #[test]
     fn finds_the_ipam_of_berth_cni_in_a_conflist() {

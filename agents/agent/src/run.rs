@@ -321,6 +321,11 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         return run_command(cmd, &resolved);
     }
     if args.check_config {
+        // The [api] table is only read by berth-api: check it here too, so a typo in it
+        // fails the check instead of the agent's start.
+        if crate::api::wanted(&resolved.config) {
+            crate::api::check(&resolved.config)?;
+        }
         println!(
             "{}",
             toml::to_string_pretty(&resolved.config).context("cannot print the config")?

@@ -14,7 +14,10 @@ pub struct NodeInfo {
     pub rack: Option<String>,
 }
 
+/// Unknown keys are refused: a typo such as `rak = "r1"` would otherwise silently mean
+/// "no rack" and hand out addresses from the wrong pools.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct NodeFile {
     #[serde(default)]
     node: Option<String>,
@@ -86,6 +89,20 @@ mod tests {
         );
         cfg.rack = Some("r13".into());
         assert_eq!(NodeInfo::load(&cfg).unwrap().rack.as_deref(), Some("r13"));
+    }
+
+    #[test]
+    fn a_misspelled_key_is_refused_not_read_as_no_rack() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "rak = \"r12\"\n").unwrap();
+        let cfg = IpamConfig::from_json(&json!({"nodeConfig": path, "pools": []})).unwrap();
+        match NodeInfo::load(&cfg) {
+            Err(IpamError::InvalidConfig(m)) => {
+                assert!(m.contains("node.toml") && m.contains("rak"), "{m}")
+            }
+            other => panic!("expected InvalidConfig naming the key, got {other:?}"),
+        }
     }
 
     #[test]
