@@ -5,6 +5,7 @@
 //! `cargo test` reports them as ignored, never passed; `scripts/test` runs them as root with
 //! `--include-ignored`, and each fails (panics) when what it needs is missing.
 
+pub mod agent;
 pub mod cri;
 pub mod netns;
 pub mod testbed;

@@ -2,32 +2,14 @@
 //! and a root unix socket; `berthctl` (certificates from `berthctl certs init`) reads node info
 //! and pulls a real pod's file logs; a caller without a role is denied and audited.
 
-use std::fs::File;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use berth_e2e::agent::AgentProcess;
 use berth_e2e::testbed::{Node, NodeOptions, binary};
 use berth_e2e::{BUSYBOX_IMAGE, ContainerSpec, PodSpec};
-
-struct AgentProc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl AgentProc {
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -57,7 +39,7 @@ fn ok(out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn wait_until(what: &str, agent: &AgentProc, mut done: impl FnMut() -> bool) {
+fn wait_until(what: &str, agent: &AgentProcess, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !done() {
         assert!(
@@ -146,23 +128,13 @@ rack = "r7"
     )
     .unwrap();
 
-    let agent_log = work.join("agent.log");
-    let agent = AgentProc {
-        child: Command::new(binary("berth-agent"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--nri-socket")
-            .arg(node.nri_socket())
-            .arg("--log-root")
-            .arg(&log_root)
-            .arg("--state-dir")
-            .arg(work.join("state"))
-            .stdout(Stdio::null())
-            .stderr(File::create(&agent_log).unwrap())
-            .spawn()
-            .expect("berth-agent starts"),
-        log: agent_log,
-    };
+    let agent = AgentProcess::start(
+        &node,
+        &config,
+        &log_root,
+        &work.join("state"),
+        &work.join("agent.log"),
+    );
     wait_until("NRI registration", &agent, || {
         agent.log_text().contains("nri plugin ready")
     });

@@ -11,11 +11,11 @@
 //! is judged at creation (containerd's snapshot) or after start (`/proc/<pid>/exe`); the state
 //! survives an agent restart and goes with the container.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use berth_e2e::agent::AgentProcess;
 use berth_e2e::testbed::{Containerd, Node, NodeOptions, binary};
 use berth_e2e::{BUSYBOX_IMAGE, ContainerSpec, CriClient, GLIBC_IMAGE, PodSpec};
 
@@ -34,63 +34,6 @@ while time.monotonic() - m0 < 8:
 else:
     print('nojump')
 ";
-
-/// The agent as a child process; killed (by its pid, which we own) on drop.
-struct AgentProc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl AgentProc {
-    fn start(node: &Node, config: &Path, state: &Path, log_root: &Path, log: &Path) -> AgentProc {
-        let out = File::options().create(true).append(true).open(log).unwrap();
-        let child = Command::new(binary("berth-agent"))
-            .arg("--config")
-            .arg(config)
-            .arg("--nri-socket")
-            .arg(node.nri_socket())
-            .arg("--log-root")
-            .arg(log_root)
-            .arg("--state-dir")
-            .arg(state)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .expect("berth-agent starts");
-        AgentProc {
-            child,
-            log: log.to_path_buf(),
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_ready(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let count = self.log_text().matches("nri plugin ready").count();
-            if count >= n {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not register ({count}/{n}); its log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn host_now() -> i64 {
     SystemTime::now()
@@ -250,7 +193,7 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
     )
     .unwrap();
     let agent_log = work.join("agent.log");
-    let agent = AgentProc::start(&node, &probing, &state, &log_root, &agent_log);
+    let agent = AgentProcess::start(&node, &probing, &log_root, &state, &agent_log);
     agent.wait_ready(1);
     let mut cri = node.cri().await.expect("CRI ready");
     let containers_dir = state.join("faketime/containers");
@@ -557,7 +500,7 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
     drop(agent);
     let late = work.join("agent-late.toml");
     std::fs::write(&late, "[nri]\nreconnect_max = \"500ms\"\n").unwrap();
-    let agent = AgentProc::start(&node, &late, &state, &log_root, &agent_log);
+    let agent = AgentProcess::start(&node, &late, &log_root, &state, &agent_log);
     agent.wait_ready(2);
     let st = ctl_json(&state, &["get", "--namespace", "clock", "--pod", "shifted"]);
     assert_eq!(st.len(), 3, "state kept across the restart: {st:?}");
@@ -633,7 +576,7 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
         !dir_entries(&containers_dir).is_empty(),
         "the agent was away"
     );
-    let agent = AgentProc::start(&node, &late, &state, &log_root, &agent_log);
+    let agent = AgentProcess::start(&node, &late, &log_root, &state, &agent_log);
     agent.wait_ready(3);
     let deadline = Instant::now() + T;
     while !dir_entries(&containers_dir).is_empty() {

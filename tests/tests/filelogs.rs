@@ -8,77 +8,14 @@
 //! restarting containerd lose nothing; a dir whose container vanished is cleaned after its
 //! retention while a live one stays.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use berth_e2e::testbed::{Containerd, Node, NodeOptions, binary};
+use berth_e2e::agent::AgentProcess;
+use berth_e2e::testbed::{Containerd, Node, NodeOptions};
 use berth_e2e::{BUSYBOX_IMAGE, ContainerSpec, CriClient, Pod, PodSpec};
 
 const T: Duration = Duration::from_secs(10);
-
-/// The agent as a child process; killed (by its pid, which we own) on drop.
-struct AgentProc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl AgentProc {
-    fn start(node: &Node, config: &Path, log_root: &Path, state: &Path, log: &Path) -> AgentProc {
-        let out = File::options().create(true).append(true).open(log).unwrap();
-        let child = Command::new(binary("berth-agent"))
-            .arg("--config")
-            .arg(config)
-            .arg("--nri-socket")
-            .arg(node.nri_socket())
-            .arg("--log-root")
-            .arg(log_root)
-            .arg("--state-dir")
-            .arg(state)
-            .env("RUST_LOG", "info,berth_nri=debug")
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .expect("berth-agent starts");
-        AgentProc {
-            child,
-            log: log.to_path_buf(),
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until the agent logged `n` successful registrations in total.
-    fn wait_ready(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let count = self.log_text().matches("nri plugin ready").count();
-            if count >= n {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not register ({count}/{n}); its log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for AgentProc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn tree(root: &Path) -> Vec<String> {
     fn walk(base: &Path, p: &Path, out: &mut Vec<String>) {
@@ -158,7 +95,7 @@ async fn filelogs_end_to_end(node_name: &str, containerd: Containerd) {
     )
     .unwrap();
     let agent_log = work.join("agent.log");
-    let mut agent = AgentProc::start(&node, &config, &log_root, &state, &agent_log);
+    let mut agent = AgentProcess::start(&node, &config, &log_root, &state, &agent_log);
     agent.wait_ready(1);
     let mut cri = node.cri().await.expect("CRI ready");
     let root = std::fs::canonicalize(&log_root).unwrap();
@@ -292,7 +229,7 @@ async fn filelogs_end_to_end(node_name: &str, containerd: Containerd) {
     cri.remove_container(&side).await.unwrap();
 
     // Restarted, the agent reconciles: the sidecar's retention starts; the live dir stays.
-    let agent = AgentProc::start(&node, &config, &log_root, &state, &agent_log);
+    let agent = AgentProcess::start(&node, &config, &log_root, &state, &agent_log);
     agent.wait_ready(2);
     wait_for(
         "the sidecar dir to expire and be removed",
