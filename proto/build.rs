@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "berth/v1/logs.proto",
     "berth/v1/ipam.proto",
     "berth/v1/audit.proto",
+    "berth/v1/faketime.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

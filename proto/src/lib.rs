@@ -4,6 +4,7 @@
 //! - [`v1::logs_server::Logs`]: file-log directories of pods
 //! - [`v1::ipam_server::Ipam`]: fixed-IP allocations and reservations
 //! - [`v1::audit_server::Audit`]: the audit log
+//! - [`v1::fake_time_server::FakeTime`]: shifted wall clocks of containers (faketime)
 //!
 //! Every message derives `serde::Serialize` so clients can print it as JSON.
 
@@ -38,6 +39,9 @@ pub const METHODS: &[(&str, bool)] = &[
     ("/berth.v1.Ipam/Reserve", false),
     ("/berth.v1.Ipam/Release", false),
     ("/berth.v1.Audit/Query", false),
+    ("/berth.v1.FakeTime/Get", false),
+    ("/berth.v1.FakeTime/Set", false),
+    ("/berth.v1.FakeTime/Clear", false),
 ];
 
 #[cfg(test)]

@@ -6,8 +6,8 @@
 //! with its own `berth.io/faketime.<name>` keeps its own offset; a container without annotation
 //! is untouched; relative sleeps, Python sleeps, threading timers and `timeout` keep real
 //! time; an image's own LD_PRELOAD is kept; the offset changes at run time through the
-//! agent-side API (`berth-agent faketime set|clear`, the same code the gRPC service binds to)
-//! without a restart; a static busybox is reported as not covered and gets no shim, whether it
+//! agent's gRPC API (`berthctl faketime set|clear` on the agent's unix socket, authorized and
+//! audited) without a restart, and through `berth-agent faketime` on the node; a static busybox is reported as not covered and gets no shim, whether it
 //! is judged at creation (containerd's snapshot) or after start (`/proc/<pid>/exe`); the state
 //! survives an agent restart and goes with the container.
 
@@ -70,6 +70,53 @@ fn ctl(state: &Path, args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// `berthctl --endpoint unix://<socket> -o json faketime <args>`: (exit ok, stdout+stderr).
+fn berthctl(socket: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(binary("berthctl"))
+        .arg("--endpoint")
+        .arg(format!("unix://{}", socket.display()))
+        .args(["-o", "json", "faketime"])
+        .args(args)
+        .env_remove("BERTH_ENDPOINT")
+        .env("HOME", "/nonexistent")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The containers `berthctl faketime …` reports; the call must succeed.
+fn berthctl_json(socket: &Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let (ok, text) = berthctl(socket, args);
+    assert!(ok, "berthctl faketime {args:?} failed: {text}");
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    v["containers"].as_array().cloned().unwrap_or_default()
+}
+
+/// The agent's `[api]`: a root-only unix socket; uid 0 may use FakeTime in namespace `clock`
+/// only, so a call for another namespace is denied (and audited).
+fn api_section(work: &Path) -> String {
+    let policy = work.join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[roles.clock]\nmethods = [\"berth.v1.FakeTime/*\"]\nnamespaces = [\"clock\"]\n\
+         [[bindings]]\nrole = \"clock\"\nidentities = [\"unix:uid:0\"]\n",
+    )
+    .unwrap();
+    format!(
+        "[api]\nunix_socket = {:?}\npolicy = {:?}\n[api.audit]\npath = {:?}\n",
+        work.join("api.sock"),
+        policy,
+        work.join("audit.jsonl"),
+    )
 }
 
 fn ctl_json(state: &Path, args: &[&str]) -> Vec<serde_json::Value> {
@@ -186,9 +233,10 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
     std::fs::write(
         &probing,
         format!(
-            "[nri]\nreconnect_max = \"500ms\"\n[faketime]\ncontainerd_address = {:?}\nctr = {:?}\n",
+            "[nri]\nreconnect_max = \"500ms\"\n[faketime]\ncontainerd_address = {:?}\nctr = {:?}\n{}",
             node.containerd_socket(),
             node.env("BERTH_CTR"),
+            api_section(&work),
         ),
     )
     .unwrap();
@@ -197,6 +245,8 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
     agent.wait_ready(1);
     let mut cri = node.cri().await.expect("CRI ready");
     let containers_dir = state.join("faketime/containers");
+    let socket = work.join("api.sock");
+    let audit = work.join("audit.jsonl");
 
     // 1. A pod two days ahead, one container with its own offset, one with its own preload.
     let pod = cri
@@ -345,8 +395,8 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
         "python time.time()",
     );
 
-    // 3. The agent-side API: state and coverage of every container.
-    let st = ctl_json(&state, &["get", "--namespace", "clock", "--pod", "shifted"]);
+    // 3. The API: state and coverage of every container, over gRPC and on the node.
+    let st = berthctl_json(&socket, &["get", "clock/shifted"]);
     assert_eq!(st.len(), 3, "{st:?}");
     let a = status_of(&st, "app");
     assert_eq!(a["container_id"], app.as_str());
@@ -357,9 +407,20 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
     assert_eq!(a["checked_at"], "create");
     assert!(a["reason"].as_str().unwrap().contains("glibc"), "{a}");
     assert_eq!(status_of(&st, "other")["offset"], "-3h");
+    let (ok, text) = berthctl(&socket, &["get", "clock/plain"]);
+    assert!(
+        !ok && text.contains("not found") && text.contains("pod clock/plain"),
+        "{text}"
+    );
     let (ok, text) = ctl(&state, &["get", "--namespace", "clock", "--pod", "plain"]);
     assert!(
         !ok && text.contains("no faketime container in pod clock/plain"),
+        "{text}"
+    );
+    // The caller's role covers namespace `clock` only.
+    let (ok, text) = berthctl(&socket, &["set", "elsewhere/shifted", "+1d"]);
+    assert!(
+        !ok && text.to_lowercase().contains("permission denied"),
         "{text}"
     );
 
@@ -378,20 +439,8 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
     };
     tokio::time::sleep(Duration::from_millis(700)).await;
     let set_at = Instant::now();
-    let st = ctl_json(
-        &state,
-        &[
-            "set",
-            "--namespace",
-            "clock",
-            "--pod",
-            "shifted",
-            "--container",
-            "app",
-            "--offset",
-            "+10d",
-        ],
-    );
+    let st = berthctl_json(&socket, &["set", "clock/shifted", "-c", "app", "+10d"]);
+    assert_eq!(st.len(), 1, "{st:?}");
     assert_eq!(st[0]["offset"], "+10d");
     let (launched, finished, out) = watcher.await.unwrap();
     let out = out.ok().unwrap();
@@ -414,20 +463,42 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
         -3 * 3600,
         "other after set",
     );
-    ctl_json(
-        &state,
-        &[
-            "clear",
-            "--namespace",
-            "clock",
-            "--pod",
-            "shifted",
-            "--container",
-            "app",
-        ],
-    );
+    let st = berthctl_json(&socket, &["clear", "clock/shifted", "-c", "app"]);
+    assert_eq!(st[0]["offset"], "0");
     let took = wait_offset(&mut cri, &app, 0, Duration::from_secs(2)).await;
     eprintln!("clear seen after {took:?}");
+    // A negative offset is a value, not a flag; an absolute start becomes a running offset.
+    let st = berthctl_json(&socket, &["set", "clock/shifted", "-c", "app", "-3h"]);
+    assert_eq!(st[0]["offset"], "-3h");
+    wait_offset(&mut cri, &app, -3 * 3600, Duration::from_secs(2)).await;
+    berthctl_json(
+        &socket,
+        &["set", "clock/shifted", "-c", "app", "@2035-06-01"],
+    );
+    let want = 2_064_268_800 - host_now(); // 2035-06-01T00:00:00Z
+    wait_offset(&mut cri, &app, want, Duration::from_secs(2)).await;
+    berthctl_json(&socket, &["clear", "clock/shifted", "-c", "app"]);
+    wait_offset(&mut cri, &app, 0, Duration::from_secs(2)).await;
+    // Every call is in the audit log with who made it and what it targeted.
+    let audit_text = std::fs::read_to_string(&audit).unwrap();
+    for want in [
+        "pod clock/shifted container app offset +10d",
+        "pod clock/shifted container app offset @2035-06-01",
+    ] {
+        assert!(
+            audit_text.lines().any(|l| l.contains("\"event\":\"call\"")
+                && l.contains("/berth.v1.FakeTime/Set")
+                && l.contains("\"identity\":\"unix:uid:0\"")
+                && l.contains(want)),
+            "no audit line for {want}:\n{audit_text}"
+        );
+    }
+    assert!(
+        audit_text
+            .lines()
+            .any(|l| l.contains("\"decision\":\"deny\"") && l.contains("pod elsewhere/shifted")),
+        "the denied call is not audited:\n{audit_text}"
+    );
     let (ok, text) = ctl(
         &state,
         &[
@@ -480,26 +551,23 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
         agent.log_text().contains("faketime not injected"),
         "the agent log says why"
     );
-    let (ok, text) = ctl(
-        &state,
-        &[
-            "set",
-            "--namespace",
-            "clock",
-            "--pod",
-            "static",
-            "--offset",
-            "+1d",
-        ],
+    let (ok, text) = berthctl(&socket, &["set", "clock/static", "+1d"]);
+    assert!(
+        !ok && text.to_lowercase().contains("failed precondition")
+            && text.contains("no container has the shim"),
+        "{text}"
     );
-    assert!(!ok && text.contains("no container has the shim"), "{text}");
 
     // 6. The state survives an agent restart. Without a containerd address the agent judges
     // entry points after start instead: a busybox then gets the (inert) shim, is reported as
     // not covered, and its offset is set to 0 so nothing in it runs on a shifted clock.
     drop(agent);
     let late = work.join("agent-late.toml");
-    std::fs::write(&late, "[nri]\nreconnect_max = \"500ms\"\n").unwrap();
+    std::fs::write(
+        &late,
+        format!("[nri]\nreconnect_max = \"500ms\"\n{}", api_section(&work)),
+    )
+    .unwrap();
     let agent = AgentProcess::start(&node, &late, &log_root, &state, &agent_log);
     agent.wait_ready(2);
     let st = ctl_json(&state, &["get", "--namespace", "clock", "--pod", "shifted"]);

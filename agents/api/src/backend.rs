@@ -175,6 +175,45 @@ impl<T: IpamBackend + ?Sized> IpamBackend for std::sync::Arc<T> {
     }
 }
 
+/// Which containers a faketime call is about: every faketime container of a pod, or one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeTimeTarget {
+    pub namespace: String,
+    pub pod: String,
+    pub container: Option<String>,
+}
+
+/// The agent's faketime control: offsets of containers it injected its time shim into.
+/// Calls touch files in the agent's state dir, so the service runs them off the async
+/// threads. `NotFound`: no faketime container matches; `Precondition`: none has the shim;
+/// `Invalid`: a malformed offset.
+pub trait FakeTimeBackend: Send + Sync + 'static {
+    fn get(&self, target: &FakeTimeTarget) -> Result<Vec<v1::FakeTimeContainer>, BackendError>;
+    /// `offset` as the caller spelled it (relative `+2d` or absolute start `@2030-01-01`).
+    fn set(
+        &self,
+        target: &FakeTimeTarget,
+        offset: &str,
+    ) -> Result<Vec<v1::FakeTimeContainer>, BackendError>;
+    fn clear(&self, target: &FakeTimeTarget) -> Result<Vec<v1::FakeTimeContainer>, BackendError>;
+}
+
+impl<T: FakeTimeBackend + ?Sized> FakeTimeBackend for std::sync::Arc<T> {
+    fn get(&self, target: &FakeTimeTarget) -> Result<Vec<v1::FakeTimeContainer>, BackendError> {
+        (**self).get(target)
+    }
+    fn set(
+        &self,
+        target: &FakeTimeTarget,
+        offset: &str,
+    ) -> Result<Vec<v1::FakeTimeContainer>, BackendError> {
+        (**self).set(target, offset)
+    }
+    fn clear(&self, target: &FakeTimeTarget) -> Result<Vec<v1::FakeTimeContainer>, BackendError> {
+        (**self).clear(target)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

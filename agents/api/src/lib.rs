@@ -5,7 +5,7 @@
 //! - [`policy`]: roles → methods and namespaces, default deny, hot reload;
 //! - [`audit`]: one fsynced JSON line per call, rotation, queries;
 //! - [`layer`]: the tower layer that applies policy and audit to every RPC;
-//! - [`services`]: `berth.v1.{Node,Logs,Ipam,Audit}` over the [`backend`] seams;
+//! - [`services`]: `berth.v1.{Node,Logs,Ipam,Audit,FakeTime}` over the [`backend`] seams;
 //! - [`metrics`]: Prometheus text on a separate port;
 //! - [`pki`]: a small CA for test beds (`berthctl certs init`).
 //!
@@ -30,7 +30,9 @@ pub mod transport;
 pub mod watch;
 
 pub use audit::{AuditConfig, AuditLog, AuditRecord};
-pub use backend::{DirLayout, IpamBackend, LogsBackend, PodLogDir};
+pub use backend::{
+    DirLayout, FakeTimeBackend, FakeTimeTarget, IpamBackend, LogsBackend, PodLogDir,
+};
 pub use config::{ApiConfig, LogsLimits, MetricsConfig, NodeIdentity, TlsConfig};
 pub use error::{ApiError, BackendError};
 pub use identity::Caller;

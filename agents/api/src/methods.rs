@@ -42,7 +42,7 @@ fn ns_scope(ns: &str) -> Scope {
     }
 }
 
-fn pod(p: &Option<v1::PodRef>) -> (Scope, String) {
+fn pod_scope(p: &Option<v1::PodRef>) -> (Scope, String) {
     let p = p.clone().unwrap_or_default();
     (
         ns_scope(&p.namespace),
@@ -67,13 +67,13 @@ fn with(parts: &[(&str, &str)], base: String) -> String {
 
 fn logs_list(b: &[u8]) -> Result<Target, prost::DecodeError> {
     let r = v1::ListLogsRequest::decode(b)?;
-    let (scope, describe) = pod(&r.pod);
+    let (scope, describe) = pod_scope(&r.pod);
     Ok(Target { scope, describe })
 }
 
 fn logs_read(b: &[u8]) -> Result<Target, prost::DecodeError> {
     let r = v1::ReadLogRequest::decode(b)?;
-    let (scope, d) = pod(&r.pod);
+    let (scope, d) = pod_scope(&r.pod);
     let follow = if r.follow { "true" } else { "" };
     Ok(Target {
         scope,
@@ -83,7 +83,7 @@ fn logs_read(b: &[u8]) -> Result<Target, prost::DecodeError> {
 
 fn logs_download(b: &[u8]) -> Result<Target, prost::DecodeError> {
     let r = v1::DownloadLogsRequest::decode(b)?;
-    let (scope, d) = pod(&r.pod);
+    let (scope, d) = pod_scope(&r.pod);
     Ok(Target {
         scope,
         describe: with(&[("dir", &r.dir)], d),
@@ -178,6 +178,24 @@ fn audit_query(b: &[u8]) -> Result<Target, prost::DecodeError> {
     })
 }
 
+fn faketime_pod(pod: &Option<v1::PodRef>, container: &str, offset: &str) -> Target {
+    let (scope, d) = pod_scope(pod);
+    Target {
+        scope,
+        describe: with(&[("container", container), ("offset", offset)], d),
+    }
+}
+
+fn faketime_get(b: &[u8]) -> Result<Target, prost::DecodeError> {
+    let r = v1::FakeTimeRequest::decode(b)?;
+    Ok(faketime_pod(&r.pod, &r.container, ""))
+}
+
+fn faketime_set(b: &[u8]) -> Result<Target, prost::DecodeError> {
+    let r = v1::SetFakeTimeRequest::decode(b)?;
+    Ok(faketime_pod(&r.pod, &r.container, &r.offset))
+}
+
 const fn spec(
     path: &'static str,
     streaming: bool,
@@ -206,6 +224,9 @@ pub static METHODS: &[MethodSpec] = &[
     spec("/berth.v1.Ipam/Reserve", false, true, ipam_reserve),
     spec("/berth.v1.Ipam/Release", false, true, ipam_release),
     spec("/berth.v1.Audit/Query", false, false, audit_query),
+    spec("/berth.v1.FakeTime/Get", false, false, faketime_get),
+    spec("/berth.v1.FakeTime/Set", false, true, faketime_set),
+    spec("/berth.v1.FakeTime/Clear", false, true, faketime_get),
 ];
 
 pub fn lookup(path: &str) -> Option<&'static MethodSpec> {

@@ -20,14 +20,15 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::audit::AuditLog;
-use crate::backend::{IpamBackend, LogsBackend};
+use crate::backend::{FakeTimeBackend, IpamBackend, LogsBackend};
 use crate::config::ApiConfig;
 use crate::error::ApiError;
 use crate::layer::{Guard, GuardLayer};
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
 use crate::services::{
-    audit::AuditService, ipam::IpamService, logs::LogsService, node::NodeService,
+    audit::AuditService, faketime::FakeTimeService, ipam::IpamService, logs::LogsService,
+    node::NodeService,
 };
 use crate::transport::{self, AcceptOptions};
 
@@ -42,6 +43,7 @@ impl Server {
             config,
             logs: None,
             ipam: None,
+            faketime: None,
             metrics: Metrics::new(),
         }
     }
@@ -52,6 +54,7 @@ pub struct ServerBuilder {
     config: ApiConfig,
     logs: Option<Arc<dyn LogsBackend>>,
     ipam: Option<Arc<dyn IpamBackend>>,
+    faketime: Option<Arc<dyn FakeTimeBackend>>,
     metrics: Metrics,
 }
 
@@ -102,6 +105,13 @@ impl ServerBuilder {
     /// Serve `berth.v1.Ipam` from this backend (without one, Ipam answers UNIMPLEMENTED).
     pub fn ipam(mut self, backend: impl IpamBackend) -> Self {
         self.ipam = Some(Arc::new(backend));
+        self
+    }
+
+    /// Serve `berth.v1.FakeTime` from this backend (without one, FakeTime answers
+    /// UNIMPLEMENTED).
+    pub fn faketime(mut self, backend: impl FakeTimeBackend) -> Self {
+        self.faketime = Some(Arc::new(backend));
         self
     }
 
@@ -197,6 +207,10 @@ impl ServerBuilder {
         if self.ipam.is_some() {
             services.push("berth.v1.Ipam".into());
         }
+        if self.faketime.is_some() {
+            services.push("berth.v1.FakeTime".into());
+            features.push("faketime.runtime-offset".into());
+        }
         if cfg.metrics.listen.is_some() {
             features.push("metrics".into());
         }
@@ -234,6 +248,12 @@ impl ServerBuilder {
             router = router.add_service(v1::ipam_server::IpamServer::new(IpamService {
                 backend: ipam,
             }));
+        }
+        if let Some(faketime) = self.faketime {
+            router =
+                router.add_service(v1::fake_time_server::FakeTimeServer::new(FakeTimeService {
+                    backend: faketime,
+                }));
         }
         let mut stop = shutdown_rx.clone();
         let task = tokio::spawn(async move {

@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::output::Format;
 
-/// berthctl: talk to berth node agents (node info, file logs, IPAM, audit).
+/// berthctl: talk to berth node agents (node info, file logs, IPAM, faketime, audit).
 #[derive(Debug, Parser)]
 #[command(name = "berthctl", version, propagate_version = true)]
 pub struct Cli {
@@ -58,6 +58,9 @@ pub enum Command {
     /// The agent's audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Shifted wall clocks of containers (pods annotated berth.io/faketime).
+    #[command(subcommand)]
+    Faketime(FaketimeCmd),
     /// Certificates for a test bed or demo.
     #[command(subcommand)]
     Certs(CertsCmd),
@@ -191,6 +194,32 @@ pub enum IpamCmd {
         #[arg(short = 'n', long, default_value = "")]
         namespace: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct FaketimeTarget {
+    /// namespace/pod
+    pub pod: String,
+    /// One container of the pod (default: every faketime container of the pod).
+    #[arg(short = 'c', long, default_value = "")]
+    pub container: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FaketimeCmd {
+    /// Offset, coverage and reason of the pod's faketime containers.
+    Get(FaketimeTarget),
+    /// Move the clock: a relative offset (+10d, -3h, +90m, 0) or a start (@2030-01-01,
+    /// "@2030-01-01 09:00:00", UTC) that then runs on. Applies within about a second.
+    Set {
+        #[command(flatten)]
+        target: FaketimeTarget,
+        /// The new offset.
+        #[arg(allow_hyphen_values = true)]
+        offset: String,
+    },
+    /// Back to the real clock (offset 0).
+    Clear(FaketimeTarget),
 }
 
 #[derive(Debug, Subcommand)]

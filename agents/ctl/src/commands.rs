@@ -9,7 +9,7 @@ use berth_proto::v1;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
-use crate::cli::{AuditCmd, CertsCmd, IpamCmd, LogsCmd, NodeCmd};
+use crate::cli::{AuditCmd, CertsCmd, FaketimeCmd, FaketimeTarget, IpamCmd, LogsCmd, NodeCmd};
 use crate::output::{self, Format, Table};
 
 /// A gRPC error as one readable line.
@@ -458,6 +458,54 @@ pub async fn ipam(ch: Channel, cmd: IpamCmd, fmt: Format, out: &mut dyn Write) -
             alloc_table(r.released.into_iter().collect(), out)?;
         }
     }
+    Ok(())
+}
+
+pub async fn faketime(
+    ch: Channel,
+    cmd: FaketimeCmd,
+    fmt: Format,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let mut c = v1::fake_time_client::FakeTimeClient::new(ch);
+    let req = |t: FaketimeTarget| -> Result<v1::FakeTimeRequest> {
+        Ok(v1::FakeTimeRequest {
+            pod: pod_ref(&t.pod)?,
+            container: t.container,
+        })
+    };
+    let r = match cmd {
+        FaketimeCmd::Get(t) => rpc("faketime get", c.get(req(t)?).await)?,
+        FaketimeCmd::Set { target, offset } => {
+            let r = req(target)?;
+            let set = v1::SetFakeTimeRequest {
+                pod: r.pod,
+                container: r.container,
+                offset,
+            };
+            rpc("faketime set", c.set(set).await)?
+        }
+        FaketimeCmd::Clear(t) => rpc("faketime clear", c.clear(req(t)?).await)?,
+    };
+    if fmt == Format::Json {
+        return Ok(output::json(out, &r)?);
+    }
+    let mut t = Table::new(&["CONTAINER", "OFFSET", "INJECTED", "COVERED", "REASON"]);
+    for f in r.containers {
+        let covered = match f.covered {
+            Some(true) => format!("yes ({})", f.coverage),
+            Some(false) => format!("no ({})", f.coverage),
+            None => "not yet judged".to_string(),
+        };
+        t.row(vec![
+            f.container,
+            f.offset,
+            if f.injected { "yes" } else { "no" }.into(),
+            covered,
+            f.reason,
+        ]);
+    }
+    t.write(out)?;
     Ok(())
 }
 

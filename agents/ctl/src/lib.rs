@@ -35,6 +35,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Logs(c) => commands::logs(channel, c, fmt, out).await,
         Command::Ipam(c) => commands::ipam(channel, c, fmt, out).await,
         Command::Audit(c) => commands::audit(channel, c, fmt, out).await,
+        Command::Faketime(c) => commands::faketime(channel, c, fmt, out).await,
         Command::Completions { .. } | Command::Certs(_) => unreachable!("handled above"),
     }
 }

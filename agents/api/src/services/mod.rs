@@ -3,6 +3,7 @@
 //! address really belongs to the namespace the caller was authorized for).
 
 pub mod audit;
+pub mod faketime;
 pub mod ipam;
 pub mod logs;
 pub mod node;
