@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "berth/v1/ipam.proto",
     "berth/v1/audit.proto",
     "berth/v1/faketime.proto",
+    "berth/v1/debug.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -5,6 +5,8 @@
 //! - [`v1::ipam_server::Ipam`]: fixed-IP allocations and reservations
 //! - [`v1::audit_server::Audit`]: the audit log
 //! - [`v1::fake_time_server::FakeTime`]: shifted wall clocks of containers (faketime)
+//! - [`v1::debug_server::Debug`]: debug containers next to a target container
+//! - [`v1::grants_server::Grants`]: temporary role grants
 //!
 //! Every message derives `serde::Serialize` so clients can print it as JSON.
 
@@ -25,23 +27,33 @@ pub mod v1 {
 }
 
 /// Every RPC of the API as its full gRPC path, `/berth.v1.<Service>/<Method>`, with whether
-/// the server streams its response. Kept in step with the .proto files by a test.
-pub const METHODS: &[(&str, bool)] = &[
-    ("/berth.v1.Node/Info", false),
-    ("/berth.v1.Node/Health", false),
-    ("/berth.v1.Node/Capabilities", false),
-    ("/berth.v1.Logs/List", false),
-    ("/berth.v1.Logs/Read", true),
-    ("/berth.v1.Logs/Download", true),
-    ("/berth.v1.Ipam/List", false),
-    ("/berth.v1.Ipam/Show", false),
-    ("/berth.v1.Ipam/History", false),
-    ("/berth.v1.Ipam/Reserve", false),
-    ("/berth.v1.Ipam/Release", false),
-    ("/berth.v1.Audit/Query", false),
-    ("/berth.v1.FakeTime/Get", false),
-    ("/berth.v1.FakeTime/Set", false),
-    ("/berth.v1.FakeTime/Clear", false),
+/// the server streams its response and whether the client streams its requests. Kept in step
+/// with the .proto files by a test.
+pub const METHODS: &[(&str, bool, bool)] = &[
+    ("/berth.v1.Node/Info", false, false),
+    ("/berth.v1.Node/Health", false, false),
+    ("/berth.v1.Node/Capabilities", false, false),
+    ("/berth.v1.Logs/List", false, false),
+    ("/berth.v1.Logs/Read", true, false),
+    ("/berth.v1.Logs/Download", true, false),
+    ("/berth.v1.Ipam/List", false, false),
+    ("/berth.v1.Ipam/Show", false, false),
+    ("/berth.v1.Ipam/History", false, false),
+    ("/berth.v1.Ipam/Reserve", false, false),
+    ("/berth.v1.Ipam/Release", false, false),
+    ("/berth.v1.Audit/Query", false, false),
+    ("/berth.v1.FakeTime/Get", false, false),
+    ("/berth.v1.FakeTime/Set", false, false),
+    ("/berth.v1.FakeTime/Clear", false, false),
+    ("/berth.v1.Debug/Attach", true, true),
+    ("/berth.v1.Debug/Exec", true, false),
+    ("/berth.v1.Debug/CopyIn", false, true),
+    ("/berth.v1.Debug/CopyOut", true, false),
+    ("/berth.v1.Debug/List", false, false),
+    ("/berth.v1.Debug/Terminate", false, false),
+    ("/berth.v1.Grants/Grant", false, false),
+    ("/berth.v1.Grants/List", false, false),
+    ("/berth.v1.Grants/Revoke", false, false),
 ];
 
 #[cfg(test)]
@@ -73,12 +85,12 @@ mod tests {
         }
         assert_eq!(found.len(), METHODS.len(), "descriptor has {found:?}");
         for (path, server_streaming, client_streaming) in &found {
-            assert!(
-                !client_streaming,
-                "{path}: client streaming is not supported by the audit layer"
+            let entry = METHODS.iter().find(|(p, _, _)| p == path);
+            assert_eq!(
+                entry.map(|e| (e.1, e.2)),
+                Some((*server_streaming, *client_streaming)),
+                "{path}"
             );
-            let entry = METHODS.iter().find(|(p, _)| p == path);
-            assert_eq!(entry.map(|e| e.1), Some(*server_streaming), "{path}");
         }
     }
 

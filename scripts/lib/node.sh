@@ -159,9 +159,11 @@ start_containerd() {
         die "containerd $version of node $name did not come up; see $dir/containerd.log"
 }
 
-# node_up NAME [--containerd 2.1|1.7] [--conflist FILE] — idempotent.
+# node_up NAME [--containerd 2.1|1.7] [--conflist FILE] [--nri-config FILE] — idempotent.
+# --nri-config appends FILE to containerd's config right after the NRI table (bare keys land
+# in that table); without it the config is unchanged.
 node_up() {
-    local name=$1 version=${BERTH_CONTAINERD:-2.1} conflist="" dir index cdir
+    local name=$1 version=${BERTH_CONTAINERD:-2.1} conflist="" nri_config="" dir index cdir
     shift
     while [ $# -gt 0 ]; do
         case $1 in
@@ -171,6 +173,10 @@ node_up() {
             ;;
         --conflist)
             conflist=$2
+            shift 2
+            ;;
+        --nri-config)
+            nri_config=$2
             shift 2
             ;;
         *) die "node-up: unknown option $1" ;;
@@ -194,6 +200,8 @@ node_up() {
         for p in /usr/lib/cni/*; do ln -sfn "$p" "$dir/cni-bin-1.7/$(basename "$p")"; done
     fi
     "write_config_${version/./_}" "$dir" >"$dir/config.toml"
+    # The NRI table is the last one both writers emit.
+    [ -z "$nri_config" ] || cat "$nri_config" >>"$dir/config.toml"
     if [ -n "$conflist" ]; then
         cp "$conflist" "$dir/cni-conf/10-net.conflist.tmp"
     else

@@ -247,7 +247,13 @@ impl CriClient {
                 namespace: spec.namespace.clone(),
                 attempt: spec.attempt,
             }),
-            hostname: spec.name.clone(),
+            // kubelet sends no hostname for host-network pods: they share the node's UTS
+            // namespace, where runc refuses to set one.
+            hostname: if spec.host_network {
+                String::new()
+            } else {
+                spec.name.clone()
+            },
             log_directory: log_directory.display().to_string(),
             labels,
             annotations: spec.annotations.clone().into_iter().collect(),

@@ -41,6 +41,13 @@ pub struct NodeOptions {
     pub conflist: Option<String>,
     /// Plugin binaries copied into the node's CNI bin dir before the conflist is written.
     pub cni_binaries: Vec<PathBuf>,
+    /// Pre-registered NRI plugins: `(file name, content)` written executable into the node's
+    /// NRI plugin dir (containerd's `plugin_path`) before containerd starts, which then
+    /// starts them itself. The name is `<idx>-<name>`, e.g. `10-berth`. Empty by default.
+    pub nri_plugins: Vec<(String, String)>,
+    /// TOML appended to containerd's config, right after its NRI table (so bare keys land in
+    /// that table), e.g. `plugin_request_timeout = "1s"`. `None` keeps the config unchanged.
+    pub nri_config: Option<String>,
 }
 
 impl Default for NodeOptions {
@@ -49,6 +56,8 @@ impl Default for NodeOptions {
             containerd: Containerd::V2_1,
             conflist: None,
             cni_binaries: Vec::new(),
+            nri_plugins: Vec::new(),
+            nri_config: None,
         }
     }
 }
@@ -171,6 +180,26 @@ impl Node {
                         .with_context(|| format!("copying {}", binary.display()))?;
                     std::fs::rename(&staging, &target)?;
                 }
+            }
+        }
+        let nri_config_file;
+        if let Some(extra) = &options.nri_config {
+            let staging = workspace_root().join(".run/testbed/staging");
+            std::fs::create_dir_all(&staging)?;
+            nri_config_file = staging.join(format!("{name}.nri.toml"));
+            std::fs::write(&nri_config_file, extra)?;
+            args.push("--nri-config");
+            args.push(nri_config_file.to_str().expect("utf-8 path"));
+        }
+        if !options.nri_plugins.is_empty() {
+            use std::os::unix::fs::PermissionsExt;
+            let plugin_dir = dir.join("nri-plugins");
+            std::fs::create_dir_all(&plugin_dir)?;
+            for (file_name, content) in &options.nri_plugins {
+                let staging = plugin_dir.join(format!(".{file_name}.tmp"));
+                std::fs::write(&staging, content)?;
+                std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755))?;
+                std::fs::rename(&staging, plugin_dir.join(file_name))?;
             }
         }
         run_testbed(&args)?;

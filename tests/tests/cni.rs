@@ -54,6 +54,7 @@ async fn pods_on_berth_cni(node_name: &str, containerd: Containerd, bridge: &str
             containerd,
             conflist: Some(conflist(&node_dir, bridge, octet)),
             cni_binaries: vec![binary("berth-cni")],
+            ..NodeOptions::default()
         },
     )
     .expect("node starts with berth-cni");
@@ -179,6 +180,7 @@ async fn containerd_reports_network_ready_from_berth_cni_status() {
             containerd: Containerd::V2_1,
             conflist: Some(list.to_string()),
             cni_binaries: vec![binary("berth-cni")],
+            ..NodeOptions::default()
         },
     )
     .expect("node starts");

@@ -1,15 +1,18 @@
 //! berth-ipam end to end: pods through CRI on containerd 2.1 with Debian's reference `bridge`
 //! delegating IPAM to the `berth-ipam` binary. A pod removed and re-created with the same
 //! namespace/name gets its address back; another pod does not get a held address; an
-//! annotation-requested address is honoured.
+//! annotation-requested address is honoured. Two nodes (two containerds) allocating from one
+//! pool on the test bed's etcd at the same time never hand out the same address.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use berth_e2e::testbed::{Containerd, Node, NodeOptions, binary};
-use berth_e2e::{CriClient, PodSpec};
-use serde_json::json;
+use berth_e2e::testbed::{Containerd, Node, NodeOptions, binary, etcd_endpoints};
+use berth_e2e::{BUSYBOX_IMAGE, ContainerSpec, CriClient, PodSpec};
+use serde_json::{Value, json};
 
 fn conflist(index: &str, store: &Path) -> String {
     json!({
@@ -37,6 +40,35 @@ fn conflist(index: &str, store: &Path) -> String {
         }]
     })
     .to_string()
+}
+
+/// The lease states the local store holds: its state file with the journal's lines (leases
+/// put, addresses deleted) replayed over it, as the store reads them.
+fn local_lease_states(store: &Path, network: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(store.join(format!("{network}.json"))).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let put = |leases: &mut BTreeMap<String, String>, l: &Value| {
+        leases.insert(
+            l["ip"].as_str().unwrap().to_string(),
+            l["state"].as_str().unwrap().to_string(),
+        );
+    };
+    let mut leases = BTreeMap::new();
+    for l in v["leases"].as_array().unwrap() {
+        put(&mut leases, l);
+    }
+    let journal =
+        std::fs::read_to_string(store.join(format!("{network}.journal.jsonl"))).unwrap_or_default();
+    for line in journal.lines() {
+        let entry: Value = serde_json::from_str(line).unwrap();
+        for ip in entry["deletes"].as_array().into_iter().flatten() {
+            leases.remove(ip.as_str().unwrap());
+        }
+        for l in entry["puts"].as_array().into_iter().flatten() {
+            put(&mut leases, l);
+        }
+    }
+    leases.into_values().collect()
 }
 
 async fn run_pod_ip(cri: &mut CriClient, spec: &PodSpec) -> (String, IpAddr) {
@@ -109,16 +141,9 @@ async fn pods_keep_their_address(node_name: &str, containerd: Containerd) {
     // The store recorded every step, and after the pods are gone only holds remain.
     remove(&mut cri, &other_id).await;
     remove(&mut cri, &asked_id).await;
-    let text = std::fs::read_to_string(&state).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let states: Vec<&str> = v["leases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["state"].as_str().unwrap())
-        .collect();
+    let states = local_lease_states(&store, "tb-ipam");
     assert!(
-        states.iter().all(|s| *s == "held"),
+        states.iter().all(|s| s == "held"),
         "after every pod is gone only holds remain: {states:?}"
     );
     let history = std::fs::read_to_string(store.join("tb-ipam.history.jsonl")).unwrap();
@@ -136,4 +161,267 @@ async fn pods_keep_their_address_on_containerd_2_1() {
 #[ignore = "needs root and the test bed: run by scripts/test"]
 async fn pods_keep_their_address_on_containerd_1_7() {
     pods_keep_their_address("ipam-e2e-17", Containerd::V1_7).await;
+}
+
+/// Pods each node starts at once in the two-node test.
+const PODS_PER_NODE: usize = 4;
+
+/// The etcd keys and host bridges of one run of the two-node test, removed when it ends
+/// (also when it fails), so reruns never meet leftovers.
+struct EtcdRun {
+    endpoints: String,
+    /// `<prefix>/` (the store's keys are `<prefix>/<network>/…`).
+    prefix: String,
+    bridges: Vec<String>,
+}
+
+impl EtcdRun {
+    /// Every key under the run's prefix and network, in key order: `(key suffix, value)`.
+    fn keys(&self, network: &str) -> BTreeMap<String, String> {
+        let under = format!("{}{network}/", self.prefix);
+        let out = Command::new("etcdctl")
+            .args([
+                &format!("--endpoints={}", self.endpoints),
+                "get",
+                "--prefix",
+                &under,
+            ])
+            .output()
+            .expect("etcdctl (the etcd-client package) is needed to read the test bed's etcd");
+        assert!(
+            out.status.success(),
+            "etcdctl get failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).expect("etcd keys and values are UTF-8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines.len().is_multiple_of(2),
+            "etcdctl prints key/value pairs: {text}"
+        );
+        lines
+            .chunks(2)
+            .map(|kv| {
+                let key = kv[0].strip_prefix(&under).expect("key under the prefix");
+                (key.to_string(), kv[1].to_string())
+            })
+            .collect()
+    }
+}
+
+impl Drop for EtcdRun {
+    fn drop(&mut self) {
+        let _ = Command::new("etcdctl")
+            .args([
+                &format!("--endpoints={}", self.endpoints),
+                "del",
+                "--prefix",
+                &self.prefix,
+            ])
+            .output();
+        for b in &self.bridges {
+            let _ = Command::new("ip")
+                .args(["link", "del", b])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// One pool shared by every node through etcd; each node has its own bridge (without an
+/// address: the nodes' bridges share the subnet) and records its own node name.
+fn etcd_conflist(
+    network: &str,
+    bridge: &str,
+    node: &str,
+    endpoints: &[String],
+    prefix: &str,
+) -> String {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": network,
+        "plugins": [{
+            "type": "bridge",
+            "bridge": bridge,
+            "isGateway": false,
+            "ipMasq": false,
+            "ipam": {
+                "type": "berth-ipam",
+                "store": {"type": "etcd", "endpoints": endpoints, "prefix": prefix, "timeout": "5s"},
+                "node": node,
+                "hold": "0s",
+                "pools": [{
+                    "name": "shared",
+                    "subnet": "10.97.0.0/24",
+                    "gateway": "10.97.0.1",
+                    "ranges": [{"start": "10.97.0.10", "end": "10.97.0.60"}]
+                }]
+            }
+        }]
+    })
+    .to_string()
+}
+
+/// A pod as one node created it: sandbox id, address from CRI, and what eth0 has inside it.
+struct PlacedPod {
+    node: String,
+    id: String,
+    ip: IpAddr,
+    eth0: String,
+}
+
+/// Runs a pod with a busybox container and reads eth0's addresses from inside the pod.
+async fn place_pod(node: String, mut cri: CriClient, name: String) -> PlacedPod {
+    let pod = cri
+        .run_pod(&PodSpec::new("default", &name))
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox {name} on {node}: {e:#}"));
+    let ip = cri.pod_ip(&pod.id).await.expect("pod IP");
+    let c = cri
+        .run_container(&pod, &ContainerSpec::sleeper("app", BUSYBOX_IMAGE))
+        .await
+        .expect("container in the pod");
+    let eth0 = cri
+        .exec(
+            &c,
+            &["ip", "-4", "-o", "addr", "show", "eth0"],
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("exec ip addr")
+        .ok()
+        .expect("ip addr in the pod");
+    PlacedPod {
+        node,
+        id: pod.id,
+        ip,
+        eth0,
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs root and the test bed: run by scripts/test"]
+async fn two_nodes_on_one_etcd_never_collide() {
+    let endpoints = etcd_endpoints();
+    // Unique per run: leftovers of an earlier (killed) run are never read or collided with.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let run = format!("{:x}", (nanos ^ u128::from(std::process::id())) & 0xff_ffff);
+    let network = format!("tb-etcd-{run}");
+    let prefix = format!("/berth-e2e/ipam-{run}");
+    let guard = EtcdRun {
+        endpoints: endpoints.join(","),
+        prefix: format!("{prefix}/"),
+        bridges: vec![format!("tbe{run}a"), format!("tbe{run}b")],
+    };
+    let nodes: Vec<(String, Containerd)> = vec![
+        ("ipam-etcd-a".into(), Containerd::V2_1),
+        ("ipam-etcd-b".into(), Containerd::V1_7),
+    ];
+    let mut starting = Vec::new();
+    for ((name, containerd), bridge) in nodes.into_iter().zip(guard.bridges.clone()) {
+        let conflist = etcd_conflist(&network, &bridge, &name, &endpoints, &prefix);
+        starting.push(tokio::task::spawn_blocking(move || {
+            Node::start(
+                &name,
+                NodeOptions {
+                    containerd,
+                    conflist: Some(conflist),
+                    cni_binaries: vec![binary("berth-ipam")],
+                    ..Default::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("node {name} starts: {e:#}"))
+        }));
+    }
+    let mut started = Vec::new();
+    for s in starting {
+        started.push(s.await.expect("node start task"));
+    }
+
+    // Both nodes create their pods at the same time, each pod on its own CRI connection.
+    let mut tasks = Vec::new();
+    for node in &started {
+        for i in 0..PODS_PER_NODE {
+            let cri = node.cri().await.expect("CRI ready");
+            let (node_name, pod_name) = (node.name.clone(), format!("{}-{i}", node.name));
+            tasks.push(tokio::spawn(place_pod(node_name, cri, pod_name)));
+        }
+    }
+    let mut pods = Vec::new();
+    for t in tasks {
+        pods.push(t.await.expect("pod task"));
+    }
+
+    let distinct: BTreeSet<IpAddr> = pods.iter().map(|p| p.ip).collect();
+    assert_eq!(
+        distinct.len(),
+        pods.len(),
+        "two pods got the same address: {:?}",
+        pods.iter().map(|p| (&p.node, p.ip)).collect::<Vec<_>>()
+    );
+    let records = guard.keys(&network);
+    for p in &pods {
+        let octets = match p.ip {
+            IpAddr::V4(v4) => v4.octets(),
+            IpAddr::V6(v6) => panic!("{v6} is not from the IPv4 pool"),
+        };
+        assert!(
+            octets[..3] == [10, 97, 0] && (10..=60).contains(&octets[3]),
+            "{} is not from the pool's range",
+            p.ip
+        );
+        assert!(
+            p.eth0.contains(&format!(" {}/24 ", p.ip)),
+            "eth0 of {} on {} lacks {}: {}",
+            p.id,
+            p.node,
+            p.ip,
+            p.eth0
+        );
+        // What IPAM recorded in etcd: the attachment's address, and the lease naming the node.
+        let attachment = records.get(&format!("attachments/{}/eth0", p.id));
+        assert_eq!(
+            attachment.map(String::as_str),
+            Some(p.ip.to_string().as_str()),
+            "etcd does not record {} for {}: {records:?}",
+            p.ip,
+            p.id
+        );
+        let lease: Value = serde_json::from_str(
+            records
+                .get(&format!("leases/{}", p.ip))
+                .unwrap_or_else(|| panic!("no lease for {} in etcd: {records:?}", p.ip)),
+        )
+        .expect("lease JSON");
+        assert_eq!(lease["state"], "allocated", "{lease}");
+        assert_eq!(lease["containerID"], p.id.as_str(), "{lease}");
+        assert_eq!(lease["node"], p.node.as_str(), "{lease}");
+    }
+
+    // Pods gone on both nodes: every address is released (hold 0s) and nothing is left.
+    for node in &started {
+        let mut cri = node.cri().await.expect("CRI ready");
+        cri.teardown_all().await.expect("pods removed");
+        assert!(cri.list_pods().await.unwrap().is_empty());
+    }
+    let left: Vec<String> = guard
+        .keys(&network)
+        .into_keys()
+        .filter(|k| k.starts_with("leases/") || k.starts_with("attachments/"))
+        .collect();
+    assert!(left.is_empty(), "addresses not released: {left:?}");
+    let history = guard.keys(&network);
+    let events: Vec<Value> = history
+        .iter()
+        .filter(|(k, _)| k.starts_with("history/"))
+        .map(|(_, v)| serde_json::from_str(v).expect("event JSON"))
+        .collect();
+    for kind in ["allocate", "release"] {
+        let n = events.iter().filter(|e| e["kind"] == kind).count();
+        assert_eq!(n, pods.len(), "{kind} events: {events:?}");
+    }
+    drop(started);
 }

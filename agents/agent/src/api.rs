@@ -132,6 +132,24 @@ impl berth_api::FakeTimeBackend for FakeTimeApi {
     }
 }
 
+/// The `[debug]` section as berth-debug's config (checked), if present.
+pub fn debug_config(config: &Config) -> anyhow::Result<Option<berth_debug::DebugConfig>> {
+    let Some(table) = &config.debug else {
+        return Ok(None);
+    };
+    let debug: berth_debug::DebugConfig =
+        table.clone().try_into().map_err(|e: toml::de::Error| {
+            anyhow::anyhow!("invalid [debug] section: {}", e.message())
+        })?;
+    debug.validate().context("invalid [debug] section")?;
+    if !wanted(config) {
+        anyhow::bail!(
+            "[debug] needs the API: debug sessions are started over it; add an [api] section"
+        );
+    }
+    Ok(Some(debug))
+}
+
 /// Whether the config asks for the API at all.
 pub fn wanted(config: &Config) -> bool {
     config.api.listen.is_some() || !config.api.server.is_empty()
@@ -144,6 +162,7 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
         berth_api::ApiConfig::from_agent_section(config.api.listen.as_deref(), &config.api.server)
             .context("invalid [api] section")?;
     api.validate().context("invalid [api] section")?;
+    debug_config(config)?;
     Ok(())
 }
 
@@ -159,6 +178,9 @@ pub fn server(config: &Config) -> anyhow::Result<berth_api::ServerBuilder> {
     }
     if config.faketime.enabled {
         builder = builder.faketime(FakeTimeApi::new(&config.state_dir));
+    }
+    if let Some(debug) = debug_config(config)? {
+        builder = builder.debug(debug);
     }
     Ok(builder)
 }

@@ -53,6 +53,11 @@ pub struct Config {
     pub cleanup: CleanupConfig,
     pub faketime: FakeTimeConfig,
     pub api: ApiConfig,
+    /// Debug containers (the API's `Debug` service): berth-debug's keys
+    /// (`containerd_socket`, `image`, `state_dir`, `user`, `detach_grace`, …, see
+    /// docs/operations.md). Present: enabled (needs `[api]`); absent: Debug is not served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug: Option<toml::Table>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -253,6 +258,7 @@ impl Default for Config {
             cleanup: CleanupConfig::default(),
             faketime: FakeTimeConfig::default(),
             api: ApiConfig::default(),
+            debug: None,
         }
     }
 }

@@ -392,18 +392,26 @@ impl LogFs for RealFs {
             shown.push_str(comp);
             let leaf = i + 1 == n;
             let mode = if leaf { leaf_mode } else { 0o755 };
-            let created = match rustix::fs::mkdirat(&fd, comp.as_str(), Mode::from_raw_mode(mode)) {
-                Ok(()) => true,
-                Err(Errno::EXIST) => false,
-                Err(e) => return Err(classify("create", &shown, e)),
+            let c = cname(OsStr::new(comp));
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            // Open first: the namespace and pod dirs usually exist, and a mkdir that fails
+            // with EEXIST still takes the parent's lock. Create only what is missing.
+            let (next, created) = match Self::openat2_retry(&fd, &c, flags, Mode::empty()) {
+                Ok(next) => (next, false),
+                Err(Errno::NOENT) => {
+                    let created =
+                        match rustix::fs::mkdirat(&fd, comp.as_str(), Mode::from_raw_mode(mode)) {
+                            Ok(()) => true,
+                            // Another creation made it in between.
+                            Err(Errno::EXIST) => false,
+                            Err(e) => return Err(classify("create", &shown, e)),
+                        };
+                    let next = Self::openat2_retry(&fd, &c, flags, Mode::empty())
+                        .map_err(|e| classify("open", &shown, e))?;
+                    (next, created)
+                }
+                Err(e) => return Err(classify("open", &shown, e)),
             };
-            let next = Self::openat2_retry(
-                &fd,
-                &cname(OsStr::new(comp)),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| classify("open", &shown, e))?;
             self.check_dev(&next, &shown)?;
             if created && leaf {
                 // mkdir's mode is cut by the umask; the leaf must be writable by the

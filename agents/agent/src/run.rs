@@ -149,6 +149,8 @@ pub struct Agent {
 impl Agent {
     pub fn new(resolved: Resolved, clock: Arc<dyn Clock>) -> anyhow::Result<Agent> {
         let cfg = &resolved.config;
+        // A [debug] section the agent would not serve is an error, not a silent no-op.
+        crate::api::debug_config(cfg)?;
         std::fs::create_dir_all(&cfg.state_dir)
             .with_context(|| format!("cannot create the state dir {}", cfg.state_dir.display()))?;
         let events = Arc::new(EventLog::new(&cfg.state_dir));
@@ -213,17 +215,35 @@ impl Agent {
         } else {
             (None, None)
         };
-        let mut opts =
-            berth_nri::Options::new(&cfg.nri.socket, &cfg.nri.plugin_name, &cfg.nri.plugin_index);
+        // Pre-registered mode: the runtime started us from its plugin dir and passed the
+        // connection; the name and index then come from the file name, not from the config.
+        let launched = berth_nri::LaunchVars::from_env()?;
+        let (name, index) = match &launched {
+            Some(l) => (
+                non_empty(&l.name, &cfg.nri.plugin_name),
+                non_empty(&l.index, &cfg.nri.plugin_index),
+            ),
+            None => (cfg.nri.plugin_name.as_str(), cfg.nri.plugin_index.as_str()),
+        };
+        let mut opts = berth_nri::Options::new(&cfg.nri.socket, name, index);
         opts.registration_timeout = cfg.nri.registration_timeout;
         opts.backoff_max = cfg.nri.reconnect_max;
-        let runner = berth_nri::Runner::new(
-            opts,
-            Arc::new(AgentPlugin {
-                filelogs: filelogs.clone(),
-                faketime: faketime.clone(),
-            }),
-        )?;
+        let plugin = Arc::new(AgentPlugin {
+            filelogs: filelogs.clone(),
+            faketime: faketime.clone(),
+        });
+        let runner = match &launched {
+            Some(l) => {
+                tracing::info!(
+                    fd = l.fd,
+                    name,
+                    index,
+                    "started by the runtime as a pre-registered nri plugin: serving the connection it passed (nri.socket is not used, no reconnecting)"
+                );
+                berth_nri::Runner::launched(opts, plugin, l.take_socket()?)?
+            }
+            None => berth_nri::Runner::new(opts, plugin)?,
+        };
         Ok(Agent {
             resolved,
             filelogs,
@@ -300,7 +320,10 @@ impl Agent {
                 }
             })
         });
-        self.runner.run(shutdown).await;
+        self.runner.run(shutdown.clone()).await;
+        // A pre-registered agent's runner returns when the runtime closes its connection: the
+        // runtime starts it again, so the whole agent stops.
+        shutdown.cancel();
         if let Some(t) = sweeper_task {
             let _ = t.await;
         }
@@ -311,6 +334,14 @@ impl Agent {
             f.save_if_dirty();
         }
         tracing::info!("berth-agent stopped");
+    }
+}
+
+fn non_empty<'a>(from_runtime: &'a str, configured: &'a str) -> &'a str {
+    if from_runtime.is_empty() {
+        configured
+    } else {
+        from_runtime
     }
 }
 
@@ -326,6 +357,7 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         if crate::api::wanted(&resolved.config) {
             crate::api::check(&resolved.config)?;
         }
+        crate::api::debug_config(&resolved.config)?;
         println!(
             "{}",
             toml::to_string_pretty(&resolved.config).context("cannot print the config")?

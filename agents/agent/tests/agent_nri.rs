@@ -58,6 +58,19 @@ impl Bed {
         c
     }
 
+    /// Waits until the agent's periodic sweeper has done its first pass (it runs at start
+    /// and writes the usage report), so a test's own passes do not race with it.
+    async fn wait_initial_sweep(&self) {
+        let deadline = std::time::Instant::now() + WAIT;
+        while !self.state_dir().join("usage.json").exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sweeper's first pass did not run"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Starts an agent; returns its sweeper and a token that stops it.
     fn start_agent(&self, cfg: Config) -> (Option<Arc<Sweeper>>, CancellationToken) {
         let clock: Arc<dyn Clock> = self.clock.clone();
@@ -515,6 +528,7 @@ async fn pod_budget_removes_rotated_files() {
         .await
         .unwrap();
     let h = connect(&mut rt).await;
+    bed.wait_initial_sweep().await;
     let p = pod("shop", "chatty", "uid-1");
     h.create_container(&p, &ctr(&p, "app", "c1", Some("/logs")))
         .await
@@ -560,6 +574,7 @@ async fn usage_is_remeasured_only_where_the_watcher_saw_writes() {
         .await
         .unwrap();
     let h = connect(&mut rt).await;
+    bed.wait_initial_sweep().await;
     for (name, uid) in [("quiet", "uid-1"), ("busy", "uid-2")] {
         let p = pod("shop", name, uid);
         h.create_container(&p, &ctr(&p, "app", &format!("c-{name}"), Some("/logs")))

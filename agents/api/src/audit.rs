@@ -45,7 +45,8 @@ pub struct AuditRecord {
     pub prev: String,
     /// RFC 3339, milliseconds, UTC.
     pub time: String,
-    /// `call` (one per call) or `intent` (before a streaming or mutating call runs).
+    /// `call` (one per call), `intent` (before a streaming or mutating call runs) or `debug`
+    /// (an event inside a debug session, with `detail`).
     pub event: String,
     pub call_id: String,
     pub identity: String,
@@ -65,6 +66,9 @@ pub struct AuditRecord {
     pub duration_us: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Details of a `debug` event (berth-debug's event as JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
 }
 
 /// Where and how big.
@@ -574,6 +578,7 @@ mod tests {
             duration_us: 1,
             bytes_sent: 2,
             bytes_received: 3,
+            detail: None,
         }
     }
 

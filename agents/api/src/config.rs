@@ -134,6 +134,31 @@ pub struct ApiConfig {
     pub handshake_timeout_ms: u64,
     #[serde(default = "default_max_handshakes")]
     pub max_concurrent_handshakes: usize,
+    /// Longest temporary role grant (`Grants/Grant`), e.g. "8h".
+    #[serde(default = "default_max_grant", with = "humantime_serde_str")]
+    pub max_grant_duration: Duration,
+}
+
+fn default_max_grant() -> Duration {
+    Duration::from_secs(8 * 3600)
+}
+
+/// Durations as humantime strings ("8h", "30m").
+mod humantime_serde_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?} is not a duration like \"8h\" ({e})"))
+        })
+    }
 }
 
 fn default_socket_mode() -> u32 {
@@ -161,6 +186,7 @@ impl ApiConfig {
             metrics: MetricsConfig::default(),
             handshake_timeout_ms: default_handshake_ms(),
             max_concurrent_handshakes: default_max_handshakes(),
+            max_grant_duration: default_max_grant(),
         }
     }
 

@@ -3,7 +3,8 @@
 //! no handler can bypass.
 //!
 //! Order for an allowed call:
-//! 1. read the (single) request message, decode its target;
+//! 1. read the (single) request message — for client streams, the first one — and decode
+//!    its target;
 //! 2. decide; a denial is audited and answered with PERMISSION_DENIED;
 //! 3. streaming or mutating calls: an `intent` line must be durable before the handler runs;
 //! 4. unary responses are held until their `call` line is durable; if the audit write fails,
@@ -13,6 +14,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,7 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 
 use crate::audit::{AuditLog, AuditRecord};
+use crate::grants::Grants;
 use crate::identity::Caller;
 use crate::methods;
 use crate::metrics::Metrics;
@@ -45,6 +48,7 @@ pub struct CallContext {
 
 pub(crate) struct Guard {
     pub policy: PolicyStore,
+    pub grants: Grants,
     pub audit: AuditLog,
     pub metrics: Metrics,
 }
@@ -120,6 +124,85 @@ fn single_message(buf: &Bytes) -> Result<Bytes, Status> {
     Ok(buf.slice(5..))
 }
 
+/// The first gRPC message of a buffer that may hold more (a client stream's start).
+fn leading_message(buf: &Bytes) -> Result<Bytes, Status> {
+    if buf.len() < 5 {
+        return Err(Status::invalid_argument("request carries no gRPC message"));
+    }
+    if buf[0] != 0 {
+        return Err(Status::unimplemented(
+            "compressed requests are not supported: disable request compression",
+        ));
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if buf.len() < 5 + len {
+        return Err(Status::invalid_argument("request message is truncated"));
+    }
+    Ok(buf.slice(5..5 + len))
+}
+
+/// Reads a client stream until its first message is complete (at most
+/// `MAX_REQUEST_BYTES`); returns what was read and the rest of the stream.
+async fn first_message(mut body: Body) -> Result<(Bytes, Body), Status> {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        if buf.len() >= 5 {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if len > MAX_REQUEST_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "first request message is {len} bytes, more than the {MAX_REQUEST_BYTES} allowed"
+                )));
+            }
+            if buf.len() >= 5 + len {
+                return Ok((buf.freeze(), body));
+            }
+        }
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => {
+                return Err(Status::invalid_argument(format!(
+                    "cannot read request: {e}"
+                )));
+            }
+            None => return Err(Status::invalid_argument("request carries no gRPC message")),
+        }
+    }
+}
+
+/// A client stream handed to the service: the bytes the guard read, then the rest, counted.
+struct Replayed {
+    prefix: Option<Bytes>,
+    inner: Body,
+    received: Arc<AtomicU64>,
+}
+
+impl http_body::Body for Replayed {
+    type Data = Bytes;
+    type Error = Status;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if let Some(p) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(p))));
+        }
+        let polled = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(frame)) = &polled
+            && let Some(d) = frame.data_ref()
+        {
+            self.received.fetch_add(d.len() as u64, Ordering::Relaxed);
+        }
+        Poll::Ready(polled)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.inner.is_end_stream()
+    }
+}
+
 impl Guard {
     fn record(&self, caller: &Caller, method: &str, call_id: &str) -> AuditRecord {
         AuditRecord {
@@ -139,6 +222,7 @@ impl Guard {
             duration_us: 0,
             bytes_sent: 0,
             bytes_received: 0,
+            detail: None,
         }
     }
 
@@ -212,22 +296,36 @@ impl Guard {
                 }
             }
         };
-        let body = match http_body_util::Limited::new(body, MAX_REQUEST_BYTES)
-            .collect()
-            .await
-        {
-            Ok(c) => c.to_bytes(),
-            Err(e) => {
-                let st = Status::invalid_argument(format!("cannot read request: {e}"));
-                return Ok(deny(rec, st).await);
-            }
-        };
-        rec.bytes_received = body.len() as u64;
         let Some(spec) = methods::lookup(&method) else {
             let st = Status::unimplemented(format!("unknown method {method}"));
             return Ok(deny(rec, st).await);
         };
-        let target = match single_message(&body).and_then(|m| {
+        // A unary request is read whole; a client stream up to its first message, which is
+        // what the call is authorized and audited on (the rest is replayed to the handler).
+        let (first, rest) = if spec.client_streaming {
+            match first_message(body).await {
+                Ok((head, rest)) => (head, Some(rest)),
+                Err(st) => return Ok(deny(rec, st).await),
+            }
+        } else {
+            match http_body_util::Limited::new(body, MAX_REQUEST_BYTES)
+                .collect()
+                .await
+            {
+                Ok(c) => (c.to_bytes(), None),
+                Err(e) => {
+                    let st = Status::invalid_argument(format!("cannot read request: {e}"));
+                    return Ok(deny(rec, st).await);
+                }
+            }
+        };
+        rec.bytes_received = first.len() as u64;
+        let message = if spec.client_streaming {
+            leading_message(&first)
+        } else {
+            single_message(&first)
+        };
+        let target = match message.and_then(|m| {
             spec.target(&m)
                 .map_err(|e| Status::invalid_argument(format!("cannot decode request: {e}")))
         }) {
@@ -235,11 +333,13 @@ impl Guard {
             Err(st) => return Ok(deny(rec, st).await),
         };
         rec.target = target.describe.clone();
-        let roles = match self
-            .policy
-            .current()
-            .decide(&caller, &method, &target.scope)
-        {
+        let granted = self.grants.roles_of(&caller.names);
+        let roles = match self.policy.current().decide_with_grants(
+            &caller,
+            &method,
+            &target.scope,
+            &granted,
+        ) {
             Decision::Allow { roles } => roles,
             Decision::Deny(d) => {
                 return Ok(deny(rec, Status::permission_denied(d.to_string())).await);
@@ -260,7 +360,16 @@ impl Guard {
             }
         }
 
-        let mut req = Request::from_parts(parts, Body::new(http_body_util::Full::new(body)));
+        let received = Arc::new(AtomicU64::new(first.len() as u64));
+        let body = match rest {
+            Some(rest) => Body::new(Replayed {
+                prefix: Some(first),
+                inner: rest,
+                received: received.clone(),
+            }),
+            None => Body::new(http_body_util::Full::new(first)),
+        };
+        let mut req = Request::from_parts(parts, body);
         req.extensions_mut().insert(CallContext {
             caller: caller.clone(),
             roles,
@@ -285,6 +394,7 @@ impl Guard {
                     rec,
                     started,
                     header_code,
+                    received,
                 }),
                 sent: 0,
                 pending: None,
@@ -312,6 +422,7 @@ impl Guard {
             }
             Err(st) => (Bytes::new(), None, st.code()),
         };
+        rec.bytes_received = received.load(Ordering::Relaxed);
         if let Err(audit) = self.finish(rec, code, started, data.len() as u64).await {
             return Ok(status_response(audit));
         }
@@ -386,6 +497,8 @@ struct Finish {
     rec: AuditRecord,
     started: Instant,
     header_code: Option<Code>,
+    /// Request bytes so far (client streams keep counting while the response streams).
+    received: Arc<AtomicU64>,
 }
 
 /// The final audit write (a task: it completes even if the body is dropped) and the trailers
@@ -414,7 +527,8 @@ impl AuditedBody {
                 f.rec.reason = m;
             }
         }
-        if let Some(f) = self.finish.take() {
+        if let Some(mut f) = self.finish.take() {
+            f.rec.bytes_received = f.received.load(Ordering::Relaxed);
             let sent = self.sent;
             let task =
                 tokio::spawn(async move { f.guard.finish(f.rec, code, f.started, sent).await });
@@ -498,6 +612,7 @@ impl Drop for AuditedBody {
             rec.code = Code::Cancelled as i32;
             rec.duration_us = elapsed.as_micros() as u64;
             rec.bytes_sent = self.sent;
+            rec.bytes_received = f.received.load(Ordering::Relaxed);
             f.guard
                 .metrics
                 .observe_call(&rec.method, Code::Cancelled, elapsed);

@@ -16,6 +16,7 @@ pub mod backend;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod grants;
 pub mod identity;
 pub mod ipam_core;
 pub mod layer;

@@ -16,7 +16,10 @@ pub struct Target {
 
 pub struct MethodSpec {
     pub path: &'static str,
+    /// The server streams its response.
     pub streaming: bool,
+    /// The client streams its requests: the guard decides on the first message.
+    pub client_streaming: bool,
     pub mutating: bool,
     target: fn(&[u8]) -> Result<Target, prost::DecodeError>,
 }
@@ -205,9 +208,150 @@ const fn spec(
     MethodSpec {
         path,
         streaming,
+        client_streaming: false,
         mutating,
         target,
     }
+}
+
+/// A client-streaming method: authorized and audited on its first request message.
+const fn client_stream(
+    path: &'static str,
+    streaming: bool,
+    target: fn(&[u8]) -> Result<Target, prost::DecodeError>,
+) -> MethodSpec {
+    MethodSpec {
+        path,
+        streaming,
+        client_streaming: true,
+        mutating: true,
+        target,
+    }
+}
+
+fn debug_pod(pod: &Option<v1::PodRef>, parts: &[(&str, &str)]) -> Target {
+    let (scope, d) = pod_scope(pod);
+    Target {
+        scope,
+        describe: with(parts, d),
+    }
+}
+
+fn debug_attach(b: &[u8]) -> Result<Target, prost::DecodeError> {
+    use v1::attach_request::Msg;
+    let r = v1::AttachRequest::decode(b)?;
+    Ok(match r.msg {
+        Some(Msg::Start(s)) => {
+            let command = s.command.join(" ");
+            debug_pod(
+                &s.pod,
+                &[
+                    ("container", &s.container),
+                    ("profile", &s.profile),
+                    ("image", &s.image),
+                    ("command", &command),
+                ],
+            )
+        }
+        Some(Msg::Attach(a)) => debug_pod(&a.pod, &[("session", &a.session_id)]),
+        // Anything else first is refused by the service; authorize it as "every namespace"
+        // so that only a fully scoped role gets that far.
+        _ => Target {
+            scope: Scope::AllNamespaces,
+            describe: "no start or attach message".into(),
+        },
+    })
+}
+
+fn debug_exec(b: &[u8]) -> Result<Target, prost::DecodeError> {
+    let r = v1::DebugExecRequest::decode(b)?;
+    let command = r.command.join(" ");
+    Ok(debug_pod(
+        &r.pod,
+        &[
+            ("container", &r.container),
+            ("session", &r.session_id),
+            ("profile", &r.profile),
+            ("image", &r.image),
+            ("command", &command),
+        ],
+    ))
+}
+
+fn debug_copy_in(b: &[u8]) -> Result<Target, prost::DecodeError> {
+    use v1::copy_in_request::Msg;
+    let r = v1::CopyInRequest::decode(b)?;
+    Ok(match r.msg {
+        Some(Msg::Header(h)) => {
+            let size = h.size.to_string();
+            debug_pod(
+                &h.pod,
+                &[
+                    ("container", &h.container),
+                    ("path", &h.path),
+                    ("size", &size),
+                ],
+            )
+        }
+        _ => Target {
+            scope: Scope::AllNamespaces,
+            describe: "no header message".into(),
+        },
+    })
+}
+
+fn debug_copy_out(b: &[u8]) -> Result<Target, prost::DecodeError> {
+    let r = v1::CopyOutRequest::decode(b)?;
+    Ok(debug_pod(
+        &r.pod,
+        &[("container", &r.container), ("path", &r.path)],
+    ))
+}
+
+fn debug_list(b: &[u8]) -> Result<Target, prost::DecodeError> {
+    let r = v1::ListSessionsRequest::decode(b)?;
+    Ok(Target {
+        scope: ns_scope(&r.namespace),
+        describe: with(&[("namespace", &r.namespace)], String::new()),
+    })
+}
+
+fn debug_terminate(b: &[u8]) -> Result<Target, prost::DecodeError> {
+    let r = v1::TerminateRequest::decode(b)?;
+    Ok(debug_pod(&r.pod, &[("session", &r.session_id)]))
+}
+
+fn grants_grant(b: &[u8]) -> Result<Target, prost::DecodeError> {
+    let r = v1::GrantRequest::decode(b)?;
+    let secs = format!("{}s", r.duration_seconds);
+    Ok(Target {
+        scope: Scope::Node,
+        describe: with(
+            &[
+                ("identity", &r.identity),
+                ("role", &r.role),
+                ("for", &secs),
+                ("reason", &r.reason),
+            ],
+            String::new(),
+        ),
+    })
+}
+
+fn grants_list(b: &[u8]) -> Result<Target, prost::DecodeError> {
+    let r = v1::ListGrantsRequest::decode(b)?;
+    Ok(Target {
+        scope: Scope::Node,
+        describe: with(&[("identity", &r.identity)], String::new()),
+    })
+}
+
+fn grants_revoke(b: &[u8]) -> Result<Target, prost::DecodeError> {
+    let r = v1::RevokeGrantRequest::decode(b)?;
+    Ok(Target {
+        scope: Scope::Node,
+        describe: with(&[("id", &r.id)], String::new()),
+    })
 }
 
 /// Every RPC the server knows. A call to anything else is denied (and audited).
@@ -227,6 +371,15 @@ pub static METHODS: &[MethodSpec] = &[
     spec("/berth.v1.FakeTime/Get", false, false, faketime_get),
     spec("/berth.v1.FakeTime/Set", false, true, faketime_set),
     spec("/berth.v1.FakeTime/Clear", false, true, faketime_get),
+    client_stream("/berth.v1.Debug/Attach", true, debug_attach),
+    spec("/berth.v1.Debug/Exec", true, true, debug_exec),
+    client_stream("/berth.v1.Debug/CopyIn", false, debug_copy_in),
+    spec("/berth.v1.Debug/CopyOut", true, false, debug_copy_out),
+    spec("/berth.v1.Debug/List", false, false, debug_list),
+    spec("/berth.v1.Debug/Terminate", false, true, debug_terminate),
+    spec("/berth.v1.Grants/Grant", false, true, grants_grant),
+    spec("/berth.v1.Grants/List", false, false, grants_list),
+    spec("/berth.v1.Grants/Revoke", false, true, grants_revoke),
 ];
 
 pub fn lookup(path: &str) -> Option<&'static MethodSpec> {
@@ -240,9 +393,10 @@ mod tests {
     #[test]
     fn every_rpc_of_the_proto_has_a_spec_with_the_right_streaming_flag() {
         assert_eq!(METHODS.len(), berth_proto::METHODS.len());
-        for (path, streaming) in berth_proto::METHODS {
+        for (path, streaming, client_streaming) in berth_proto::METHODS {
             let spec = lookup(path).unwrap_or_else(|| panic!("{path} has no MethodSpec"));
             assert_eq!(spec.streaming, *streaming, "{path}");
+            assert_eq!(spec.client_streaming, *client_streaming, "{path}");
             // An empty message decodes for every method.
             spec.target(&[]).unwrap();
         }

@@ -67,7 +67,17 @@ struct RoleFile {
     methods: Vec<String>,
     #[serde(default)]
     namespaces: Vec<String>,
+    /// Debug profiles beyond `general` the role may start (`netadmin`, `sysadmin`).
+    #[serde(default)]
+    debug_profiles: Vec<String>,
+    /// Tools images beyond the agent's default the role may start: exact names, `prefix*`
+    /// or `*`.
+    #[serde(default)]
+    debug_images: Vec<String>,
 }
+
+/// The debug profiles a role may name in `debug_profiles`.
+pub const DEBUG_PROFILES: &[&str] = &["general", "netadmin", "sysadmin"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -123,6 +133,8 @@ pub enum Decision {
 struct Role {
     methods: Vec<String>,
     namespaces: Vec<String>,
+    debug_profiles: Vec<String>,
+    debug_images: Vec<String>,
 }
 
 /// A parsed, validated policy.
@@ -162,7 +174,7 @@ impl Policy {
                 let m = normalize_method_pattern(m);
                 if !berth_proto::METHODS
                     .iter()
-                    .any(|(p, _)| method_matches(&m, p))
+                    .any(|(p, _, _)| method_matches(&m, p))
                 {
                     return Err(invalid(format!(
                         "role {name:?}: method pattern {m:?} matches no RPC (use \"*\", \
@@ -184,11 +196,28 @@ impl Policy {
                     )));
                 }
             }
+            for p in &r.debug_profiles {
+                if !DEBUG_PROFILES.contains(&p.as_str()) {
+                    return Err(invalid(format!(
+                        "role {name:?}: debug profile {p:?} is not one of {DEBUG_PROFILES:?}"
+                    )));
+                }
+            }
+            for i in &r.debug_images {
+                if i.is_empty() || i[..i.len() - 1].contains('*') {
+                    return Err(invalid(format!(
+                        "role {name:?}: debug image pattern {i:?} is not an image name, \
+                         \"prefix*\" or \"*\""
+                    )));
+                }
+            }
             roles.insert(
                 name,
                 Role {
                     methods,
                     namespaces: r.namespaces,
+                    debug_profiles: r.debug_profiles,
+                    debug_images: r.debug_images,
                 },
             );
         }
@@ -249,9 +278,52 @@ impl Policy {
         out
     }
 
+    /// Whether the policy defines this role (grants may only name defined roles).
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.contains_key(role)
+    }
+
+    /// May one of `roles` start a debug session with this profile? `general` needs no
+    /// permission beyond the method itself.
+    pub fn allows_debug_profile(&self, roles: &[String], profile: &str) -> bool {
+        profile == "general"
+            || roles.iter().any(|r| {
+                self.roles
+                    .get(r)
+                    .is_some_and(|r| r.debug_profiles.iter().any(|p| p == profile))
+            })
+    }
+
+    /// May one of `roles` start this (non-default) tools image?
+    pub fn allows_debug_image(&self, roles: &[String], image: &str) -> bool {
+        roles.iter().any(|r| {
+            self.roles.get(r).is_some_and(|r| {
+                r.debug_images.iter().any(|p| match p.strip_suffix('*') {
+                    Some(prefix) => image.starts_with(prefix),
+                    None => p == image,
+                })
+            })
+        })
+    }
+
     /// May `caller` call `method` (`/berth.v1.Svc/Method`) on `scope`?
     pub fn decide(&self, caller: &Caller, method: &str, scope: &Scope) -> Decision {
-        let roles = self.roles_of(caller);
+        self.decide_with_grants(caller, method, scope, &[])
+    }
+
+    /// [`Policy::decide`] with roles temporarily granted to the caller added to its bound
+    /// ones (grants naming roles the policy no longer defines are ignored).
+    pub fn decide_with_grants(
+        &self,
+        caller: &Caller,
+        method: &str,
+        scope: &Scope,
+        granted: &[String],
+    ) -> Decision {
+        let mut roles = self.roles_of(caller);
+        roles.extend(granted.iter().filter(|r| self.has_role(r)).cloned());
+        roles.sort();
+        roles.dedup();
         if roles.is_empty() {
             return Decision::Deny(Denial::NoRole {
                 identity: caller.identity.clone(),

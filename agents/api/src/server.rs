@@ -23,11 +23,17 @@ use crate::audit::AuditLog;
 use crate::backend::{FakeTimeBackend, IpamBackend, LogsBackend};
 use crate::config::ApiConfig;
 use crate::error::ApiError;
+use crate::grants::Grants;
 use crate::layer::{Guard, GuardLayer};
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
 use crate::services::{
-    audit::AuditService, faketime::FakeTimeService, ipam::IpamService, logs::LogsService,
+    audit::AuditService,
+    debug::{DebugService, start_manager},
+    faketime::FakeTimeService,
+    grants::GrantsService,
+    ipam::IpamService,
+    logs::LogsService,
     node::NodeService,
 };
 use crate::transport::{self, AcceptOptions};
@@ -44,6 +50,7 @@ impl Server {
             logs: None,
             ipam: None,
             faketime: None,
+            debug: None,
             metrics: Metrics::new(),
         }
     }
@@ -55,6 +62,7 @@ pub struct ServerBuilder {
     logs: Option<Arc<dyn LogsBackend>>,
     ipam: Option<Arc<dyn IpamBackend>>,
     faketime: Option<Arc<dyn FakeTimeBackend>>,
+    debug: Option<berth_debug::DebugConfig>,
     metrics: Metrics,
 }
 
@@ -115,6 +123,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Serve `berth.v1.Debug` with debug containers made through containerd (connected in
+    /// the background; without this, Debug answers UNIMPLEMENTED).
+    pub fn debug(mut self, config: berth_debug::DebugConfig) -> Self {
+        self.debug = Some(config);
+        self
+    }
+
     /// Use this metrics registry (so the agent can add its own counters to it).
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
@@ -147,6 +162,7 @@ impl ServerBuilder {
         let policy = PolicyStore::load(&cfg.policy)?;
         policy.watch()?;
         let audit = AuditLog::open(cfg.audit.clone())?;
+        let grants = Grants::new(cfg.max_grant_duration);
         let metrics = self.metrics;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (conn_tx, conn_rx) = mpsc::channel(64);
@@ -195,7 +211,11 @@ impl ServerBuilder {
             tokio::spawn(metrics.clone().serve(l, shutdown_rx.clone()));
         }
 
-        let mut services = vec!["berth.v1.Node".to_string(), "berth.v1.Audit".to_string()];
+        let mut services = vec![
+            "berth.v1.Node".to_string(),
+            "berth.v1.Audit".to_string(),
+            "berth.v1.Grants".to_string(),
+        ];
         let mut features = vec!["audit.query".to_string(), "audit.hashchain".to_string()];
         if cfg.tls.as_ref().is_some_and(|t| t.crl.is_some()) {
             features.push("tls.crl".into());
@@ -211,6 +231,10 @@ impl ServerBuilder {
             services.push("berth.v1.FakeTime".into());
             features.push("faketime.runtime-offset".into());
         }
+        if self.debug.is_some() {
+            services.push("berth.v1.Debug".into());
+            features.extend(["debug.tty".into(), "debug.copy".into(), "grants".into()]);
+        }
         if cfg.metrics.listen.is_some() {
             features.push("metrics".into());
         }
@@ -225,6 +249,7 @@ impl ServerBuilder {
         };
         let guard = Arc::new(Guard {
             policy: policy.clone(),
+            grants: grants.clone(),
             audit: audit.clone(),
             metrics: metrics.clone(),
         });
@@ -236,6 +261,10 @@ impl ServerBuilder {
             .add_service(v1::node_server::NodeServer::new(node))
             .add_service(v1::audit_server::AuditServer::new(AuditService {
                 log: audit.clone(),
+            }))
+            .add_service(v1::grants_server::GrantsServer::new(GrantsService {
+                grants: grants.clone(),
+                policy: policy.clone(),
             }));
         if let Some(logs) = self.logs {
             router = router.add_service(v1::logs_server::LogsServer::new(LogsService {
@@ -254,6 +283,14 @@ impl ServerBuilder {
                 router.add_service(v1::fake_time_server::FakeTimeServer::new(FakeTimeService {
                     backend: faketime,
                 }));
+        }
+        if let Some(debug) = self.debug {
+            let (handle, sessions) = start_manager(debug, audit.clone());
+            router = router.add_service(v1::debug_server::DebugServer::new(DebugService {
+                handle,
+                sessions,
+                policy: policy.clone(),
+            }));
         }
         let mut stop = shutdown_rx.clone();
         let task = tokio::spawn(async move {

@@ -48,6 +48,7 @@ async fn allowed_call_works_and_is_audited() {
         [
             "berth.v1.Node",
             "berth.v1.Audit",
+            "berth.v1.Grants",
             "berth.v1.Logs",
             "berth.v1.Ipam"
         ]
@@ -1216,4 +1217,153 @@ async fn faketime_calls_are_scoped_mapped_and_audited() {
         caps.services.iter().any(|s| s == "berth.v1.FakeTime"),
         "{caps:?}"
     );
+}
+
+/// Debug sessions are authorized on the first message of the Attach stream (namespace by the
+/// guard, profile and image by the service), and a temporary grant widens a caller's roles
+/// until it is revoked or expires. containerd is absent here, so an authorized start gets as
+/// far as UNAVAILABLE — which is how the test tells "allowed" from "denied".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_is_authorized_on_the_first_message_and_grants_widen_roles() {
+    let policy = format!(
+        "{POLICY}\n[roles.debugger]\nmethods = [\"berth.v1.Debug/*\"]\nnamespaces = [\"team-a\"]\n\
+         [roles.debug-root]\nmethods = [\"berth.v1.Debug/*\"]\nnamespaces = [\"team-a\"]\n\
+         debug_profiles = [\"sysadmin\"]\ndebug_images = [\"berth.test/*\"]\n\
+         [[bindings]]\nrole = \"debugger\"\nidentities = [\"cn:dora\"]\n"
+    );
+    let bed = Bed::new(&policy);
+    let debug = berth_debug::DebugConfig {
+        containerd_socket: bed.path("no-containerd.sock"),
+        state_dir: bed.path("debug"),
+        ..Default::default()
+    };
+    let srv = Server::builder(bed.config())
+        .debug(debug)
+        .start()
+        .await
+        .unwrap();
+    let dora = bed.client_files(&bed.ca, "dora", &[], Validity::days(1));
+    let mut c = v1::debug_client::DebugClient::new(tls_channel(&srv, &dora).await.unwrap());
+    let start = |ns: &str, profile: &str, image: &str| {
+        let first = v1::AttachRequest {
+            msg: Some(v1::attach_request::Msg::Start(v1::StartSession {
+                pod: pod(ns, "web-0"),
+                container: "app".into(),
+                profile: profile.into(),
+                image: image.into(),
+                tty: true,
+                ..Default::default()
+            })),
+        };
+        let stdin = v1::AttachRequest {
+            msg: Some(v1::attach_request::Msg::Stdin(b"id\n".to_vec())),
+        };
+        tokio_stream::iter(vec![first, stdin])
+    };
+    let code =
+        |r: Result<tonic::Response<tonic::Streaming<v1::AttachResponse>>, tonic::Status>| match r {
+            Ok(_) => Code::Ok,
+            Err(s) => s.code(),
+        };
+
+    assert_eq!(
+        code(c.attach(start("team-b", "", "")).await),
+        Code::PermissionDenied
+    );
+    let st = c.attach(start("team-a", "sysadmin", "")).await.unwrap_err();
+    assert_eq!(st.code(), Code::PermissionDenied, "{st:?}");
+    assert!(st.message().contains("debug profile sysadmin"), "{st:?}");
+    let st = c
+        .attach(start("team-a", "", "docker.io/library/alpine"))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::PermissionDenied, "{st:?}");
+    assert!(st.message().contains("debug image"), "{st:?}");
+    // Allowed: only the missing containerd stops it.
+    let st = c.attach(start("team-a", "", "")).await.unwrap_err();
+    assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+
+    // Temporary privilege: alice (ops) grants dora debug-root; dora cannot grant herself.
+    let mut dora_grants =
+        v1::grants_client::GrantsClient::new(tls_channel(&srv, &dora).await.unwrap());
+    let grant = |who: &str, secs: u32| v1::GrantRequest {
+        identity: who.into(),
+        role: "debug-root".into(),
+        duration_seconds: secs,
+        reason: "INC-42".into(),
+    };
+    assert_eq!(
+        dora_grants
+            .grant(grant("cn:dora", 60))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied,
+        "dora has no role for Grants at all"
+    );
+    let mut alice =
+        v1::grants_client::GrantsClient::new(tls_channel(&srv, &bed.alice()).await.unwrap());
+    assert_eq!(
+        alice.grant(grant("cn:alice", 60)).await.unwrap_err().code(),
+        Code::PermissionDenied,
+        "nobody grants to themselves"
+    );
+    assert_eq!(
+        alice
+            .grant(grant("cn:dora", 10 * 3600))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument,
+        "longer than max_grant_duration"
+    );
+    let g = alice
+        .grant(grant("cn:dora", 60))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (g.identity.as_str(), g.granted_by.as_str()),
+        ("cn:dora", "cn:alice")
+    );
+    assert!(g.expires_unix_ms - g.granted_unix_ms == 60_000, "{g:?}");
+    let st = c
+        .attach(start("team-a", "sysadmin", "berth.test/tools:1"))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::Unavailable, "granted: {st:?}");
+    let listed = alice
+        .list(v1::ListGrantsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.grants, vec![g.clone()]);
+    alice
+        .revoke(v1::RevokeGrantRequest { id: g.id.clone() })
+        .await
+        .unwrap();
+    let st = c.attach(start("team-a", "sysadmin", "")).await.unwrap_err();
+    assert_eq!(st.code(), Code::PermissionDenied, "revoked: {st:?}");
+
+    // Every decision is in the audit log, with what was asked for.
+    let lines = bed.audit_lines();
+    let attach: Vec<_> = lines
+        .iter()
+        .filter(|l| l["event"] == "call" && l["method"] == "/berth.v1.Debug/Attach")
+        .collect();
+    assert_eq!(attach.len(), 6, "{attach:#?}");
+    assert_eq!(attach[0]["decision"], "deny");
+    assert_eq!(attach[0]["target"], "pod team-b/web-0 container app");
+    assert_eq!(attach[1]["decision"], "allow");
+    assert_eq!(attach[1]["code"], Code::PermissionDenied as i32);
+    assert_eq!(
+        attach[1]["target"],
+        "pod team-a/web-0 container app profile sysadmin"
+    );
+    assert!(attach[1]["bytes_received"].as_u64().unwrap() > 0);
+    assert!(lines.iter().any(|l| l["event"] == "call"
+        && l["method"] == "/berth.v1.Grants/Grant"
+        && l["identity"] == "cn:alice"
+        && l["target"] == "identity cn:dora role debug-root for 60s reason INC-42"
+        && l["code"] == 0));
 }

@@ -6,7 +6,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::output::Format;
 
-/// berthctl: talk to berth node agents (node info, file logs, IPAM, faketime, audit).
+/// berthctl: talk to berth node agents (node info, file logs, IPAM, faketime, debug
+/// containers, grants, audit).
 #[derive(Debug, Parser)]
 #[command(name = "berthctl", version, propagate_version = true)]
 pub struct Cli {
@@ -61,6 +62,28 @@ pub enum Command {
     /// Shifted wall clocks of containers (pods annotated berth.io/faketime).
     #[command(subcommand)]
     Faketime(FaketimeCmd),
+    /// A debug container in a pod's namespaces: an interactive shell, or a command.
+    ///
+    /// The tools container joins the target container's net, pid, ipc and uts namespaces;
+    /// the target's files are under /proc/1/root (with a profile that may read them). With
+    /// a terminal on stdin the session is interactive (raw mode, resize); otherwise stdin is
+    /// piped in and stdout/stderr come back apart. Exits with the session's exit status.
+    /// Killing berthctl detaches: the session lives for the agent's grace period and can be
+    /// re-attached with --attach.
+    Debug(DebugArgs),
+    /// One command in a debug container (a new session that ends with it, or --session);
+    /// the agent's deny-list applies. Exits with the command's status.
+    Exec(ExecArgs),
+    /// Copy a file between this machine and a pod: one side is NAMESPACE/POD:/ABSOLUTE/PATH
+    /// (resolved inside the container: symlinks cannot reach the node), the other a local
+    /// path or "-" (stdin/stdout). Prefix ./ to a local path that holds a ':'.
+    Cp(CpArgs),
+    /// Live debug sessions on the node.
+    #[command(subcommand)]
+    Sessions(SessionsCmd),
+    /// Temporary roles: grant a role to an identity for a bounded time (never to yourself).
+    #[command(subcommand)]
+    Grants(GrantsCmd),
     /// Certificates for a test bed or demo.
     #[command(subcommand)]
     Certs(CertsCmd),
@@ -269,5 +292,104 @@ pub enum CertsCmd {
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
+    },
+}
+
+/// Debug profiles (what the caller's roles allow: `debug_profiles` in the policy).
+pub const PROFILES: [&str; 3] = ["general", "netadmin", "sysadmin"];
+
+#[derive(Debug, Args)]
+pub struct DebugArgs {
+    /// namespace/pod
+    pub pod: String,
+    /// The target container (default: the pod's only running container).
+    #[arg(short = 'c', long, default_value = "")]
+    pub container: String,
+    /// general: non-root, no capabilities; netadmin: + NET_ADMIN, NET_RAW; sysadmin: root
+    /// (+ SYS_PTRACE, to read the target's files).
+    #[arg(long, value_parser = PROFILES, default_value = "general")]
+    pub profile: String,
+    /// The tools image (default: the agent's; others only if a role allows them).
+    #[arg(long, default_value = "")]
+    pub image: String,
+    /// Re-attach to a live session (its id was printed when it started).
+    #[arg(long, value_name = "SESSION_ID", conflicts_with_all = ["profile", "image", "command"])]
+    pub attach: Option<String>,
+    /// The command (after --); default: the image's shell.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// namespace/pod
+    pub pod: String,
+    /// The target container (default: the pod's only running container).
+    #[arg(short = 'c', long, default_value = "")]
+    pub container: String,
+    /// Run in this live session instead of a new one.
+    #[arg(long, value_name = "ID", default_value = "")]
+    pub session: String,
+    /// Profile of the new session (see `debug --help`).
+    #[arg(long, value_parser = PROFILES, default_value = "general")]
+    pub profile: String,
+    /// Tools image of the new session.
+    #[arg(long, default_value = "")]
+    pub image: String,
+    /// The command (after --).
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// NAMESPACE/POD:/PATH, a local path, or "-".
+    pub src: String,
+    /// NAMESPACE/POD:/PATH, a local path (a directory: the file keeps its name), or "-".
+    pub dst: String,
+    /// The target container (default: the pod's only running container).
+    #[arg(short = 'c', long, default_value = "")]
+    pub container: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCmd {
+    /// Live debug sessions.
+    Ls {
+        /// Only this namespace (default: all, which needs a role scoped to "*").
+        #[arg(short = 'n', long, default_value = "")]
+        namespace: String,
+    },
+    /// End a session (returns once its container is removed).
+    Kill {
+        /// namespace/pod
+        pod: String,
+        session_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantsCmd {
+    /// Grant a policy role to an identity (cn:alice, unix:uid:1000, …) for a while.
+    Grant {
+        identity: String,
+        role: String,
+        /// How long (e.g. 10m, 2h); at most the agent's max_grant_duration.
+        #[arg(long = "for")]
+        for_: humantime::Duration,
+        /// Why (ticket, incident): kept in the grant and the audit log (required).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Live grants.
+    Ls {
+        /// Only this identity's.
+        #[arg(long, default_value = "")]
+        identity: String,
+    },
+    /// End a grant now.
+    Revoke {
+        /// The grant's id (see `grants ls`).
+        id: String,
     },
 }

@@ -34,7 +34,7 @@ fn code_words(code: tonic::Code) -> String {
     out
 }
 
-fn rpc<T>(
+pub(crate) fn rpc<T>(
     what: &'static str,
     r: std::result::Result<tonic::Response<T>, tonic::Status>,
 ) -> Result<T> {
@@ -49,7 +49,7 @@ fn rpc<T>(
     })
 }
 
-fn pod_ref(s: &str) -> Result<Option<v1::PodRef>> {
+pub(crate) fn pod_ref(s: &str) -> Result<Option<v1::PodRef>> {
     let Some((ns, pod)) = s.split_once('/') else {
         bail!("pod must be namespace/name, got {s:?}");
     };

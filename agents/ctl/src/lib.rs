@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod commands;
 pub mod context;
+pub mod debug;
 pub mod output;
 
 use std::io::Write;
@@ -36,6 +37,11 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Ipam(c) => commands::ipam(channel, c, fmt, out).await,
         Command::Audit(c) => commands::audit(channel, c, fmt, out).await,
         Command::Faketime(c) => commands::faketime(channel, c, fmt, out).await,
+        Command::Debug(a) => debug::debug(channel, a, out).await,
+        Command::Exec(a) => debug::exec(channel, a, out).await,
+        Command::Cp(a) => debug::cp(channel, a, fmt, out).await,
+        Command::Sessions(c) => debug::sessions(channel, c, fmt, out).await,
+        Command::Grants(c) => debug::grants(channel, c, fmt, out).await,
         Command::Completions { .. } | Command::Certs(_) => unreachable!("handled above"),
     }
 }

@@ -16,6 +16,10 @@ fn main() {
     };
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = rt.block_on(berthctl::run(cli, &mut stdout)) {
+        // The remote command's exit status (debug, exec): already reported, if at all.
+        if let Some(berthctl::debug::ExitStatus(code)) = e.downcast_ref() {
+            std::process::exit(*code);
+        }
         eprintln!("berthctl: {e:#}");
         let code = match e.downcast_ref::<berthctl::commands::RpcError>() {
             Some(r) if r.status == tonic::Code::PermissionDenied => 3,

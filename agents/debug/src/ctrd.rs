@@ -35,6 +35,16 @@ struct RuncOptions {
     root: String,
 }
 
+/// An app container of a pod, as CRI labelled it in containerd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodContainer {
+    pub id: String,
+    /// `io.kubernetes.container.name`.
+    pub name: String,
+    /// Creation time (newest wins when a restarted container's old one is still listed).
+    pub created_unix_ns: i64,
+}
+
 /// What the session manager needs from an unpacked image.
 #[derive(Clone, Debug)]
 pub(crate) struct ImageInfo {
@@ -750,6 +760,47 @@ impl Ctrd {
             .containers
             .into_iter()
             .map(|c| c.id)
+            .collect())
+    }
+
+    /// The app containers (not the sandbox) CRI made for `pod_namespace/pod` in `ns`.
+    pub async fn pod_containers(
+        &self,
+        ns: &str,
+        pod_namespace: &str,
+        pod: &str,
+    ) -> Result<Vec<PodContainer>> {
+        // containerd's filter syntax quotes values; pod and namespace names are DNS names,
+        // which never need escaping (the caller checked them).
+        let filter = format!(
+            "labels.\"io.kubernetes.pod.namespace\"=={pod_namespace},labels.\"io.kubernetes.pod.name\"=={pod},labels.\"io.cri-containerd.kind\"==container"
+        );
+        let list = self
+            .containers()
+            .list(self.req(
+                ns,
+                api::ListContainersRequest {
+                    filters: vec![filter],
+                },
+            ))
+            .await
+            .map_err(Error::containerd("listing the pod's containers"))?
+            .into_inner()
+            .containers;
+        Ok(list
+            .into_iter()
+            .map(|c| PodContainer {
+                name: c
+                    .labels
+                    .get("io.kubernetes.container.name")
+                    .cloned()
+                    .unwrap_or_default(),
+                created_unix_ns: c
+                    .created_at
+                    .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
+                    .unwrap_or(0),
+                id: c.id,
+            })
             .collect())
     }
 

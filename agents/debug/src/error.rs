@@ -40,6 +40,10 @@ pub enum Error {
     },
     #[error("image {image} cannot be used: {reason}")]
     BadImage { image: String, reason: String },
+    #[error("{0}")]
+    TargetNotFound(String),
+    #[error("{0}")]
+    AmbiguousTarget(String),
     #[error("no debug session {0}; list the sessions to see the live ones")]
     NoSession(String),
     #[error("debug session {0} already has an attached client; detach it first")]
@@ -86,10 +90,11 @@ impl Error {
             Error::TargetNotRunning { .. }
             | Error::TargetGone(_)
             | Error::ImageNotFound { .. }
-            | Error::NoSession(_) => Code::NotFound,
+            | Error::NoSession(_)
+            | Error::TargetNotFound(_) => Code::NotFound,
             Error::BadImage { .. } => Code::FailedPrecondition,
             Error::AlreadyAttached(_) | Error::SessionEnded(_) => Code::FailedPrecondition,
-            Error::EmptyCommand => Code::InvalidArgument,
+            Error::EmptyCommand | Error::AmbiguousTarget(_) => Code::InvalidArgument,
             Error::TooManySessions(_) => Code::ResourceExhausted,
             Error::Denied(_) => Code::PermissionDenied,
             Error::File(e) => match e {

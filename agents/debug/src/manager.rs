@@ -301,6 +301,58 @@ impl DebugManager {
         v
     }
 
+    /// The running app container `container` of pod `pod_namespace/pod` (any, when the pod
+    /// runs exactly one), as (container id, container name), from the labels CRI puts on
+    /// containers in the target namespace. The newest wins when an old attempt is listed.
+    pub async fn find_target(
+        &self,
+        pod_namespace: &str,
+        pod: &str,
+        container: Option<&str>,
+    ) -> Result<(String, String)> {
+        let ns = &self.inner.config.target_namespace;
+        let mut running = Vec::new();
+        for c in self
+            .inner
+            .ctrd
+            .pod_containers(ns, pod_namespace, pod)
+            .await?
+        {
+            if self.inner.ctrd.task_pid(ns, &c.id).await?.is_some() {
+                running.push(c);
+            }
+        }
+        running.sort_by_key(|c| std::cmp::Reverse(c.created_unix_ns));
+        let mut names: Vec<&str> = running.iter().map(|c| c.name.as_str()).collect();
+        names.sort();
+        names.dedup();
+        let pick = match container {
+            Some(name) => running.iter().find(|c| c.name == name).ok_or_else(|| {
+                Error::TargetNotFound(format!(
+                    "pod {pod_namespace}/{pod} has no running container {name:?} on this node \
+                     (running: [{}])",
+                    names.join(", ")
+                ))
+            })?,
+            None => match names.as_slice() {
+                [] => {
+                    return Err(Error::TargetNotFound(format!(
+                        "pod {pod_namespace}/{pod} has no running container on this node: check \
+                         the name and that the pod runs here"
+                    )));
+                }
+                [_] => &running[0],
+                many => {
+                    return Err(Error::AmbiguousTarget(format!(
+                        "pod {pod_namespace}/{pod} runs containers [{}]: name one",
+                        many.join(", ")
+                    )));
+                }
+            },
+        };
+        Ok((pick.id.clone(), pick.name.clone()))
+    }
+
     /// Starts a tools container joined to the target's namespaces. Its output is kept
     /// (up to 64 KiB) until a client attaches.
     pub async fn start(&self, req: StartRequest) -> Result<SessionInfo> {
@@ -669,9 +721,77 @@ impl DebugManager {
         Ok((pid, PathBuf::from(format!("/proc/{pid}/root"))))
     }
 
+    /// The host pid of a target's running task.
+    async fn resolve_pid(&self, target: &Target) -> Result<u32> {
+        let cfg = &self.inner.config;
+        match target {
+            Target::Pid(pid) => Ok(*pid),
+            Target::Container(id) => self
+                .inner
+                .ctrd
+                .task_pid(&cfg.target_namespace, id)
+                .await?
+                .ok_or_else(|| Error::TargetNotRunning {
+                    id: id.clone(),
+                    namespace: cfg.target_namespace.clone(),
+                }),
+        }
+    }
+
+    /// [`DebugManager::copy_out`] without a session: the target's root comes from its running
+    /// task. Audited with the session `direct:<target>`.
+    pub async fn copy_out_of(
+        &self,
+        target: &Target,
+        path: &str,
+        caller: &Caller,
+    ) -> Result<CopiedFile> {
+        let pid = self.resolve_pid(target).await?;
+        let label = format!("direct:{}", target.describe());
+        self.copy_out_at(
+            &label,
+            PathBuf::from(format!("/proc/{pid}/root")),
+            path,
+            caller,
+        )
+        .await
+    }
+
+    /// [`DebugManager::copy_in`] without a session (see [`DebugManager::copy_out_of`]).
+    pub async fn copy_into(
+        &self,
+        target: &Target,
+        path: &str,
+        data: Vec<u8>,
+        mode: u32,
+        caller: &Caller,
+    ) -> Result<crate::fsroot::Written> {
+        let pid = self.resolve_pid(target).await?;
+        let label = format!("direct:{}", target.describe());
+        self.copy_in_at(
+            &label,
+            PathBuf::from(format!("/proc/{pid}/root")),
+            path,
+            data,
+            mode,
+            caller,
+        )
+        .await
+    }
+
     /// Reads a file from the target container's filesystem (resolved inside its root).
     pub async fn copy_out(&self, id: &str, path: &str, caller: &Caller) -> Result<CopiedFile> {
         let (_, root) = self.target_root(id)?;
+        self.copy_out_at(id, root, path, caller).await
+    }
+
+    async fn copy_out_at(
+        &self,
+        id: &str,
+        root: PathBuf,
+        path: &str,
+        caller: &Caller,
+    ) -> Result<CopiedFile> {
         let limit = self.inner.config.copy_limit_bytes;
         let p = path.to_string();
         let got = tokio::task::spawn_blocking(move || Root::open(&root)?.read_file(&p, limit))
@@ -704,6 +824,18 @@ impl DebugManager {
         caller: &Caller,
     ) -> Result<crate::fsroot::Written> {
         let (_, root) = self.target_root(id)?;
+        self.copy_in_at(id, root, path, data, mode, caller).await
+    }
+
+    async fn copy_in_at(
+        &self,
+        id: &str,
+        root: PathBuf,
+        path: &str,
+        data: Vec<u8>,
+        mode: u32,
+        caller: &Caller,
+    ) -> Result<crate::fsroot::Written> {
         let limit = self.inner.config.copy_limit_bytes;
         let p = path.to_string();
         let got = tokio::task::spawn_blocking(move || {
@@ -1345,6 +1477,58 @@ mod tests {
                 Ok(Some(_)) => continue,
                 other => panic!("no exit: {other:?}"),
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn targets_are_found_by_pod_and_container_name() {
+        use crate::ctrd::PodContainer;
+        let fake = Fake::default();
+        {
+            let mut s = fake.state.lock().unwrap();
+            let c = |id: &str, name: &str, t: i64| PodContainer {
+                id: id.into(),
+                name: name.into(),
+                created_unix_ns: t,
+            };
+            s.pods.insert(
+                "shop/web-0".into(),
+                vec![
+                    c("old-app", "app", 1),
+                    c("new-app", "app", 2),
+                    c("side", "sidecar", 1),
+                ],
+            );
+            s.pods
+                .insert("shop/one-0".into(), vec![c("only", "app", 1)]);
+            s.pods
+                .insert("shop/dead-0".into(), vec![c("gone", "app", 1)]);
+            for id in ["old-app", "new-app", "side", "only"] {
+                s.target_pids.insert(id.into(), 42);
+            }
+        }
+        let r = rig(fake, Duration::from_secs(60));
+        let m = &r.manager;
+        assert_eq!(
+            m.find_target("shop", "web-0", Some("app")).await.unwrap(),
+            ("new-app".to_string(), "app".to_string())
+        );
+        assert_eq!(
+            m.find_target("shop", "one-0", None).await.unwrap().0,
+            "only"
+        );
+        let e = m.find_target("shop", "web-0", None).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.to_string().contains("[app, sidecar]"), "{e}");
+        let e = m
+            .find_target("shop", "web-0", Some("db"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        assert!(e.to_string().contains("running: [app, sidecar]"), "{e}");
+        for pod in ["dead-0", "nope-0"] {
+            let e = m.find_target("shop", pod, None).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::NotFound, "{pod}: {e}");
         }
     }
 

@@ -9,7 +9,7 @@ use containerd_client::types::Mount;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use crate::ctrd::{Ctrd, ImageInfo};
+use crate::ctrd::{Ctrd, ImageInfo, PodContainer};
 use crate::error::Result;
 
 /// Stdio paths of a process (empty string: none).
@@ -42,6 +42,14 @@ pub(crate) trait Runtime: Send + Sync + 'static {
         labels: HashMap<String, String>,
     ) -> BoxFuture<'a, Result<()>>;
     fn list_containers(&self) -> BoxFuture<'_, Result<Vec<String>>>;
+    /// The app containers CRI created for a pod in namespace `ns` (the target's), as
+    /// (container id, container name, created at).
+    fn pod_containers<'a>(
+        &'a self,
+        ns: &'a str,
+        pod_namespace: &'a str,
+        pod: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PodContainer>>>;
     fn delete_container<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
     fn create_task<'a>(
         &'a self,
@@ -117,6 +125,14 @@ impl Runtime for Ctrd {
     }
     fn list_containers(&self) -> BoxFuture<'_, Result<Vec<String>>> {
         Box::pin(Ctrd::list_containers(self))
+    }
+    fn pod_containers<'a>(
+        &'a self,
+        ns: &'a str,
+        pod_namespace: &'a str,
+        pod: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<PodContainer>>> {
+        Box::pin(Ctrd::pod_containers(self, ns, pod_namespace, pod))
     }
     fn delete_container<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(Ctrd::delete_container(self, id))
@@ -213,6 +229,10 @@ pub(crate) mod fake {
         pub snapshots: BTreeSet<String>,
         pub tasks: HashMap<String, watch::Sender<Option<u32>>>,
         pub leases: i32,
+        /// `namespace/pod` → its app containers (for `pod_containers`).
+        pub pods: HashMap<String, Vec<PodContainer>>,
+        /// Running target tasks (for `task_pid`).
+        pub target_pids: HashMap<String, u32>,
     }
 
     #[derive(Clone, Default)]
@@ -307,7 +327,7 @@ pub(crate) mod fake {
         fn task_pid<'a>(&'a self, _: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<u32>>> {
             Box::pin(async move {
                 self.call("task_pid", id)?;
-                Ok(None)
+                Ok(self.state.lock().unwrap().target_pids.get(id).copied())
             })
         }
         fn leased<'a>(&'a self, purpose: &'a str) -> BoxFuture<'a, Result<Arc<dyn Runtime>>> {
@@ -392,6 +412,21 @@ pub(crate) mod fake {
                     .iter()
                     .cloned()
                     .collect())
+            })
+        }
+        fn pod_containers<'a>(
+            &'a self,
+            _ns: &'a str,
+            pod_namespace: &'a str,
+            pod: &'a str,
+        ) -> BoxFuture<'a, Result<Vec<PodContainer>>> {
+            Box::pin(async move {
+                self.call("pod_containers", &format!("{pod_namespace}/{pod}"))?;
+                let s = self.state.lock().unwrap();
+                Ok(s.pods
+                    .get(&format!("{pod_namespace}/{pod}"))
+                    .cloned()
+                    .unwrap_or_default())
             })
         }
         fn delete_container<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {

@@ -36,6 +36,15 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("invalid plugin options: {0}")]
     Options(String),
+    #[error(
+        "the connection the runtime passed (fd {fd}) {problem}: start the plugin from the runtime's plugin dir, or unset NRI_PLUGIN_SOCKET to use the NRI socket"
+    )]
+    Inherited {
+        fd: i32,
+        problem: String,
+        #[source]
+        source: Option<std::io::Error>,
+    },
 }
 
 impl Error {

@@ -38,6 +38,9 @@ pub struct FakeOptions {
     pub max_frame: usize,
     /// When false, RegisterPlugin is never answered (to test registration timeouts).
     pub answer_register: bool,
+    /// When false, Synchronize is never sent after Configure (like containerd 1.7 with the
+    /// plugins it starts itself).
+    pub synchronize: bool,
 }
 
 impl Default for FakeOptions {
@@ -53,6 +56,7 @@ impl Default for FakeOptions {
             sync_chunk: 0,
             max_frame: MAX_FRAME_OUT,
             answer_register: true,
+            synchronize: true,
         }
     }
 }
@@ -82,20 +86,7 @@ impl FakeRuntime {
                         r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => break },
                         _ = stop.cancelled() => break,
                     };
-                    let (reg_tx, reg_rx) = oneshot::channel();
-                    let svc = Arc::new(RuntimeService {
-                        register: Mutex::new(Some(reg_tx)),
-                        answer: opts.answer_register,
-                    });
-                    let session =
-                        Session::start(stream, RUNTIME_CONN, PLUGIN_CONN, svc, opts.max_frame);
-                    sessions.lock().expect("sessions").push(session.clone());
-                    let tx = tx.clone();
-                    let opts = opts.clone();
-                    tokio::spawn(async move {
-                        let r = admit(session, reg_rx, &opts).await;
-                        let _ = tx.send(r).await;
-                    });
+                    adopt(stream, &opts, &sessions, &tx);
                 }
             });
         }
@@ -105,6 +96,30 @@ impl FakeRuntime {
             stop,
             sessions,
         })
+    }
+
+    /// A runtime that "starts" one plugin itself, like containerd does with the plugins in
+    /// its plugin dir: serves one end of a socket pair and returns the other end, which the
+    /// plugin gets instead of an NRI socket (see [`crate::Runner::launched`]). There is no
+    /// socket to connect to: [`FakeRuntime::socket`] is empty.
+    pub fn launch(
+        opts: FakeOptions,
+    ) -> std::io::Result<(FakeRuntime, std::os::unix::net::UnixStream)> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        ours.set_nonblocking(true)?;
+        let stream = tokio::net::UnixStream::from_std(ours)?;
+        let (tx, rx) = mpsc::channel(16);
+        let sessions = Arc::new(Mutex::new(Vec::new()));
+        adopt(stream, &Arc::new(opts), &sessions, &tx);
+        Ok((
+            FakeRuntime {
+                path: PathBuf::new(),
+                plugins: rx,
+                stop: CancellationToken::new(),
+                sessions,
+            },
+            theirs,
+        ))
     }
 
     pub fn socket(&self) -> &Path {
@@ -128,6 +143,28 @@ impl FakeRuntime {
         }
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Serves the runtime's side of one plugin connection and reports the admitted plugin.
+fn adopt(
+    stream: tokio::net::UnixStream,
+    opts: &Arc<FakeOptions>,
+    sessions: &Arc<Mutex<Vec<Session>>>,
+    tx: &mpsc::Sender<Result<PluginHandle, Error>>,
+) {
+    let (reg_tx, reg_rx) = oneshot::channel();
+    let svc = Arc::new(RuntimeService {
+        register: Mutex::new(Some(reg_tx)),
+        answer: opts.answer_register,
+    });
+    let session = Session::start(stream, RUNTIME_CONN, PLUGIN_CONN, svc, opts.max_frame);
+    sessions.lock().expect("sessions").push(session.clone());
+    let tx = tx.clone();
+    let opts = opts.clone();
+    tokio::spawn(async move {
+        let r = admit(session, reg_rx, &opts).await;
+        let _ = tx.send(r).await;
+    });
 }
 
 struct RuntimeService {
@@ -202,10 +239,11 @@ async fn admit(
     };
     let (mut pods, mut ctrs) = (&opts.pods[..], &opts.containers[..]);
     let mut sync_replies = Vec::new();
-    loop {
+    let mut more = opts.synchronize;
+    while more {
         let (p, pr) = pods.split_at(pods.len().min(chunk));
         let (c, cr) = ctrs.split_at(ctrs.len().min(chunk));
-        let more = !pr.is_empty() || !cr.is_empty();
+        more = !pr.is_empty() || !cr.is_empty();
         let req = SynchronizeRequest {
             pods: p.to_vec(),
             containers: c.to_vec(),
@@ -215,9 +253,6 @@ async fn admit(
             session.call(PLUGIN_SERVICE, "Synchronize", &req, t).await?;
         sync_replies.push(resp);
         (pods, ctrs) = (pr, cr);
-        if !more {
-            break;
-        }
     }
     Ok(PluginHandle {
         session,

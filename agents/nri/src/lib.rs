@@ -7,6 +7,10 @@
 //! runtime (RegisterPlugin). Implement [`Plugin`] and hand it to a [`Runner`], which connects,
 //! registers, serves, and reconnects with backoff whenever the runtime restarts.
 //!
+//! A runtime may also start the plugin itself from its plugin dir ("pre-registered" plugin)
+//! and pass it an already connected socket: [`LaunchVars::from_env`] detects that, and
+//! [`Runner::launched`] serves that one connection without ever reconnecting.
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use berth_nri::{Event, EventMask, Options, Plugin, Runner};
@@ -28,6 +32,7 @@ pub mod api;
 mod error;
 #[cfg(feature = "fake-runtime")]
 pub mod fake;
+mod launch;
 mod plugin;
 mod runner;
 mod session;
@@ -38,5 +43,6 @@ pub use api::{
     KeyValue, Mount, PodSandbox, StopContainerResponse, UpdateContainerResponse,
 };
 pub use error::{Error, HandlerError};
+pub use launch::{IDX_ENV, LaunchVars, NAME_ENV, SOCKET_ENV};
 pub use plugin::{HandlerResult, Plugin};
 pub use runner::{Options, Runner, State};

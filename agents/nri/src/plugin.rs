@@ -146,6 +146,7 @@ impl<P: Plugin> Service for PluginService<P> {
             tracing::debug!(
                 method,
                 took_us = took.as_micros() as u64,
+                bytes = payload.len(),
                 ok = r.is_ok(),
                 "nri request handled"
             );

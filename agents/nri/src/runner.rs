@@ -90,11 +90,15 @@ pub enum State {
     },
 }
 
-/// Runs a [`Plugin`] against a runtime, reconnecting when the runtime goes away.
+/// Runs a [`Plugin`] against a runtime: connected through the NRI socket (reconnecting when
+/// the runtime goes away), or through the connection the runtime passed when it started the
+/// plugin itself ([`Runner::launched`]; then once, without reconnecting).
 pub struct Runner<P> {
     opts: Options,
     plugin: Arc<P>,
     state: watch::Sender<State>,
+    /// The runtime's connection of a pre-registered plugin, taken by `run`.
+    launched: std::sync::Mutex<Option<std::os::unix::net::UnixStream>>,
 }
 
 impl<P: Plugin> Runner<P> {
@@ -109,15 +113,57 @@ impl<P: Plugin> Runner<P> {
             opts,
             plugin,
             state: watch::channel(State::Disconnected).0,
+            launched: std::sync::Mutex::new(None),
         })
+    }
+
+    /// A plugin the runtime started from its plugin dir, connected through `stream` (see
+    /// [`crate::LaunchVars`]). `opts.socket` and the backoff are unused: [`Runner::run`]
+    /// serves this one connection and returns when it closes, because the runtime owns the
+    /// plugin's lifetime and starts it again itself.
+    pub fn launched(
+        opts: Options,
+        plugin: Arc<P>,
+        stream: std::os::unix::net::UnixStream,
+    ) -> Result<Self, Error> {
+        let r = Self::new(opts, plugin)?;
+        *r.launched.lock().expect("launched lock") = Some(stream);
+        Ok(r)
+    }
+
+    /// Whether this runner serves a connection the runtime passed (pre-registered plugin).
+    pub fn is_launched(&self) -> bool {
+        self.launched.lock().expect("launched lock").is_some()
     }
 
     pub fn state(&self) -> watch::Receiver<State> {
         self.state.subscribe()
     }
 
-    /// Serves until `shutdown` is cancelled, reconnecting with exponential backoff.
+    /// Serves until `shutdown` is cancelled, reconnecting with exponential backoff. A
+    /// [launched](Runner::launched) plugin returns as soon as its one connection closes.
     pub async fn run(&self, shutdown: CancellationToken) {
+        let launched = self.launched.lock().expect("launched lock").take();
+        if let Some(std_stream) = launched {
+            let r = match std_stream
+                .set_nonblocking(true)
+                .and_then(|()| UnixStream::from_std(std_stream))
+            {
+                Ok(stream) => self.serve(stream, &shutdown, 1, "inherited", true).await,
+                Err(e) => Err(Error::Io(e)),
+            };
+            match r {
+                Ok(_) if shutdown.is_cancelled() => {}
+                Ok(_) => tracing::info!(
+                    "the runtime closed the connection it started this plugin with; exiting (the runtime starts it again)"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "the connection the runtime started this plugin with failed; exiting")
+                }
+            }
+            self.state.send_replace(State::Disconnected);
+            return;
+        }
         let mut delay = self.opts.backoff_initial;
         let mut connection = 0u64;
         while !shutdown.is_cancelled() {
@@ -151,6 +197,19 @@ impl<P: Plugin> Runner<P> {
                 path: self.opts.socket.clone(),
                 source,
             })?;
+        let via = self.opts.socket.display().to_string();
+        self.serve(stream, shutdown, connection, &via, false).await
+    }
+
+    /// Registers over `stream` and serves until the trunk closes or `shutdown`.
+    async fn serve(
+        &self,
+        stream: UnixStream,
+        shutdown: &CancellationToken,
+        connection: u64,
+        via: &str,
+        launched: bool,
+    ) -> Result<bool, Error> {
         let (progress_tx, mut progress) = watch::channel(Progress::default());
         let service = Arc::new(PluginService::new(self.plugin.clone(), progress_tx));
         // Serving conn 1 starts inside Session::start, before RegisterPlugin goes out.
@@ -193,6 +252,14 @@ impl<P: Plugin> Runner<P> {
         match ready {
             Ok(true) => {}
             Ok(false) => return Err(Error::Closed),
+            // NRI before 0.7 (containerd 1.7) configures the plugins it starts itself but
+            // never synchronizes them: serve without the initial state rather than give up.
+            Err(_) if launched && progress.borrow().configured.is_some() => {
+                tracing::warn!(
+                    waited = ?self.opts.registration_timeout,
+                    "the runtime configured this pre-registered plugin but did not synchronize it (containerd 1.7 does not): serving without the runtime's initial state"
+                );
+            }
             Err(_) => {
                 return Err(Error::Timeout {
                     method: "Configure/Synchronize".into(),
@@ -201,7 +268,7 @@ impl<P: Plugin> Runner<P> {
             }
         }
         let (runtime, version) = progress.borrow().configured.clone().unwrap_or_default();
-        tracing::info!(%runtime, %version, socket = %self.opts.socket.display(), "nri plugin ready");
+        tracing::info!(%runtime, %version, connection = via, "nri plugin ready");
         self.state.send_replace(State::Ready {
             runtime,
             version,
@@ -210,7 +277,7 @@ impl<P: Plugin> Runner<P> {
 
         tokio::select! {
             _ = session.closed() => {
-                tracing::info!("nri runtime closed the connection; reconnecting");
+                tracing::info!("nri runtime closed the connection");
                 Ok(true)
             }
             _ = shutdown.cancelled() => Ok(true),

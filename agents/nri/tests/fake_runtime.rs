@@ -554,6 +554,80 @@ async fn plugin_shutdown_closes_the_connection() {
     rt.stop();
 }
 
+#[tokio::test]
+async fn launched_plugin_serves_the_passed_connection_and_never_reconnects() {
+    // A runtime that started the plugin from its plugin dir: no socket, one connection.
+    let (rt, theirs) = FakeRuntime::launch(FakeOptions::default()).unwrap();
+    let mut rt = rt;
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens here: a runner that tried to (re)connect would never reach a runtime.
+    let unused = dir.path().join("no-nri.sock");
+    let plugin = Arc::new(Recorder::default());
+    let runner = Runner::launched(options(&unused), plugin.clone(), theirs).unwrap();
+    assert!(runner.is_launched());
+    let mut state = runner.state();
+    let done = tokio::spawn(async move { runner.run(CancellationToken::new()).await });
+    let h = connect(&mut rt).await;
+    assert_eq!(h.registration.plugin_name, "recorder");
+    assert_eq!(h.registration.plugin_idx, "42");
+    wait_state(&mut state, |s| {
+        matches!(s, State::Ready { connection: 1, .. })
+    })
+    .await;
+    h.create_container(&pod("web"), &ctr("one", vec![]))
+        .await
+        .unwrap();
+    assert_eq!(*plugin.calls.lock().unwrap(), vec!["create web/one"]);
+
+    // The runtime goes away: the runner returns by itself, without a retry, even though
+    // nobody cancelled it.
+    rt.stop();
+    tokio::time::timeout(WAIT, done)
+        .await
+        .expect("a launched runner returns when its connection closes")
+        .unwrap();
+    assert_eq!(*state.borrow(), State::Disconnected);
+    assert!(!unused.exists());
+}
+
+#[tokio::test]
+async fn launched_plugin_is_served_without_synchronize_like_containerd_1_7_does() {
+    let (mut rt, theirs) = FakeRuntime::launch(FakeOptions {
+        synchronize: false,
+        ..Default::default()
+    })
+    .unwrap();
+    let plugin = Arc::new(Recorder::default());
+    let dir = tempfile::tempdir().unwrap();
+    let runner = Runner::launched(
+        options(&dir.path().join("unused.sock")),
+        plugin.clone(),
+        theirs,
+    )
+    .unwrap();
+    let mut state = runner.state();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move { runner.run(s).await });
+    let h = connect(&mut rt).await;
+    assert!(h.sync_replies.is_empty());
+    // Served before and after the registration timeout (500 ms) has passed.
+    h.create_container(&pod("web"), &ctr("early", vec![]))
+        .await
+        .unwrap();
+    wait_state(&mut state, |s| matches!(s, State::Ready { .. })).await;
+    h.create_container(&pod("web"), &ctr("late", vec![]))
+        .await
+        .unwrap();
+    assert!(plugin.synced.lock().unwrap().is_empty());
+    assert_eq!(
+        *plugin.calls.lock().unwrap(),
+        vec!["create web/early", "create web/late"]
+    );
+    stop.cancel();
+    rt.stop();
+}
+
 #[test]
 fn options_are_validated() {
     let plugin = Arc::new(Recorder::default());

@@ -1,11 +1,12 @@
 //! Local-store specifics: corrupt files are refused naming the file and left untouched;
-//! leftovers of a killed writer do not matter.
+//! leftovers of a killed writer do not matter; the journal is replayed over the state file and
+//! folded into it.
 
 mod conformance;
 
 use std::sync::Arc;
 
-use berth_ipam_core::store::local::LocalStore;
+use berth_ipam_core::store::local::{JOURNAL_COMPACT_AFTER, LocalStore};
 use berth_ipam_core::store::{HistoryLimits, Store};
 use berth_ipam_core::{Allocator, HistoryQuery, IpamError, ManualClock};
 
@@ -132,4 +133,143 @@ fn unwritable_directory_is_an_io_error_naming_it() {
         "{err:?}"
     );
     assert!(matches!(store.status(), Err(IpamError::Io { .. })));
+}
+
+fn state_file_leases(store: &LocalStore, net: &str) -> usize {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.state_path(net)).unwrap()).unwrap();
+    v["leases"].as_array().unwrap().len()
+}
+
+fn journal_lines(store: &LocalStore, net: &str) -> Vec<serde_json::Value> {
+    match std::fs::read(store.journal_path(net)) {
+        Ok(text) => text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).expect("every journal line is whole JSON"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn journal_holds_changes_until_they_are_folded_into_the_state_file() {
+    let (_dir, store, ipam) = setup();
+    // The first write creates the state file; later ones append a journal line each.
+    ipam.allocate(&conformance::req("net1", "c0", None))
+        .unwrap();
+    assert_eq!(state_file_leases(&store, "net1"), 1);
+    assert!(journal_lines(&store, "net1").is_empty());
+    for i in 1..=5 {
+        ipam.allocate(&conformance::req("net1", &format!("c{i}"), None))
+            .unwrap();
+    }
+    ipam.release("net1", "c2", "eth0").unwrap();
+    assert_eq!(state_file_leases(&store, "net1"), 1, "not compacted yet");
+    let lines = journal_lines(&store, "net1");
+    assert_eq!(lines.len(), 6);
+    assert_eq!(
+        lines[5]["deletes"].as_array().unwrap().len(),
+        1,
+        "{}",
+        lines[5]
+    );
+    assert_eq!(
+        store.read("net1").unwrap().len(),
+        5,
+        "readers replay the journal"
+    );
+
+    // Compaction: the journal empties and the state file holds everything.
+    let mut i = 6;
+    while !journal_lines(&store, "net1").is_empty() {
+        assert!(
+            i < 7 + JOURNAL_COMPACT_AFTER,
+            "the journal was never folded into the state file"
+        );
+        ipam.allocate(&conformance::req("net1", &format!("c{i}"), None))
+            .unwrap();
+        i += 1;
+    }
+    let leases = store.read("net1").unwrap();
+    assert_eq!(leases.len(), i - 1);
+    assert_eq!(state_file_leases(&store, "net1"), leases.len());
+    // Every change is still there: c2 released, the others allocated once.
+    let attached: Vec<String> = leases
+        .values()
+        .filter_map(|l| l.attachment().map(|(c, _)| c.to_string()))
+        .collect();
+    assert_eq!(attached.len(), i - 1);
+    assert!(!attached.contains(&"c2".to_string()));
+}
+
+#[test]
+fn torn_journal_line_is_ignored_and_cut_off() {
+    let (_dir, store, ipam) = setup();
+    ipam.allocate(&conformance::req("net1", "c0", None))
+        .unwrap();
+    ipam.allocate(&conformance::req("net1", "c1", None))
+        .unwrap();
+    // A writer killed mid-append: its line has no newline and was never acknowledged.
+    let path = store.journal_path("net1");
+    let mut j = std::fs::read(&path).unwrap();
+    j.extend_from_slice(b"{\"puts\":[{\"ip\":\"10.");
+    std::fs::write(&path, &j).unwrap();
+    assert_eq!(store.read("net1").unwrap().len(), 2);
+    ipam.allocate(&conformance::req("net1", "c2", None))
+        .unwrap();
+    assert_eq!(store.read("net1").unwrap().len(), 3);
+    assert_eq!(journal_lines(&store, "net1").len(), 2, "torn line cut off");
+}
+
+#[test]
+fn corrupt_journal_line_is_refused_naming_it_and_never_reset() {
+    let (_dir, store, ipam) = setup();
+    ipam.allocate(&conformance::req("net1", "c0", None))
+        .unwrap();
+    ipam.allocate(&conformance::req("net1", "c1", None))
+        .unwrap();
+    let path = store.journal_path("net1");
+    let mut j = b"not json\n".to_vec();
+    j.extend(std::fs::read(&path).unwrap());
+    std::fs::write(&path, &j).unwrap();
+    assert_corrupt_names(
+        ipam.allocate(&conformance::req("net1", "c2", None))
+            .unwrap_err(),
+        &path,
+    );
+    assert_corrupt_names(store.read("net1").unwrap_err(), &path);
+    assert_eq!(std::fs::read(&path).unwrap(), j, "left as it was");
+}
+
+#[test]
+fn replaying_journal_lines_the_state_file_already_holds_changes_nothing() {
+    // A compaction killed after renaming the new state file but before emptying the journal
+    // (the state file written as version 1, which is read as it is).
+    let (_dir, store, ipam) = setup();
+    for i in 0..5 {
+        ipam.allocate(&conformance::req("net1", &format!("c{i}"), None))
+            .unwrap();
+    }
+    ipam.release("net1", "c1", "eth0").unwrap();
+    ipam.allocate(&conformance::req("net1", "c5", None))
+        .unwrap();
+    let before = store.read("net1").unwrap();
+    assert!(journal_lines(&store, "net1").len() >= 6);
+    let state = serde_json::json!({
+        "format": "berth-ipam/1",
+        "leases": before.values().collect::<Vec<_>>(),
+    });
+    std::fs::write(
+        store.state_path("net1"),
+        serde_json::to_vec(&state).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(store.read("net1").unwrap(), before);
+    // And the next transaction works on it.
+    let next = ipam
+        .allocate(&conformance::req("net1", "c6", None))
+        .unwrap();
+    assert!(!before.contains_key(&next.address.addr()));
 }

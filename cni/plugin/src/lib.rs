@@ -18,5 +18,6 @@ pub mod net;
 pub mod netlink;
 pub mod plan;
 pub mod plugin;
+pub mod trace;
 
 pub use plugin::{BerthCni, KernelNet, NetOpener};

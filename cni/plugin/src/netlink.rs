@@ -35,6 +35,10 @@ use crate::plan::RoutePlan;
 /// The rtnetlink multicast group of link changes.
 const RTNLGRP_LINK: u32 = 1;
 
+/// How long a link deletion may take before DEL reports it (the kernel normally unlists a
+/// link within milliseconds; this only bounds a wedged kernel).
+const DELETE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A synchronous rtnetlink client bound to the namespace it was opened in.
 pub struct Netlink {
     sock: Socket,
@@ -221,6 +225,128 @@ impl Netlink {
         }
     }
 
+    /// Deletes link `name` and returns once the kernel has unlisted it (with a veth, its
+    /// peer too): `Ok(false)` if there was no such link.
+    ///
+    /// The kernel answers a link deletion only after the teardown that follows the
+    /// unlisting: an RCU barrier and waiting for the last references (10–40 ms, more on a
+    /// busy node), during which the name is already free and the link invisible. So the
+    /// request is sent by a detached child process, which sits out that wait, while this
+    /// process waits only for the link's `RTM_DELLINK` event (or the request's error).
+    pub fn delete_link_unlisted(&mut self, name: &str, timeout: Duration) -> io::Result<bool> {
+        self.sock.add_membership(RTNLGRP_LINK)?;
+        let r = self.delete_detached(name, Instant::now() + timeout);
+        let _ = self.sock.drop_membership(RTNLGRP_LINK);
+        r
+    }
+
+    fn delete_detached(&mut self, name: &str, deadline: Instant) -> io::Result<bool> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        header.sequence_number = seq;
+        let mut nl = NetlinkMessage::new(
+            header,
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)),
+        );
+        nl.finalize();
+        let mut req = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut req);
+        spawn_detached_send(self.sock.as_raw_fd(), &req)?;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("link {name} was not removed in time"),
+                ));
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.sock.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+            // SAFETY: one valid pollfd.
+            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if rc == 0 {
+                continue;
+            }
+            // SAFETY: the buffer is writable for its whole length.
+            let n = unsafe {
+                libc::recv(
+                    self.sock.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN | libc::EINTR) => continue,
+                    // Events (or the answer) were dropped: ask whether the link is still
+                    // there, on this socket (it is in the link's namespace); if it is, its
+                    // RTM_DELLINK is still to come.
+                    Some(libc::ENOBUFS) => {
+                        if self.get_link(name)?.is_none() {
+                            return Ok(true);
+                        }
+                        continue;
+                    }
+                    _ => return Err(e),
+                }
+            }
+            let buf = &self.buf[..n as usize];
+            let mut off = 0;
+            while off + 16 <= buf.len() {
+                let len =
+                    u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
+                if len < 16 || off + len > buf.len() {
+                    break;
+                }
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..off + len]);
+                off += (len + 3) & !3;
+                let Ok(msg) = msg else { continue };
+                match msg.payload {
+                    NetlinkPayload::Error(e) if msg.header.sequence_number == seq => {
+                        return match e.code {
+                            None => Ok(true),
+                            Some(_) => {
+                                let e = e.to_io();
+                                if e.raw_os_error() == Some(libc::ENODEV) {
+                                    Ok(false)
+                                } else {
+                                    Err(e)
+                                }
+                            }
+                        };
+                    }
+                    // The generic (not a bridge's per-port) notification of the link's end.
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l))
+                        if l.header.interface_family == AddressFamily::Unspec
+                            && l.attributes
+                                .iter()
+                                .any(|a| matches!(a, LinkAttribute::IfName(n) if n == name)) =>
+                    {
+                        return Ok(true);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
     pub fn dump_links(&mut self) -> io::Result<Vec<LinkState>> {
         let v = self.exchange(
             RouteNetlinkMessage::GetLink(LinkMessage::default()),
@@ -228,6 +354,36 @@ impl Netlink {
         )?;
         Ok(v.into_iter().filter_map(link_state).collect())
     }
+}
+
+/// Sends the serialized netlink request `req` on `fd` from a detached child process, which
+/// exits once the kernel has processed it. The child closes stdin/stdout/stderr first (the
+/// runtime waits for EOF on our stdout) and only makes async-signal-safe calls.
+fn spawn_detached_send(fd: i32, req: &[u8]) -> io::Result<()> {
+    let devnull = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    let null = devnull.as_raw_fd();
+    // SAFETY: after fork the child only calls async-signal-safe functions (dup2, setsid,
+    // send, _exit) on memory prepared before the fork, and never returns into Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above.
+        unsafe {
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+            libc::setsid();
+            let rc = libc::send(fd, req.as_ptr().cast(), req.len(), 0);
+            libc::_exit(if rc < 0 { 1 } else { 0 });
+        }
+    }
+    // Not waited for: it outlives this process and is reaped by init (or the runtime).
+    Ok(())
 }
 
 fn link_state(m: RouteNetlinkMessage) -> Option<LinkState> {
@@ -711,13 +867,9 @@ impl NetOps for RealNet {
     }
 
     fn delete_link(&mut self, ns: Ns, name: &str) -> Result<bool, NetError> {
-        let mut m = LinkMessage::default();
-        m.attributes.push(LinkAttribute::IfName(name.to_string()));
-        match self.nl(ns)?.request(RouteNetlinkMessage::DelLink(m), 0) {
-            Ok(()) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
-            Err(e) => Err(NetError::netlink(format!("delete link {name}"), e)),
-        }
+        self.nl(ns)?
+            .delete_link_unlisted(name, DELETE_TIMEOUT)
+            .map_err(|e| NetError::netlink(format!("delete link {name}"), e))
     }
 
     fn enable_ip_forward(&mut self) -> Result<(), NetError> {

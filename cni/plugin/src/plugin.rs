@@ -13,6 +13,7 @@ use crate::ipam::IpamOpener;
 use crate::names::parse_alias;
 use crate::net::{ArpNeeds, NetError, NetOps, Ns};
 use crate::plan;
+use crate::trace;
 
 /// Opens the kernel seam for one call: the pod namespace (if any) and whether ARP sockets are
 /// needed.
@@ -122,6 +123,7 @@ fn with_cleanup_failures(e: CniError, failures: Vec<String>) -> CniError {
 
 impl<N: NetOpener, I: IpamOpener> Plugin for BerthCni<N, I> {
     fn add(&self, ctx: &Context) -> Result<CniResult, CniError> {
+        trace::mark("ADD: parsed");
         ctx.env.args.check_unknown(KNOWN_ARGS)?;
         let spec = spec_of(ctx)?;
         let netns = ctx.env.netns.as_deref().expect("ADD has CNI_NETNS");
@@ -129,11 +131,14 @@ impl<N: NetOpener, I: IpamOpener> Plugin for BerthCni<N, I> {
             raw_socket: spec.arp.probe || spec.arp.garp_count > 0,
         };
         let mut net = self.net.open(Some(netns), arp).map_err(|e| from_net(&e))?;
+        trace::mark("ADD: netlink opened");
         // Host NICs are checked before an address is taken. The pod namespace's sockets are
         // being opened on their own thread meanwhile; the pod is checked after allocation
         // (an address taken then is released again if the pod is refused).
         preflight(net.as_mut(), &spec)?;
+        trace::mark("ADD: preflight");
         let alloc = self.allocator(ctx, &spec)?;
+        trace::mark("ADD: IPAM opened");
         let mut allocations: Vec<Allocation> = Vec::with_capacity(spec.interfaces.len());
         for iface in &spec.interfaces {
             match alloc.allocate(&Self::request(ctx, &iface.name, iface.pool.as_ref())) {
@@ -144,6 +149,7 @@ impl<N: NetOpener, I: IpamOpener> Plugin for BerthCni<N, I> {
                 }
             }
         }
+        trace::mark("ADD: allocated");
         if let Err(e) = pod_preflight(net.as_mut(), &spec) {
             let failures = Self::release_all(alloc.as_ref(), ctx, &spec);
             return Err(with_cleanup_failures(e, failures));
@@ -155,7 +161,10 @@ impl<N: NetOpener, I: IpamOpener> Plugin for BerthCni<N, I> {
                 return Err(with_cleanup_failures(e, failures));
             }
         };
-        match apply::apply(net.as_mut(), &plan) {
+        trace::mark("ADD: pod preflight, planned");
+        let applied = apply::apply(net.as_mut(), &plan);
+        trace::mark("ADD: applied");
+        match applied {
             Ok(applied) => {
                 let mut res = plan::result(&plan, &applied, &netns.display().to_string());
                 if let Some(dns) = &ctx.config.dns {
@@ -173,6 +182,7 @@ impl<N: NetOpener, I: IpamOpener> Plugin for BerthCni<N, I> {
     }
 
     fn del(&self, ctx: &Context) -> Result<(), CniError> {
+        trace::mark("DEL: parsed");
         let spec = spec_of(ctx)?;
         // Bridge ports go with their host end; only macvlans need the pod namespace. It may
         // be gone or not given (second DEL): carry on without it.
@@ -191,16 +201,23 @@ impl<N: NetOpener, I: IpamOpener> Plugin for BerthCni<N, I> {
             None => self.net.open(None, none),
         };
         let mut net = net.map_err(|e| from_net(&e))?;
-        // The address is released while the kernel tears the links down (which waits for
-        // RCU grace periods): the two are independent, so neither waits for the other.
+        trace::mark("DEL: netlink opened");
+        // The address is released while the kernel unlists the links (closing them waits
+        // for an RCU grace period): the two are independent, so neither waits for the other.
         let alloc = self.allocator(ctx, &spec);
+        trace::mark("DEL: IPAM opened");
         let failures = std::thread::scope(|scope| {
-            let ipam = scope.spawn(|| match &alloc {
-                Ok(alloc) => Self::release_all(alloc.as_ref(), ctx, &spec),
-                Err(e) => vec![format!("opening IPAM: {e}")],
+            let ipam = scope.spawn(|| {
+                let f = match &alloc {
+                    Ok(alloc) => Self::release_all(alloc.as_ref(), ctx, &spec),
+                    Err(e) => vec![format!("opening IPAM: {e}")],
+                };
+                trace::mark("DEL: released (IPAM thread)");
+                f
             });
             let mut failures =
                 teardown(net.as_mut(), &ctx.config.name, &ctx.env.container_id, &spec);
+            trace::mark("DEL: links removed");
             failures.extend(ipam.join().expect("IPAM release does not panic"));
             failures
         });

@@ -629,3 +629,31 @@ fn a_delegated_ipam_plugin_works_through_the_same_seam() {
     assert_eq!((code, e["code"].as_i64()), (1, Some(7)), "{e}");
     assert_eq!(pod.links(), vec!["lo".to_string()]);
 }
+
+/// DEL answers before the kernel has finished tearing the veth down (a detached helper waits
+/// for that), but only once both ends are unlisted: when DEL returns, neither end is
+/// visible, and the same attachment can be added again at once under the same names.
+#[test]
+#[ignore = "needs root: run by scripts/test"]
+fn a_deleted_veth_is_gone_when_del_returns_and_its_names_are_free_at_once() {
+    let bed = Bed::new();
+    let conf = bed.conf(
+        json!({"mode": "bridge", "bridge": "br-r"}),
+        json!([pool("p", "10.245.4.0/24", "10.245.4.1")]),
+    );
+    let pod = Netns::new("brr");
+    for round in 0..10 {
+        bed.add("cr", &pod, &conf);
+        assert_eq!(bed.host_veths().len(), 1, "round {round}");
+        let (code, e) = bed.run("DEL", "cr", Some(&pod), &conf);
+        assert_eq!(code, 0, "round {round}: {e}");
+        assert!(
+            bed.host_veths().is_empty(),
+            "round {round}: {:?}",
+            bed.node.links()
+        );
+        assert_eq!(pod.links(), vec!["lo".to_string()], "round {round}");
+    }
+    // A DEL of a link that is already gone still succeeds.
+    assert_eq!(bed.run("DEL", "cr", Some(&pod), &conf).0, 0);
+}

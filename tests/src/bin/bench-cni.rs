@@ -4,7 +4,11 @@
 //! printed. Everything happens inside namespaces the bench creates: a "node" namespace the
 //! plugins run in (entered between fork and exec, no extra process) and one namespace per pod.
 //!
-//! Usage: bench-cni [--pods N] [--rounds N]
+//! Then the same through CRI on test bed nodes (containerd 2.1): RunPodSandbox and
+//! StopPodSandbox with berth-cni alone, with the reference bridge + host-local, and with
+//! host-network pods (no CNI call: the runtime's own share of the latency).
+//!
+//! Usage: bench-cni [--pods N] [--rounds N] [--cri-pods N (0: skip CRI)]
 //! Env: BERTH_BIN_DIR (where berth-cni is; default: next to this binary),
 //!      BERTH_REF_CNI_DIR (default /usr/lib/cni: bridge, host-local).
 
@@ -16,17 +20,20 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use berth_e2e::bench_report::{BenchReport, Target, millis};
 use serde_json::{Value, json};
 
 struct Args {
     pods: usize,
     rounds: usize,
+    cri_pods: usize,
 }
 
 fn parse_args() -> Result<Args> {
     let mut a = Args {
         pods: 200,
         rounds: 2,
+        cri_pods: 20,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -39,11 +46,13 @@ fn parse_args() -> Result<Args> {
         match k.as_str() {
             "--pods" => a.pods = v()?,
             "--rounds" => a.rounds = v()?,
-            other => bail!("unknown argument {other}; use --pods N --rounds N"),
+            "--cri-pods" => a.cri_pods = v()?,
+            other => bail!("unknown argument {other}; use --pods N --rounds N --cri-pods N"),
         }
     }
     ensure!((1..=4000).contains(&a.pods), "--pods must be 1..=4000");
     ensure!((1..=20).contains(&a.rounds), "--rounds must be 1..=20");
+    ensure!(a.cri_pods <= 200, "--cri-pods must be 0..=200");
     Ok(a)
 }
 
@@ -300,14 +309,14 @@ fn main() -> Result<()> {
         "berth-cni: IPAM = berth-ipam-core in-process (local store); reference: /usr/lib/cni/bridge + host-local (Debian containernetworking-plugins)"
     );
     println!(
-        "{:<34} {:>9} {:>9} {:>9}",
+        "{:<44} {:>9} {:>9} {:>9}",
         "latency (ms)", "mean", "p50", "p99"
     );
     for (label, s) in [("berth-cni", &sb), ("reference bridge+host-local", &sr)] {
         for (verb, v) in [("ADD", &s.add), ("DEL", &s.del)] {
             let st = stats(v);
             println!(
-                "{:<34} {:>9.2} {:>9.2} {:>9.2}",
+                "{:<44} {:>9.2} {:>9.2} {:>9.2}",
                 format!("{label} {verb}"),
                 st.mean,
                 st.p50,
@@ -333,6 +342,163 @@ fn main() -> Result<()> {
         "ratio berth/reference (p99): ADD {:.2}x, DEL {:.2}x",
         ba.p99 / ra.p99,
         bd.p99 / rd.p99
+    );
+    let mut report = BenchReport::new("cni");
+    report.note(format!(
+        "{} pods x {} rounds, bridge mode, each plugin process executed directly in a bench-owned node netns",
+        args.pods, args.rounds
+    ));
+    report.note(
+        "berth-cni: IPAM = berth-ipam-core in-process (local store); reference: /usr/lib/cni/bridge + host-local",
+    );
+    for (verb, b, r) in [("ADD", &sb.add, &sr.add), ("DEL", &sb.del, &sr.del)] {
+        report.latency(verb, "berth-cni", "ms", &millis(b));
+        report.latency(verb, "reference bridge+host-local", "ms", &millis(r));
+    }
+    report
+        .ratio("ADD+DEL mean", "ms", ba.mean + bd.mean, ra.mean + rd.mean)
+        .target(Target::AtMost(0.5));
+    report.ratio("ADD mean", "ms", ba.mean, ra.mean);
+    report.ratio("DEL mean", "ms", bd.mean, rd.mean);
+    report.ratio("ADD p99", "ms", ba.p99, ra.p99);
+    report.ratio("DEL p99", "ms", bd.p99, rd.p99);
+    if args.cri_pods > 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(cri_bench(&berth.bin, args.cri_pods, tag, &mut report))?;
+    }
+    report.finish()?;
+    Ok(())
+}
+
+/// Deletes a bridge a CRI node's plugin created on the host, when the bench ends.
+struct BridgeGuard(&'static str);
+
+impl Drop for BridgeGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// RunPodSandbox and StopPodSandbox latency through CRI: berth-cni, the reference bridge +
+/// host-local (the test bed's default network), host network. The three kinds take turns
+/// pod by pod, so load from other work on the machine spreads over all of them.
+async fn cri_bench(
+    berth_bin: &Path,
+    pods: usize,
+    tag: u32,
+    report: &mut BenchReport,
+) -> Result<()> {
+    use berth_e2e::PodSpec;
+    use berth_e2e::testbed::{Node, NodeOptions, workspace_root};
+
+    const BERTH_BRIDGE: &str = "bbcri0";
+    let _bridge = BridgeGuard(BERTH_BRIDGE);
+    let berth_name = format!("bench-cni-b{tag}");
+    let ref_name = format!("bench-cni-r{tag}");
+    let berth_dir = workspace_root()
+        .join(".run/testbed/nodes")
+        .join(&berth_name);
+    // berth-cni alone, as the reference network is bridge + host-local alone.
+    let conflist = json!({
+        "cniVersion": "1.0.0", "name": "bench-cri", "plugins": [{
+            "type": "berth-cni", "mode": "bridge", "bridge": BERTH_BRIDGE, "hairpinMode": true,
+            "ipForward": true, "arp": {"garpCount": 1},
+            "ipam": {"store": {"type": "local", "dir": berth_dir.join("berth-ipam")},
+                     "hold": "0s",
+                     "pools": [{"name": "bench", "subnet": "10.252.0.0/24", "gateway": "10.252.0.1"}]}
+        }]
+    });
+    let berth_node = Node::start(
+        &berth_name,
+        NodeOptions {
+            conflist: Some(conflist.to_string()),
+            cni_binaries: vec![berth_bin.to_path_buf()],
+            ..NodeOptions::default()
+        },
+    )
+    .context("starting the berth-cni node")?;
+    let ref_node =
+        Node::start(&ref_name, NodeOptions::default()).context("starting the reference node")?;
+    let mut clients = [
+        berth_node.cri().await.context("berth-cni node CRI")?,
+        ref_node.cri().await.context("reference node CRI")?,
+        ref_node.cri().await.context("reference node CRI")?,
+    ];
+    const KINDS: [&str; 3] = ["berth-cni", "reference bridge+host-local", "host network"];
+    let mut run: [Vec<Duration>; 3] = Default::default();
+    let mut stop: [Vec<Duration>; 3] = Default::default();
+    // Per pod, its sandbox id of each kind.
+    let mut ids: Vec<Vec<String>> = Vec::with_capacity(pods);
+    for i in 0..pods {
+        let mut row = Vec::with_capacity(3);
+        for (k, client) in clients.iter_mut().enumerate() {
+            let mut spec = PodSpec::new("bench", &format!("p{k}-{i}"));
+            if k == 2 {
+                spec = spec.host_network();
+            }
+            let start = Instant::now();
+            let pod = client.run_pod(&spec).await?;
+            run[k].push(start.elapsed());
+            if k < 2 {
+                let ip = client.pod_ip(&pod.id).await?;
+                ensure!(!ip.is_unspecified(), "{} pod {i} got no address", KINDS[k]);
+            }
+            row.push(pod.id);
+        }
+        ids.push(row);
+    }
+    for row in &ids {
+        for (k, (client, id)) in clients.iter_mut().zip(row).enumerate() {
+            let start = Instant::now();
+            client.stop_pod(id).await?;
+            stop[k].push(start.elapsed());
+            client.remove_pod(id).await?;
+        }
+    }
+    println!();
+    println!(
+        "CRI: {pods} pods per kind, containerd 2.1 test bed nodes; berth-cni alone vs bridge+host-local alone"
+    );
+    println!(
+        "{:<44} {:>9} {:>9} {:>9}",
+        "latency (ms)", "mean", "p50", "p99"
+    );
+    for k in 0..3 {
+        for (verb, v) in [("RunPodSandbox", &run[k]), ("StopPodSandbox", &stop[k])] {
+            let st = stats(v);
+            let label = format!("{} {verb}", KINDS[k]);
+            println!(
+                "{label:<44} {:>9.2} {:>9.2} {:>9.2}",
+                st.mean, st.p50, st.p99
+            );
+        }
+    }
+    let mean = |v: &[Duration]| stats(v).mean;
+    report.note(format!(
+        "CRI: {pods} pods per kind, containerd 2.1 test bed nodes; berth-cni alone vs bridge+host-local alone vs host network"
+    ));
+    for (verb, v) in [("RunPodSandbox", &run), ("StopPodSandbox", &stop)] {
+        for k in 0..3 {
+            report.latency(verb, KINDS[k], "ms", &millis(&v[k]));
+        }
+        report.ratio(
+            &format!("{verb} network share (minus host network)"),
+            "ms",
+            mean(&v[0]) - mean(&v[2]),
+            mean(&v[1]) - mean(&v[2]),
+        );
+    }
+    println!(
+        "ratio berth/reference (mean): RunPodSandbox {:.2}x, StopPodSandbox {:.2}x; network share (minus host network): Run {:.2}x, Stop {:.2}x",
+        mean(&run[0]) / mean(&run[1]),
+        mean(&stop[0]) / mean(&stop[1]),
+        (mean(&run[0]) - mean(&run[2])) / (mean(&run[1]) - mean(&run[2])),
+        (mean(&stop[0]) - mean(&stop[2])) / (mean(&stop[1]) - mean(&stop[2])),
     );
     Ok(())
 }

@@ -4,9 +4,16 @@
 //! ratio printed), then berth-ipam on etcd (spawned on 127.0.0.1). Every run checks that no
 //! address was held by two attachments at once and prints the count of duplicates.
 //!
+//! A `floor` row runs the same 8 x cycles x (2 processes) with a minimal static executable
+//! that only exits: what process-per-operation itself costs on this machine (fork/exec, pipes,
+//! exit, wait), the rate no plugin can beat. A second row does the same with `/bin/true`
+//! (BERTH_DYNAMIC_FLOOR), a dynamically linked glibc program that does nothing: what loading
+//! glibc alone adds to every process, which a dynamically linked plugin pays too.
+//!
 //! Usage: bench-ipam [--cycles N] [--workers N] [--rounds N]
 //! Env: BERTH_BIN_DIR (where berth-ipam is; default: next to this binary),
-//!      BERTH_HOST_LOCAL (default /usr/lib/cni/host-local), BERTH_ETCD (default /usr/bin/etcd).
+//!      BERTH_HOST_LOCAL (default /usr/lib/cni/host-local), BERTH_ETCD (default /usr/bin/etcd),
+//!      BERTH_DYNAMIC_FLOOR (default /bin/true; the row is left out when it does not exist).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -17,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use berth_e2e::bench_report::{BenchReport, Target};
 use serde_json::{Value, json};
 
 struct Args {
@@ -57,20 +65,9 @@ struct Life {
     to: Instant,
 }
 
+/// Runs one CNI call as a runtime does: env, config on stdin, result on stdout.
 fn cni(plugin: &Path, conf: &[u8], cmd: &str, cid: &str) -> Result<String> {
-    let mut child = Command::new(plugin)
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_NETNS", "/var/run/netns/bench-ipam")
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawn {}", plugin.display()))?;
-    child.stdin.take().unwrap().write_all(conf)?;
-    let out = child.wait_with_output()?;
+    let out = exec(plugin, conf, cmd, cid)?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         bail!(
@@ -82,6 +79,108 @@ fn cni(plugin: &Path, conf: &[u8], cmd: &str, cid: &str) -> Result<String> {
     Ok(stdout)
 }
 
+/// Spawns the process with the CNI env and pipes, writes the config, waits for it.
+fn exec(plugin: &Path, conf: &[u8], cmd: &str, cid: &str) -> Result<std::process::Output> {
+    let mut child = Command::new(plugin)
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_NETNS", "/var/run/netns/bench-ipam")
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawn {}", plugin.display()))?;
+    // The floor executable exits without reading: a broken pipe is expected there.
+    match child.stdin.take().unwrap().write_all(conf) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        r => r?,
+    }
+    Ok(child.wait_with_output()?)
+}
+
+/// A minimal static x86-64 Linux executable: one PT_LOAD segment whose code is
+/// `exit(0)` (`mov eax, 60; xor edi, edi; syscall`). No loader, no libc, no relocations.
+#[cfg(target_arch = "x86_64")]
+fn floor_executable(dir: &Path) -> Result<Option<PathBuf>> {
+    use std::os::unix::fs::PermissionsExt;
+    const BASE: u64 = 0x40_0000;
+    const EHDR: u64 = 64;
+    const PHDR: u64 = 56;
+    let code: [u8; 9] = [0xb8, 0x3c, 0x00, 0x00, 0x00, 0x31, 0xff, 0x0f, 0x05];
+    let size = EHDR + PHDR + code.len() as u64;
+    let mut elf = Vec::with_capacity(size as usize);
+    elf.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]); // 64-bit, LE, v1, SysV
+    elf.extend_from_slice(&[0; 8]);
+    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    elf.extend_from_slice(&1u32.to_le_bytes());
+    elf.extend_from_slice(&(BASE + EHDR + PHDR).to_le_bytes()); // entry: the code
+    elf.extend_from_slice(&EHDR.to_le_bytes()); // program headers right after this header
+    elf.extend_from_slice(&0u64.to_le_bytes()); // no section headers
+    elf.extend_from_slice(&0u32.to_le_bytes());
+    for v in [EHDR as u16, PHDR as u16, 1, 0, 0, 0] {
+        elf.extend_from_slice(&v.to_le_bytes());
+    }
+    elf.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    elf.extend_from_slice(&5u32.to_le_bytes()); // R + X
+    for v in [0, BASE, BASE, size, size, 0x1000] {
+        elf.extend_from_slice(&v.to_le_bytes());
+    }
+    elf.extend_from_slice(&code);
+    let path = dir.join("floor-exit0");
+    std::fs::write(&path, &elf)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(Some(path))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn floor_executable(_dir: &Path) -> Result<Option<PathBuf>> {
+    Ok(None)
+}
+
+/// The same workers and process count as [`run`], with an executable that only exits.
+fn run_floor(exe: &Path, conf: &Value, a: &Args) -> Result<RunResult> {
+    let conf = Arc::new(conf.to_string().into_bytes());
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let cpu_before = children_cpu();
+    let started = Instant::now();
+    let handles: Vec<_> = (0..a.workers)
+        .map(|w| {
+            let (exe, conf, cycles) = (exe.to_path_buf(), conf.clone(), a.cycles);
+            let latencies = latencies.clone();
+            std::thread::spawn(move || -> Result<()> {
+                for c in 0..cycles {
+                    let cid = format!("floor-w{w}-c{c}");
+                    for cmd in ["ADD", "DEL"] {
+                        let spawned = Instant::now();
+                        let out = exec(&exe, &conf, cmd, &cid)?;
+                        let ms = spawned.elapsed().as_secs_f64() * 1000.0;
+                        if !out.status.success() {
+                            bail!("{} exited with {}", exe.display(), out.status);
+                        }
+                        latencies.lock().unwrap().push(ms);
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("worker panicked")?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let ops = a.workers * a.cycles * 2;
+    Ok(RunResult {
+        ops,
+        secs,
+        duplicates: 0,
+        cpu_ms_per_op: (children_cpu() - cpu_before) * 1000.0 / ops.max(1) as f64,
+        latencies_ms: std::mem::take(&mut *latencies.lock().unwrap()),
+    })
+}
+
 struct RunResult {
     ops: usize,
     secs: f64,
@@ -89,6 +188,14 @@ struct RunResult {
     /// CPU time (user + system) of the plugin processes per operation, in ms: a measure the
     /// machine's load does not distort as much as the rate.
     cpu_ms_per_op: f64,
+    /// Each process's latency (spawn to exit), in ms.
+    latencies_ms: Vec<f64>,
+}
+
+impl RunResult {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.secs
+    }
 }
 
 /// User + system CPU seconds of all waited-for children so far.
@@ -104,18 +211,22 @@ fn children_cpu() -> f64 {
 fn run(plugin: &Path, conf: &Value, tag: &str, a: &Args) -> Result<RunResult> {
     let conf = Arc::new(conf.to_string().into_bytes());
     let lives = Arc::new(Mutex::new(Vec::new()));
+    let latencies = Arc::new(Mutex::new(Vec::new()));
     let cpu_before = children_cpu();
     let started = Instant::now();
     let handles: Vec<_> = (0..a.workers)
         .map(|w| {
             let (plugin, conf, lives, cycles) =
                 (plugin.to_path_buf(), conf.clone(), lives.clone(), a.cycles);
+            let latencies = latencies.clone();
             let tag = tag.to_string();
             std::thread::spawn(move || -> Result<()> {
                 for c in 0..cycles {
                     let cid = format!("{tag}-w{w}-c{c}");
+                    let spawned = Instant::now();
                     let out = cni(&plugin, &conf, "ADD", &cid)?;
                     let from = Instant::now();
+                    let add_ms = (from - spawned).as_secs_f64() * 1000.0;
                     let v: Value = serde_json::from_str(&out).context("ADD result")?;
                     let addr = v["ips"][0]["address"]
                         .as_str()
@@ -128,7 +239,10 @@ fn run(plugin: &Path, conf: &Value, tag: &str, a: &Args) -> Result<RunResult> {
                         from,
                         to,
                     });
+                    let del_start = Instant::now();
                     cni(&plugin, &conf, "DEL", &cid)?;
+                    let del_ms = del_start.elapsed().as_secs_f64() * 1000.0;
+                    latencies.lock().unwrap().extend([add_ms, del_ms]);
                 }
                 Ok(())
             })
@@ -146,6 +260,7 @@ fn run(plugin: &Path, conf: &Value, tag: &str, a: &Args) -> Result<RunResult> {
         secs,
         duplicates: duplicates(&lives),
         cpu_ms_per_op: cpu * 1000.0 / ops.max(1) as f64,
+        latencies_ms: std::mem::take(&mut *latencies.lock().unwrap()),
     })
 }
 
@@ -241,6 +356,15 @@ fn report(label: &str, r: &RunResult) -> f64 {
     rate
 }
 
+fn report_floor(label: &str, r: &RunResult) -> f64 {
+    let rate = r.ops as f64 / r.secs;
+    println!(
+        "  {label:<28} {:>6} ops in {:>6.2} s = {:>7.0} ops/s, {:.2} ms CPU/op (exec + exit only)",
+        r.ops, r.secs, rate, r.cpu_ms_per_op
+    );
+    rate
+}
+
 fn main() -> Result<()> {
     let a = parse_args()?;
     let bin_dir = std::env::var_os("BERTH_BIN_DIR")
@@ -287,16 +411,35 @@ fn main() -> Result<()> {
         load[0]
     );
     let mut total_dups = 0;
-    let (mut berth_rates, mut hl_rates) = (Vec::new(), Vec::new());
+    let floor_exe = floor_executable(&root)?;
+    let dynamic_floor = std::env::var_os("BERTH_DYNAMIC_FLOOR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/bin/true".into());
+    let (mut berth_rates, mut hl_rates, mut floor_rates) = (Vec::new(), Vec::new(), Vec::new());
+    // Every run's result by row, for the report.
+    let mut rows: Vec<(&str, RunResult)> = Vec::new();
     for round in 0..a.rounds {
         println!("round {}:", round + 1);
+        if let Some(exe) = &floor_exe {
+            let conf = berth_conf(&format!("bench-floor-{round}"), json!({"type": "local"}));
+            let r = run_floor(exe, &conf, &a)?;
+            floor_rates.push(report_floor(FLOOR_STATIC, &r));
+            rows.push((FLOOR_STATIC, r));
+        }
+        if dynamic_floor.exists() {
+            let conf = berth_conf(&format!("bench-floor-{round}"), json!({"type": "local"}));
+            let r = run_floor(&dynamic_floor, &conf, &a)?;
+            report_floor(FLOOR_DYNAMIC, &r);
+            rows.push((FLOOR_DYNAMIC, r));
+        }
         let conf = berth_conf(
             &format!("bench-local-{round}"),
             json!({"type": "local", "dir": root.join(format!("berth-{round}"))}),
         );
         let r = run(&berth, &conf, &format!("bl{round}"), &a)?;
         total_dups += r.duplicates;
-        berth_rates.push(report("berth-ipam (local store)", &r));
+        berth_rates.push(report(BERTH_LOCAL, &r));
+        rows.push((BERTH_LOCAL, r));
         let hl = json!({
             "cniVersion": "1.0.0", "name": format!("bench-hl-{round}"), "type": "bridge",
             "ipam": {"type": "host-local", "dataDir": root.join(format!("hl-{round}")),
@@ -304,7 +447,8 @@ fn main() -> Result<()> {
         });
         let r = run(&host_local, &hl, &format!("hl{round}"), &a)?;
         total_dups += r.duplicates;
-        hl_rates.push(report("host-local (reference)", &r));
+        hl_rates.push(report(HOST_LOCAL, &r));
+        rows.push((HOST_LOCAL, r));
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let (b, h) = (mean(&berth_rates), mean(&hl_rates));
@@ -312,6 +456,14 @@ fn main() -> Result<()> {
         "local: berth-ipam {b:.0} ops/s vs host-local {h:.0} ops/s: ratio {:.2}x (target >= 2000 ops/s)",
         b / h
     );
+    if !floor_rates.is_empty() {
+        let f = mean(&floor_rates);
+        println!(
+            "floor: {f:.0} ops/s; berth-ipam (local) reaches {:.0}% of it, host-local {:.0}%",
+            100.0 * b / f,
+            100.0 * h / f
+        );
+    }
 
     let etcd = start_etcd(&root)?;
     let conf = berth_conf(
@@ -321,11 +473,93 @@ fn main() -> Result<()> {
     println!("etcd (spawned on {}):", etcd.endpoint);
     let r = run(&berth, &conf, "be", &a)?;
     total_dups += r.duplicates;
-    let e = report("berth-ipam (etcd store)", &r);
+    let e = report(BERTH_ETCD, &r);
+    rows.push((BERTH_ETCD, r));
     println!("etcd: berth-ipam {e:.0} ops/s (target >= 500 ops/s)");
+    if let Some(exe) = &floor_exe {
+        // Again beside the etcd run: the machine's state may have changed since the rounds.
+        report_floor(FLOOR_STATIC, &run_floor(exe, &conf, &a)?);
+    }
     println!("duplicates in all runs: {total_dups}");
+    bench_report(&a, &rows, b, h, total_dups)?;
     if total_dups > 0 {
         bail!("{total_dups} duplicate address assignments");
+    }
+    Ok(())
+}
+
+const BERTH_LOCAL: &str = "berth-ipam (local store)";
+const HOST_LOCAL: &str = "host-local (reference)";
+const BERTH_ETCD: &str = "berth-ipam (etcd store)";
+const FLOOR_STATIC: &str = "floor (static exit(0))";
+const FLOOR_DYNAMIC: &str = "floor (dynamic /bin/true)";
+
+/// The report for docs/benchmarks.md (written when BERTH_BENCH_OUT is set).
+fn bench_report(
+    a: &Args,
+    rows: &[(&str, RunResult)],
+    local: f64,
+    host_local: f64,
+    duplicates: usize,
+) -> Result<()> {
+    let mut report = BenchReport::new("ipam");
+    report.note(format!(
+        "{} concurrent workers x {} cycles, each cycle an ADD and a DEL, each one plugin process \
+         exactly as a runtime executes it (config on stdin, result on stdout); {} round(s) of \
+         berth-ipam on its local store beside Debian's host-local, then berth-ipam on an etcd \
+         spawned on 127.0.0.1.",
+        a.workers, a.cycles, a.rounds
+    ));
+    report.note(
+        "The floor rows run the same workers with executables that do nothing: a minimal static \
+         exit(0) (what fork/exec/exit/wait cost) and /bin/true (what loading glibc adds). CPU/op \
+         is the plugin processes' user + system time per operation: the machine's other load \
+         distorts it less than the rates.",
+    );
+    for label in [
+        BERTH_LOCAL,
+        HOST_LOCAL,
+        FLOOR_STATIC,
+        FLOOR_DYNAMIC,
+        BERTH_ETCD,
+    ] {
+        let runs: Vec<&RunResult> = rows
+            .iter()
+            .filter(|(l, _)| *l == label)
+            .map(|(_, r)| r)
+            .collect();
+        if runs.is_empty() {
+            continue;
+        }
+        let plot = if label == BERTH_ETCD {
+            "per-process latency, etcd store"
+        } else {
+            "per-process latency, local stores"
+        };
+        let samples: Vec<f64> = runs.iter().flat_map(|r| r.latencies_ms.clone()).collect();
+        report.latency(plot, label, "ms", &samples);
+        let n = runs.len() as f64;
+        let rate = runs.iter().map(|r| r.rate()).sum::<f64>() / n;
+        let cpu = runs.iter().map(|r| r.cpu_ms_per_op).sum::<f64>() / n;
+        let f = report.figure(&format!("{label} throughput"), rate, "ops/s");
+        if label == BERTH_LOCAL {
+            f.target(Target::AtLeast(2000.0));
+        } else if label == BERTH_ETCD {
+            f.target(Target::AtLeast(500.0));
+        }
+        report.figure(&format!("{label} CPU per operation"), cpu, "ms");
+    }
+    report.ratio(
+        "local store throughput, berth-ipam / host-local",
+        "ops/s",
+        local,
+        host_local,
+    );
+    report
+        .figure("duplicate assignments", duplicates as f64, "")
+        .target(Target::AtMost(0.0));
+    if let Some(path) = report.finish()? {
+        println!("report: {}", path.display());
     }
     Ok(())
 }

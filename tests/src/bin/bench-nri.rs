@@ -1,49 +1,61 @@
-//! bench-nri: what berth-agent's NRI plugin costs. CreateContainer latency through CRI on a
-//! private containerd 2.1 node, without the agent and with it registered (every container
-//! asking for file logs, so the agent creates dirs, writes metadata and answers a mount),
-//! rounds alternating so drift hits both sides; p50/p99 and the added latency printed. Then
-//! the agent's RSS idle and after the creations.
+//! bench-nri: what berth-agent's NRI plugin costs. CreateContainer latency through CRI with
+//! the agent registered and without it, measured in the same run on containerd 2.1 and 1.7.
 //!
-//! Usage: bench-nri [--containers N] [--rounds N] [--containerd 2.1|1.7]
+//! Design (per containerd version): two identical private nodes, A and B. The agent is
+//! registered on one of them; creations alternate between the two nodes container by
+//! container (in ABBA order), so both sides see the same machine load at the same moments.
+//! Halfway the agent moves to the other node, so a difference between the nodes themselves
+//! cancels out. Every container asks for file logs, so the agent creates dirs, writes
+//! metadata and answers a mount. Printed: p50/p99 of each side, their differences with a
+//! bootstrap 95% interval, the agent's own handling time (timed inside the plugin), the NRI
+//! requests the runtime sent (count and size per method), and the agent's RSS idle and after
+//! the creations.
+//!
+//! Usage: bench-nri [--containers N] [--containerd 2.1|1.7|both]
+//!   N: creations per side (default 200; half with the agent on each node).
 //! Env: BERTH_BIN_DIR (where berth-agent is; default: next to this binary).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use berth_e2e::bench_report::{BenchReport, Target};
 use berth_e2e::testbed::{Containerd, Node, NodeOptions};
 use berth_e2e::{BUSYBOX_IMAGE, ContainerSpec, CriClient, Pod, PodSpec};
 
 struct Args {
     containers: usize,
-    rounds: usize,
-    containerd: Containerd,
+    versions: Vec<Containerd>,
 }
 
 fn parse_args() -> Result<Args> {
     let mut a = Args {
-        containers: 50,
-        rounds: 4,
-        containerd: Containerd::V2_1,
+        containers: 200,
+        versions: Containerd::ALL.to_vec(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let v = it.next().context("missing value")?;
         match k.as_str() {
             "--containers" => a.containers = v.parse().context("not a number")?,
-            "--rounds" => a.rounds = v.parse().context("not a number")?,
+            "--rounds" => {} // accepted for older scripts; the design no longer uses rounds
             "--containerd" => {
-                a.containerd = match v.as_str() {
-                    "2.1" => Containerd::V2_1,
-                    "1.7" => Containerd::V1_7,
-                    _ => bail!("--containerd is 2.1 or 1.7"),
+                a.versions = match v.as_str() {
+                    "2.1" => vec![Containerd::V2_1],
+                    "1.7" => vec![Containerd::V1_7],
+                    "both" => Containerd::ALL.to_vec(),
+                    _ => bail!("--containerd is 2.1, 1.7 or both"),
                 }
             }
-            other => bail!(
-                "unknown argument {other}; use --containers N --rounds N --containerd 2.1|1.7"
-            ),
+            other => {
+                bail!("unknown argument {other}; use --containers N --containerd 2.1|1.7|both")
+            }
         }
+    }
+    if a.containers < 4 {
+        bail!("--containers must be at least 4");
     }
     Ok(a)
 }
@@ -68,6 +80,7 @@ struct Agent {
 impl Agent {
     fn start(node: &Node, work: &Path) -> Result<Agent> {
         let log = work.join("agent.log");
+        let _ = std::fs::remove_file(&log);
         let child = Command::new(bin_dir().join("berth-agent"))
             .arg("--nri-socket")
             .arg(node.nri_socket())
@@ -82,26 +95,23 @@ impl Agent {
             .context("starting berth-agent (run scripts/bench, which builds it)")?;
         let a = Agent { child, log };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !std::fs::read_to_string(&a.log)
-            .unwrap_or_default()
-            .contains("nri plugin ready")
-        {
+        while !a.log_text().contains("nri plugin ready") {
             if Instant::now() > deadline {
-                bail!(
-                    "berth-agent did not register: {}",
-                    std::fs::read_to_string(&a.log).unwrap_or_default()
-                );
+                bail!("berth-agent did not register: {}", a.log_text());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(a)
     }
 
-    /// Values (ms) of the microsecond field `field` on log lines containing every marker.
-    fn log_ms(&self, markers: &[&str], field: &str) -> Vec<f64> {
-        let key = format!("{field}=");
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `(field value as u64)` of `key=` on each log line containing every marker.
+    fn field(&self, markers: &[&str], key: &str) -> Vec<u64> {
+        let key = format!("{key}=");
+        self.log_text()
             .lines()
             .filter(|l| markers.iter().all(|m| l.contains(m)))
             .filter_map(|l| {
@@ -109,11 +119,38 @@ impl Agent {
                     .nth(1)?
                     .split(|c: char| !c.is_ascii_digit())
                     .next()?
-                    .parse::<f64>()
+                    .parse()
                     .ok()
             })
-            .map(|us| us / 1000.0)
             .collect()
+    }
+
+    /// Per NRI method: (count, total request bytes, largest request).
+    fn requests(&self) -> BTreeMap<String, (usize, u64, u64)> {
+        let mut out: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
+        for l in self.log_text().lines() {
+            if !l.contains("nri request handled") {
+                continue;
+            }
+            let Some(method) = l
+                .split("method=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+            else {
+                continue;
+            };
+            let bytes: u64 = l
+                .split("bytes=")
+                .nth(1)
+                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let e = out.entry(method.to_string()).or_default();
+            e.0 += 1;
+            e.1 += bytes;
+            e.2 = e.2.max(bytes);
+        }
+        out
     }
 
     fn rss_kib(&self) -> u64 {
@@ -134,106 +171,281 @@ impl Drop for Agent {
     }
 }
 
-/// CreateContainer latencies (ms) of `n` containers, each removed right after.
-async fn round(cri: &mut CriClient, pod: &Pod, tag: &str, n: usize) -> Result<Vec<f64>> {
-    let mut v = Vec::with_capacity(n);
-    for i in 0..n {
-        let spec = ContainerSpec::sleeper(&format!("{tag}-{i}"), BUSYBOX_IMAGE)
-            .env("KUBERNETES_FILELOGS", "/app/logs");
+/// One node of the pair, with its pod and CRI client.
+struct Side {
+    node: Node,
+    cri: CriClient,
+    pod: Pod,
+    work: PathBuf,
+}
+
+impl Side {
+    async fn start(name: &str, containerd: Containerd) -> Result<Side> {
+        let node = Node::start(
+            name,
+            NodeOptions {
+                containerd,
+                ..Default::default()
+            },
+        )?;
+        let work = node.dir().join("bench-nri");
+        std::fs::create_dir_all(&work)?;
+        let mut cri = node.cri().await?;
+        let pod = cri.run_pod(&PodSpec::new("bench", "nri")).await?;
+        Ok(Side {
+            node,
+            cri,
+            pod,
+            work,
+        })
+    }
+
+    /// CreateContainer latency (ms) of one container, removed right after.
+    async fn create(&mut self, tag: &str) -> Result<f64> {
+        let spec =
+            ContainerSpec::sleeper(tag, BUSYBOX_IMAGE).env("KUBERNETES_FILELOGS", "/app/logs");
         let t = Instant::now();
-        let id = cri.create_container(pod, &spec).await?;
-        v.push(t.elapsed().as_secs_f64() * 1000.0);
-        cri.remove_container(&id).await?;
+        let id = self.cri.create_container(&self.pod, &spec).await?;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        self.cri.remove_container(&id).await?;
+        Ok(ms)
     }
-    Ok(v)
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
+/// Nearest-rank percentile on a sorted copy.
+fn pct(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    s[((s.len() as f64 - 1.0) * p).round() as usize]
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<()> {
-    let args = parse_args()?;
-    let node = Node::start(
-        "bench-nri",
-        NodeOptions {
-            containerd: args.containerd,
-            ..Default::default()
-        },
-    )?;
-    let work = node.dir().join("bench-nri");
-    std::fs::create_dir_all(&work)?;
-    let mut cri = node.cri().await?;
-    let pod = cri.run_pod(&PodSpec::new("bench", "nri")).await?;
-    // Warm-up: image snapshot, first-call costs.
-    round(&mut cri, &pod, "warm", 5).await?;
+/// Bootstrap 95% interval of pct(with, p) - pct(without, p), resampling each side.
+fn diff_interval(with: &[f64], without: &[f64], p: f64) -> (f64, f64) {
+    // A small xorshift: the interval needs no crypto, and a fixed seed keeps runs comparable.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let mut diffs: Vec<f64> = (0..2000)
+        .map(|_| {
+            let w: Vec<f64> = (0..with.len()).map(|_| with[next(with.len())]).collect();
+            let o: Vec<f64> = (0..without.len())
+                .map(|_| without[next(without.len())])
+                .collect();
+            pct(&w, p) - pct(&o, p)
+        })
+        .collect();
+    diffs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (pct(&diffs, 0.025), pct(&diffs, 0.975))
+}
 
-    let (mut without, mut with) = (Vec::new(), Vec::new());
-    let mut rss_idle = 0;
-    let mut rss_after = 0;
-    let mut created = 0;
-    let mut handler = Vec::new();
-    let mut fs_work = Vec::new();
-    for r in 0..args.rounds {
-        without.extend(round(&mut cri, &pod, &format!("n{r}"), args.containers).await?);
-        let agent = Agent::start(&node, &work)?;
-        std::thread::sleep(Duration::from_millis(300));
-        if r == 0 {
-            rss_idle = agent.rss_kib();
+struct Outcome {
+    with: Vec<f64>,
+    without: Vec<f64>,
+    handling_ms: Vec<f64>,
+    fs_ms: Vec<f64>,
+    requests: BTreeMap<String, (usize, u64, u64)>,
+    rss_idle: u64,
+    rss_after: u64,
+}
+
+async fn measure(containerd: Containerd, per_side: usize) -> Result<Outcome> {
+    let v = containerd.as_str().replace('.', "");
+    let mut sides = [
+        Side::start(&format!("bench-nri-{v}a"), containerd).await?,
+        Side::start(&format!("bench-nri-{v}b"), containerd).await?,
+    ];
+    // Warm-up on both: image snapshot, first-call costs.
+    for i in 0..5 {
+        for s in sides.iter_mut() {
+            s.create(&format!("warm-{i}")).await?;
         }
-        with.extend(round(&mut cri, &pod, &format!("a{r}"), args.containers).await?);
-        created += args.containers;
-        rss_after = rss_after.max(agent.rss_kib());
-        handler.extend(agent.log_ms(&["nri request handled", "CreateContainer"], "took_us"));
-        fs_work.extend(agent.log_ms(&["file logs mounted"], "prepare_us"));
+    }
+    let mut o = Outcome {
+        with: Vec::new(),
+        without: Vec::new(),
+        handling_ms: Vec::new(),
+        fs_ms: Vec::new(),
+        requests: BTreeMap::new(),
+        rss_idle: 0,
+        rss_after: 0,
+    };
+    let half = per_side / 2;
+    for (phase, agent_on) in [0usize, 1].into_iter().enumerate() {
+        let agent = Agent::start(&sides[agent_on].node, &sides[agent_on].work)?;
+        std::thread::sleep(Duration::from_millis(300));
+        if phase == 0 {
+            o.rss_idle = agent.rss_kib();
+        }
+        let n = if phase == 0 { half } else { per_side - half };
+        for i in 0..n {
+            // ABBA: which side goes first alternates, so neither always runs right after
+            // the other's removal.
+            let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+            for s in order {
+                let ms = sides[s].create(&format!("p{phase}-{i}")).await?;
+                if s == agent_on {
+                    o.with.push(ms);
+                } else {
+                    o.without.push(ms);
+                }
+            }
+        }
+        o.rss_after = o.rss_after.max(agent.rss_kib());
+        o.handling_ms.extend(
+            agent
+                .field(&["nri request handled", "CreateContainer"], "took_us")
+                .into_iter()
+                .map(|us| us as f64 / 1000.0),
+        );
+        o.fs_ms.extend(
+            agent
+                .field(&["file logs mounted"], "prepare_us")
+                .into_iter()
+                .map(|us| us as f64 / 1000.0),
+        );
+        for (m, (c, b, max)) in agent.requests() {
+            let e = o.requests.entry(m).or_default();
+            e.0 += c;
+            e.1 += b;
+            e.2 = e.2.max(max);
+        }
         drop(agent);
-        let _ = std::fs::remove_file(work.join("agent.log"));
-        // The runtime notices the plugin is gone before the next "without" round.
+        // The runtime notices the plugin is gone before the next phase.
         std::thread::sleep(Duration::from_millis(300));
     }
-    cri.teardown_all().await?;
+    for s in sides.iter_mut() {
+        s.cri.teardown_all().await?;
+    }
+    Ok(o)
+}
 
-    let (w50, w99) = (pct(&mut without, 0.50), pct(&mut without, 0.99));
-    let (a50, a99) = (pct(&mut with, 0.50), pct(&mut with, 0.99));
+fn report(containerd: Containerd, o: &Outcome, out: &mut BenchReport) {
+    let (w50, w99) = (pct(&o.without, 0.50), pct(&o.without, 0.99));
+    let (a50, a99) = (pct(&o.with, 0.50), pct(&o.with, 0.99));
+    let v = containerd.as_str();
+    out.note(format!(
+        "containerd {v}: CreateContainer through CRI on two identical nodes, alternating ABBA, the agent moving sides halfway; {} creations per side",
+        o.with.len()
+    ));
+    let plot = format!("CreateContainer, containerd {v}");
+    out.latency(&plot, "without agent", "ms", &o.without);
+    out.latency(&plot, "berth-agent registered", "ms", &o.with);
+    if o.handling_ms.len() >= 2 {
+        let plot = format!("agent handling, containerd {v}");
+        out.latency(&plot, "CreateContainer in the plugin", "ms", &o.handling_ms);
+        out.latency(&plot, "dirs + metadata", "ms", &o.fs_ms);
+    }
+    out.figure(
+        &format!("p99 added by berth, containerd {v}"),
+        a99 - w99,
+        "ms",
+    )
+    .target(Target::AtMost(2.0));
+    out.figure(
+        &format!("p50 added by berth, containerd {v}"),
+        a50 - w50,
+        "ms",
+    );
+    out.ratio(
+        &format!("CreateContainer p50 with/without, containerd {v}"),
+        "ms",
+        a50,
+        w50,
+    );
+    out.ratio(
+        &format!("CreateContainer p99 with/without, containerd {v}"),
+        "ms",
+        a99,
+        w99,
+    );
+    out.figure(
+        &format!("berth-agent RSS idle, containerd {v}"),
+        o.rss_idle as f64 / 1024.0,
+        "MiB",
+    )
+    .target(Target::AtMost(20.0));
+    out.figure(
+        &format!(
+            "berth-agent RSS after {} creations, containerd {v}",
+            o.with.len()
+        ),
+        o.rss_after as f64 / 1024.0,
+        "MiB",
+    );
+    let (l50, h50) = diff_interval(&o.with, &o.without, 0.50);
+    let (l99, h99) = diff_interval(&o.with, &o.without, 0.99);
     println!(
-        "CreateContainer through CRI, containerd {} ({} containers per side, {} alternating rounds)",
-        args.containerd.as_str(),
-        without.len(),
-        args.rounds
+        "CreateContainer through CRI, containerd {} ({} containers per side, interleaved one by one on two nodes, agent moved halfway)",
+        containerd.as_str(),
+        o.with.len(),
     );
     println!("  without agent:          p50 {w50:7.2} ms   p99 {w99:7.2} ms");
     println!(
         "  berth-agent registered: p50 {a50:7.2} ms   p99 {a99:7.2} ms   (every container gets a file-log mount)"
     );
     println!(
-        "  added by berth:         p50 {:+7.2} ms   p99 {:+7.2} ms   (target: p99 added <= 2 ms)",
+        "  added by berth:         p50 {:+7.2} ms [{l50:+.2}, {h50:+.2}]   p99 {:+7.2} ms [{l99:+.2}, {h99:+.2}]   (95% bootstrap intervals; target: p99 added <= 2 ms)",
         a50 - w50,
         a99 - w99
     );
-    if handler.len() >= 2 && fs_work.len() >= 2 {
-        let (h50, h99) = (pct(&mut handler, 0.50), pct(&mut handler, 0.99));
-        let (f50, f99) = (pct(&mut fs_work, 0.50), pct(&mut fs_work, 0.99));
-        println!(
-            "  agent's own handling:   p50 {h50:7.3} ms   p99 {h99:7.3} ms   ({} CreateContainer calls, timed in the plugin)",
-            handler.len()
-        );
-        println!("    of which dirs + metadata: p50 {f50:7.3} ms   p99 {f99:7.3} ms");
-    } else {
-        println!("  agent's own handling: not found in its log");
-    }
     println!(
         "  ratio with/without:     p50 {:.2}x   p99 {:.2}x",
         a50 / w50,
         a99 / w99
     );
+    if o.handling_ms.len() >= 2 && o.fs_ms.len() >= 2 {
+        println!(
+            "  agent's own handling:   p50 {:7.3} ms   p99 {:7.3} ms   max {:7.3} ms   ({} CreateContainer calls, timed in the plugin)",
+            pct(&o.handling_ms, 0.50),
+            pct(&o.handling_ms, 0.99),
+            pct(&o.handling_ms, 1.0),
+            o.handling_ms.len()
+        );
+        println!(
+            "    of which dirs + metadata: p50 {:7.3} ms   p99 {:7.3} ms",
+            pct(&o.fs_ms, 0.50),
+            pct(&o.fs_ms, 0.99)
+        );
+    } else {
+        println!("  agent's own handling: not found in its log");
+    }
+    let reqs: Vec<String> = o
+        .requests
+        .iter()
+        .map(|(m, (c, b, max))| format!("{m} {c}x avg {} B max {max} B", b / *c as u64))
+        .collect();
+    println!("  requests from containerd: {}", reqs.join(", "));
     println!(
         "berth-agent RSS: idle {:.1} MiB, after {} creations {:.1} MiB (target: idle <= 20 MiB)",
-        rss_idle as f64 / 1024.0,
-        created,
-        rss_after as f64 / 1024.0
+        o.rss_idle as f64 / 1024.0,
+        o.with.len(),
+        o.rss_after as f64 / 1024.0
     );
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let mut out = BenchReport::new("nri");
+    for v in &args.versions {
+        let before = load();
+        let o = measure(*v, args.containers).await?;
+        report(*v, &o, &mut out);
+        println!("  load average before / after: {before} / {}", load());
+    }
+    out.finish()?;
     Ok(())
 }

@@ -123,6 +123,23 @@ impl FakeTime {
 
     /// CreateContainer: `None` when the container gets no shim (no annotation, or its entry
     /// point cannot be faked and `on_uncovered = "run-unfaked"`); an error refuses it.
+    /// Whether [`FakeTime::create_container`] has anything to do for `ctr`: a faketime
+    /// annotation of its pod names it (or the whole pod). No I/O, so CreateContainer skips the
+    /// blocking path for every other container.
+    pub fn applies(&self, pod: &PodSandbox, ctr: &Container) -> bool {
+        !ann_value(pod, &ctr.name).is_empty()
+            || !matches!(
+                berth_faketime::offset::offset_from_annotations(
+                    pod.annotations
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                    &ctr.name,
+                    self.clock.now(),
+                ),
+                Ok(None)
+            )
+    }
+
     pub fn create_container(
         &self,
         pod: &PodSandbox,

@@ -529,13 +529,15 @@ impl berth_nri::Plugin for AgentPlugin {
     ) -> berth_nri::HandlerResult<CreateContainerResponse> {
         // Faketime first: it may refuse, and its probe (ctr, a short-lived mount) blocks.
         let injected = match &self.faketime {
-            Some(ft) => {
+            Some(ft) if ft.applies(&pod, &ctr) => {
                 let (ft, p, c) = (ft.clone(), pod.clone(), ctr.clone());
                 tokio::task::spawn_blocking(move || ft.create_container(&p, &c))
                     .await
                     .map_err(|e| HandlerError::new(format!("faketime handler failed: {e}")))??
             }
-            None => None,
+            // No annotation: nothing to inject, and no hop to a blocking thread (two thread
+            // wake-ups, each a scheduling delay on a busy node) on the CreateContainer path.
+            _ => None,
         };
         let mut resp = match &self.filelogs {
             Some(f) => match f.create_container(&pod, &ctr) {

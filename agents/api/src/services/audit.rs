@@ -60,6 +60,7 @@ impl v1::audit_server::Audit for AuditService {
                     duration_us: r.duration_us,
                     bytes_sent: r.bytes_sent,
                     bytes_received: r.bytes_received,
+                    detail_json: r.detail.map(|d| d.to_string()).unwrap_or_default(),
                 })
                 .collect(),
             truncated,

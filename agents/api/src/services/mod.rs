@@ -3,7 +3,9 @@
 //! address really belongs to the namespace the caller was authorized for).
 
 pub mod audit;
+pub mod debug;
 pub mod faketime;
+pub mod grants;
 pub mod ipam;
 pub mod logs;
 pub mod node;
