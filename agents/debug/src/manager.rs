@@ -356,6 +356,27 @@ impl DebugManager {
     /// Starts a tools container joined to the target's namespaces. Its output is kept
     /// (up to 64 KiB) until a client attaches.
     pub async fn start(&self, req: StartRequest) -> Result<SessionInfo> {
+        self.start_with(req, None).await
+    }
+
+    /// [`DebugManager::start`] with the caller attached from the first instant, so a command
+    /// that ends at once still delivers its output and exit status (a separate `attach` could
+    /// come too late and find the session over).
+    pub async fn start_attached(&self, req: StartRequest) -> Result<(SessionInfo, Attachment)> {
+        let (tx, rx) = oneshot::channel();
+        let caller = req.caller.clone();
+        let info = self.start_with(req, Some((caller, tx))).await?;
+        let attachment = rx
+            .await
+            .map_err(|_| Error::SessionEnded(info.id.clone()))??;
+        Ok((info, attachment))
+    }
+
+    async fn start_with(
+        &self,
+        req: StartRequest,
+        attach: Option<(Caller, oneshot::Sender<Result<Attachment>>)>,
+    ) -> Result<SessionInfo> {
         let inner = &self.inner;
         let cfg = &inner.config;
         let target_pid = match &req.target {
@@ -372,7 +393,9 @@ impl DebugManager {
         let pidfd = pidfd(target_pid)?;
         // Everything made before the container record references it lives under a lease.
         let ctrd = inner.ctrd.leased("start").await?;
-        let started = self.start_leased(&*ctrd, req, target_pid, pidfd).await;
+        let started = self
+            .start_leased(&*ctrd, req, target_pid, pidfd, attach)
+            .await;
         if let Err(e) = ctrd.release().await {
             tracing::warn!(error = %e, "releasing the start lease; it expires by itself");
         }
@@ -385,6 +408,7 @@ impl DebugManager {
         req: StartRequest,
         target_pid: u32,
         pidfd: AsyncFd<OwnedFd>,
+        attach: Option<(Caller, oneshot::Sender<Result<Attachment>>)>,
     ) -> Result<SessionInfo> {
         let inner = &self.inner;
         let cfg = &inner.config;
@@ -500,6 +524,7 @@ impl DebugManager {
             pidfd,
             control: control_rx,
             done: done_tx,
+            first_client: attach,
         };
         tokio::spawn(actor.run());
         Ok(info)
@@ -1070,6 +1095,8 @@ struct Actor {
     pidfd: AsyncFd<OwnedFd>,
     control: mpsc::Receiver<Control>,
     done: tokio::sync::watch::Sender<Option<Vec<String>>>,
+    /// A client to attach before anything else happens (`start_attached`).
+    first_client: Option<(Caller, oneshot::Sender<Result<Attachment>>)>,
 }
 
 async fn next_input(a: &mut Option<Attached>) -> Option<Input> {
@@ -1087,6 +1114,57 @@ async fn read_opt(r: &mut Option<tokio::net::unix::pipe::Receiver>, buf: &mut [u
 }
 
 impl Actor {
+    /// Connects a client: hands it the backlog, stops the detach clock, audits who it is.
+    fn attach_client(
+        &self,
+        caller: Caller,
+        attached: &mut Option<Attached>,
+        backlog: &mut VecDeque<Output>,
+        backlog_bytes: &mut usize,
+        deadline: &mut Option<Instant>,
+        typist: &mut Caller,
+    ) -> Result<Attachment> {
+        let audit = &self.manager.inner.audit;
+        if attached.as_ref().is_some_and(|a| !a.output.is_closed()) {
+            return Err(Error::AlreadyAttached(self.id.clone()));
+        }
+        if attached.take().is_some() {
+            // The previous client is gone (its output closed) but its input end was not
+            // noticed yet.
+            audit.record(
+                SystemTime::now(),
+                AuditEvent::Detached {
+                    session: self.id.clone(),
+                    caller: typist.clone(),
+                },
+            );
+        }
+        let (in_tx, in_rx) = mpsc::channel(64);
+        let (out_tx, out_rx) = mpsc::channel(64 + backlog.len());
+        for o in backlog.drain(..) {
+            let _ = out_tx.try_send(o);
+        }
+        *backlog_bytes = 0;
+        *attached = Some(Attached {
+            input: in_rx,
+            output: out_tx,
+        });
+        *deadline = None;
+        audit.record(
+            SystemTime::now(),
+            AuditEvent::Attached {
+                session: self.id.clone(),
+                caller: caller.clone(),
+            },
+        );
+        *typist = caller;
+        self.info.lock().expect("info lock").attached = true;
+        Ok(Attachment {
+            input: in_tx,
+            output: out_rx,
+        })
+    }
+
     async fn run(mut self) {
         let inner = self.manager.inner.clone();
         let ctrd = inner.ctrd.clone();
@@ -1112,6 +1190,18 @@ impl Actor {
         };
         tokio::pin!(target_exit);
 
+        // A session started attached gets its client before any output or exit is seen.
+        if let Some((caller, reply)) = self.first_client.take() {
+            let r = self.attach_client(
+                caller,
+                &mut attached,
+                &mut backlog,
+                &mut backlog_bytes,
+                &mut deadline,
+                &mut typist,
+            );
+            let _ = reply.send(r);
+        }
         let (reason, mut exit_status) = loop {
             tokio::select! {
                 n = self.stdout.read(&mut out_buf), if stdout_open => {
@@ -1171,33 +1261,9 @@ impl Actor {
                 },
                 ctl = self.control.recv() => match ctl {
                     Some(Control::Attach(caller, reply)) => {
-                        if attached.as_ref().is_some_and(|a| !a.output.is_closed()) {
-                            let _ = reply.send(Err(Error::AlreadyAttached(self.id.clone())));
-                            continue;
-                        }
-                        if attached.take().is_some() {
-                            // The previous client is gone (its output closed) but its input
-                            // end was not noticed yet.
-                            inner.audit.record(SystemTime::now(), AuditEvent::Detached {
-                                session: self.id.clone(),
-                                caller: typist.clone(),
-                            });
-                        }
-                        let (in_tx, in_rx) = mpsc::channel(64);
-                        let (out_tx, out_rx) = mpsc::channel(64 + backlog.len());
-                        for o in backlog.drain(..) {
-                            let _ = out_tx.try_send(o);
-                        }
-                        backlog_bytes = 0;
-                        attached = Some(Attached { input: in_rx, output: out_tx });
-                        deadline = None;
-                        inner.audit.record(SystemTime::now(), AuditEvent::Attached {
-                            session: self.id.clone(),
-                            caller: caller.clone(),
-                        });
-                        typist = caller;
-                        self.info.lock().expect("info lock").attached = true;
-                        let _ = reply.send(Ok(Attachment { input: in_tx, output: out_rx }));
+                        let r = self.attach_client(caller, &mut attached, &mut backlog,
+                            &mut backlog_bytes, &mut deadline, &mut typist);
+                        let _ = reply.send(r);
                     }
                     Some(Control::Terminate(reply)) => {
                         terminate_reply = Some(reply);
@@ -1478,6 +1544,25 @@ mod tests {
                 other => panic!("no exit: {other:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_command_that_ends_at_once_still_reaches_a_client_started_attached() {
+        let fake = Fake::default();
+        fake.state.lock().unwrap().exit_at_start = true;
+        let r = rig(fake, Duration::from_secs(60));
+        // Attaching afterwards can come too late: the session is over and gone.
+        let info = r.manager.start(r.request(false)).await.unwrap();
+        r.manager.wait_ended(&info.id).await;
+        let late = r.manager.attach(&info.id, &Caller::new("bob")).await;
+        assert!(late.is_err(), "the session should be over");
+        // Started attached, the client gets the output and the exit status.
+        let (info, mut a) = r.manager.start_attached(r.request(false)).await.unwrap();
+        let end = exit_of(&mut a.output).await;
+        assert_eq!(end.reason, EndReason::Exited, "{end:?}");
+        assert_eq!(end.exit_status, Some(0));
+        r.manager.wait_ended(&info.id).await;
+        r.assert_clean();
     }
 
     #[tokio::test]

@@ -233,6 +233,8 @@ pub(crate) mod fake {
         pub pods: HashMap<String, Vec<PodContainer>>,
         /// Running target tasks (for `task_pid`).
         pub target_pids: HashMap<String, u32>,
+        /// Every process exits right after its greeting (a command that ends at once).
+        pub exit_at_start: bool,
     }
 
     #[derive(Clone, Default)]
@@ -299,7 +301,8 @@ pub(crate) mod fake {
                 } else {
                     Some(pipe::OpenOptions::new().open_receiver(&stdin).unwrap())
                 };
-                if input.is_none() {
+                let exit_at_once = state.lock().unwrap().exit_at_start;
+                if input.is_none() || exit_at_once {
                     Fake::exit(&state, &key, 0);
                 }
                 let mut buf = [0u8; 1024];

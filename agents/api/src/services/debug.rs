@@ -320,6 +320,24 @@ impl DebugService {
         req: StartRequest,
     ) -> Result<SessionInfo, Status> {
         let info = m.start(req).await.map_err(debug_status)?;
+        self.remember(m, target, &info);
+        Ok(info)
+    }
+
+    /// Starts a session with its caller attached from the start (see
+    /// [`DebugManager::start_attached`]).
+    async fn start_attached(
+        &self,
+        m: &DebugManager,
+        target: SessionPod,
+        req: StartRequest,
+    ) -> Result<(SessionInfo, berth_debug::Attachment), Status> {
+        let (info, attachment) = m.start_attached(req).await.map_err(debug_status)?;
+        self.remember(m, target, &info);
+        Ok((info, attachment))
+    }
+
+    fn remember(&self, m: &DebugManager, target: SessionPod, info: &SessionInfo) {
         self.sessions
             .lock()
             .expect("sessions lock")
@@ -331,7 +349,6 @@ impl DebugService {
             m2.wait_ended(&id).await;
             sessions.lock().expect("sessions lock").remove(&id);
         });
-        Ok(info)
     }
 
     fn to_proto(&self, info: &SessionInfo) -> v1::DebugSession {
@@ -415,7 +432,7 @@ impl v1::debug_server::Debug for DebugService {
             .and_then(|m| m.msg)
             .ok_or_else(|| Status::invalid_argument("Attach needs a first message"))?;
         let caller = caller_of(&ctx);
-        let (m, info, initial_size) = match first {
+        let (info, attachment, initial_size) = match first {
             Msg::Start(s) => {
                 let pod = check_pod(s.pod)?;
                 let (profile, image) = self.authorize(&ctx, &s.profile, &s.image)?;
@@ -428,9 +445,9 @@ impl v1::debug_server::Debug for DebugService {
                     command: s.command,
                     tty: s.tty,
                 };
-                let info = self.start(&m, target, req).await?;
+                let (info, attachment) = self.start_attached(&m, target, req).await?;
                 let size = (s.tty && s.cols > 0 && s.rows > 0).then_some((s.cols, s.rows));
-                (m, info, size)
+                (info, attachment, size)
             }
             Msg::Attach(a) => {
                 let pod = check_pod(a.pod)?;
@@ -443,7 +460,8 @@ impl v1::debug_server::Debug for DebugService {
                     .ok_or_else(|| {
                         Status::not_found(format!("no debug session {}", a.session_id))
                     })?;
-                (m, info, None)
+                let attachment = m.attach(&info.id, &caller).await.map_err(debug_status)?;
+                (info, attachment, None)
             }
             _ => {
                 return Err(Status::invalid_argument(
@@ -451,7 +469,6 @@ impl v1::debug_server::Debug for DebugService {
                 ));
             }
         };
-        let attachment = m.attach(&info.id, &caller).await.map_err(debug_status)?;
         let input = attachment.input;
         let mut output = attachment.output;
         if let Some((cols, rows)) = initial_size {
