@@ -107,21 +107,13 @@ fn message_of(headers: &HeaderMap) -> String {
 
 /// Exactly one uncompressed gRPC message.
 fn single_message(buf: &Bytes) -> Result<Bytes, Status> {
-    if buf.len() < 5 {
-        return Err(Status::invalid_argument("request carries no gRPC message"));
-    }
-    if buf[0] != 0 {
-        return Err(Status::unimplemented(
-            "compressed requests are not supported: disable request compression",
-        ));
-    }
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if buf.len() != 5 + len {
+    let m = leading_message(buf)?;
+    if buf.len() != 5 + m.len() {
         return Err(Status::invalid_argument(
             "request must be exactly one gRPC message",
         ));
     }
-    Ok(buf.slice(5..))
+    Ok(m)
 }
 
 /// The first gRPC message of a buffer that may hold more (a client stream's start).

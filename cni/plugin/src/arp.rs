@@ -1,6 +1,7 @@
 //! ARP frames (RFC 826) for probes (RFC 5227) and gratuitous announcements, and the raw
 //! `AF_PACKET` socket that sends and receives them inside a namespace.
 
+use crate::sockwait::{Received, recv_before};
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -176,48 +177,12 @@ impl ArpSocket {
     ) -> io::Result<Option<ArpPacket>> {
         let mut buf = [0u8; 128];
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            let mut pfd = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
+            let n = match recv_before(self.fd.as_raw_fd(), &mut buf, deadline)? {
+                Received::Data(n) => n,
+                Received::Again => continue,
+                Received::TimedOut => return Ok(None),
             };
-            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-            // SAFETY: one valid pollfd.
-            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if rc < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if rc == 0 {
-                continue;
-            }
-            // SAFETY: buf is writable for its length.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) {
-                    continue;
-                }
-                return Err(e);
-            }
-            if let Some(p) = ArpPacket::parse(&buf[..n as usize])
+            if let Some(p) = ArpPacket::parse(&buf[..n])
                 && want(&p)
             {
                 return Ok(Some(p));

@@ -18,6 +18,7 @@ pub mod net;
 pub mod netlink;
 pub mod plan;
 pub mod plugin;
+mod sockwait;
 pub mod trace;
 
 pub use plugin::{BerthCni, KernelNet, NetOpener};

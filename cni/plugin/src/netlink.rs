@@ -4,6 +4,7 @@
 //! short-lived dedicated thread that enters the namespace; a socket stays bound to the
 //! namespace it was created in, so the plugin's own thread never changes namespace.
 
+use crate::sockwait::{Received, recv_before};
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
@@ -158,53 +159,21 @@ impl Netlink {
             None => return Ok(None),
         };
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(Some(false));
-            }
-            let mut pfd = libc::pollfd {
-                fd: self.sock.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-            // SAFETY: one valid pollfd.
-            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if rc < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
+            let n = match recv_before(self.sock.as_raw_fd(), &mut self.buf, deadline) {
+                Ok(Received::Data(n)) => n,
+                Ok(Received::Again) => continue,
+                Ok(Received::TimedOut) => return Ok(Some(false)),
+                // Events were dropped: ask again.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    if self.get_link(name)?.is_some_and(|l| l.oper_up) {
+                        return Ok(Some(true));
+                    }
                     continue;
                 }
-                return Err(e);
-            }
-            if rc == 0 {
-                continue;
-            }
-            // SAFETY: the buffer is writable for its whole length.
-            let n = unsafe {
-                libc::recv(
-                    self.sock.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
+                Err(e) => return Err(e),
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EAGAIN | libc::EINTR) => continue,
-                    // Events were dropped: ask again.
-                    Some(libc::ENOBUFS) => {
-                        if self.get_link(name)?.is_some_and(|l| l.oper_up) {
-                            return Ok(Some(true));
-                        }
-                        continue;
-                    }
-                    _ => return Err(e),
-                }
-            }
             let mut off = 0;
-            let buf = &self.buf[..n as usize];
+            let buf = &self.buf[..n];
             while off + 16 <= buf.len() {
                 let len =
                     u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
@@ -257,57 +226,27 @@ impl Netlink {
         nl.serialize(&mut req);
         spawn_detached_send(self.sock.as_raw_fd(), &req)?;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("link {name} was not removed in time"),
-                ));
-            }
-            let mut pfd = libc::pollfd {
-                fd: self.sock.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-            // SAFETY: one valid pollfd.
-            let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if rc < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
+            let n = match recv_before(self.sock.as_raw_fd(), &mut self.buf, deadline) {
+                Ok(Received::Data(n)) => n,
+                Ok(Received::Again) => continue,
+                Ok(Received::TimedOut) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("link {name} was not removed in time"),
+                    ));
+                }
+                // Events (or the answer) were dropped: ask whether the link is still there,
+                // on this socket (it is in the link's namespace); if it is, its RTM_DELLINK
+                // is still to come.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    if self.get_link(name)?.is_none() {
+                        return Ok(true);
+                    }
                     continue;
                 }
-                return Err(e);
-            }
-            if rc == 0 {
-                continue;
-            }
-            // SAFETY: the buffer is writable for its whole length.
-            let n = unsafe {
-                libc::recv(
-                    self.sock.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
+                Err(e) => return Err(e),
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EAGAIN | libc::EINTR) => continue,
-                    // Events (or the answer) were dropped: ask whether the link is still
-                    // there, on this socket (it is in the link's namespace); if it is, its
-                    // RTM_DELLINK is still to come.
-                    Some(libc::ENOBUFS) => {
-                        if self.get_link(name)?.is_none() {
-                            return Ok(true);
-                        }
-                        continue;
-                    }
-                    _ => return Err(e),
-                }
-            }
-            let buf = &self.buf[..n as usize];
+            let buf = &self.buf[..n];
             let mut off = 0;
             while off + 16 <= buf.len() {
                 let len =
