@@ -199,12 +199,26 @@ detach_grace = {grace}
         std::fs::read_to_string(self.work.join("agent.log")).unwrap_or_default()
     }
 
+    /// The audit log once it has settled: session events and the final lines of streams are
+    /// appended a moment after the client saw the result, so read until two reads 200 ms
+    /// apart agree.
     fn audit(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.work.join("audit.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        let read = || -> Vec<serde_json::Value> {
+            std::fs::read_to_string(self.work.join("audit.jsonl"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        };
+        let mut last = read();
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = read();
+            if now.len() == last.len() {
+                return now;
+            }
+            last = now;
+        }
     }
 
     /// The `detail` objects of the audit log's debug events.
