@@ -6,6 +6,7 @@
 //! `--include-ignored`, and each fails (panics) when what it needs is missing.
 
 pub mod agent;
+pub mod bench_args;
 pub mod bench_report;
 pub mod cri;
 pub mod netns;

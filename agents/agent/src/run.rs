@@ -253,14 +253,6 @@ impl Agent {
         })
     }
 
-    /// The faketime API (get/set/clear offsets) the gRPC service binds to; `None` when
-    /// faketime is disabled.
-    pub fn faketime_control(&self) -> Option<crate::faketime::Control> {
-        self.faketime
-            .as_ref()
-            .map(|_| crate::faketime::Control::new(&self.resolved.config.state_dir))
-    }
-
     /// The validated API address (the server itself starts in `run`, see `crate::api`).
     pub fn api_listen(&self) -> Option<&Listen> {
         self.resolved.listen.as_ref()

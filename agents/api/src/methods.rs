@@ -37,6 +37,23 @@ fn node(_: &[u8]) -> Result<Target, prost::DecodeError> {
     })
 }
 
+/// A target that is only its scope and `key value` pairs (empty values left out).
+fn listed(scope: Scope, parts: &[(&str, &str)]) -> Target {
+    Target {
+        scope,
+        describe: with(parts, String::new()),
+    }
+}
+
+/// A target in a pod's namespace, described as the pod and `key value` pairs.
+fn pod_target(pod: &Option<v1::PodRef>, parts: &[(&str, &str)]) -> Target {
+    let (scope, d) = pod_scope(pod);
+    Target {
+        scope,
+        describe: with(parts, d),
+    }
+}
+
 fn ns_scope(ns: &str) -> Scope {
     if ns.is_empty() {
         Scope::AllNamespaces
@@ -76,127 +93,99 @@ fn logs_list(b: &[u8]) -> Result<Target, prost::DecodeError> {
 
 fn logs_read(b: &[u8]) -> Result<Target, prost::DecodeError> {
     let r = v1::ReadLogRequest::decode(b)?;
-    let (scope, d) = pod_scope(&r.pod);
     let follow = if r.follow { "true" } else { "" };
-    Ok(Target {
-        scope,
-        describe: with(&[("dir", &r.dir), ("path", &r.path), ("follow", follow)], d),
-    })
+    Ok(pod_target(
+        &r.pod,
+        &[("dir", &r.dir), ("path", &r.path), ("follow", follow)],
+    ))
 }
 
 fn logs_download(b: &[u8]) -> Result<Target, prost::DecodeError> {
     let r = v1::DownloadLogsRequest::decode(b)?;
-    let (scope, d) = pod_scope(&r.pod);
-    Ok(Target {
-        scope,
-        describe: with(&[("dir", &r.dir)], d),
-    })
+    Ok(pod_target(&r.pod, &[("dir", &r.dir)]))
 }
 
 fn ipam_list(b: &[u8]) -> Result<Target, prost::DecodeError> {
     let r = v1::ListAllocationsRequest::decode(b)?;
-    Ok(Target {
-        scope: ns_scope(&r.namespace),
-        describe: with(
-            &[
-                ("network", &r.network),
-                ("pool", &r.pool),
-                ("namespace", &r.namespace),
-            ],
-            String::new(),
-        ),
-    })
+    Ok(listed(
+        ns_scope(&r.namespace),
+        &[
+            ("network", &r.network),
+            ("pool", &r.pool),
+            ("namespace", &r.namespace),
+        ],
+    ))
 }
 
 fn ipam_show(b: &[u8]) -> Result<Target, prost::DecodeError> {
     let r = v1::ShowAddressRequest::decode(b)?;
-    Ok(Target {
-        scope: ns_scope(&r.namespace),
-        describe: with(
-            &[
-                ("network", &r.network),
-                ("address", &r.address),
-                ("namespace", &r.namespace),
-            ],
-            String::new(),
-        ),
-    })
+    Ok(listed(
+        ns_scope(&r.namespace),
+        &[
+            ("network", &r.network),
+            ("address", &r.address),
+            ("namespace", &r.namespace),
+        ],
+    ))
 }
 
 fn ipam_history(b: &[u8]) -> Result<Target, prost::DecodeError> {
     let r = v1::IpamHistoryRequest::decode(b)?;
-    Ok(Target {
-        scope: ns_scope(&r.namespace),
-        describe: with(
-            &[
-                ("network", &r.network),
-                ("address", &r.address),
-                ("namespace", &r.namespace),
-                ("pod", &r.pod),
-            ],
-            String::new(),
-        ),
-    })
+    Ok(listed(
+        ns_scope(&r.namespace),
+        &[
+            ("network", &r.network),
+            ("address", &r.address),
+            ("namespace", &r.namespace),
+            ("pod", &r.pod),
+        ],
+    ))
 }
 
 fn ipam_reserve(b: &[u8]) -> Result<Target, prost::DecodeError> {
     let r = v1::ReserveRequest::decode(b)?;
-    Ok(Target {
-        scope: ns_scope(&r.namespace),
-        describe: with(
-            &[
-                ("network", &r.network),
-                ("address", &r.address),
-                ("namespace", &r.namespace),
-                ("owner", &r.owner),
-            ],
-            String::new(),
-        ),
-    })
+    Ok(listed(
+        ns_scope(&r.namespace),
+        &[
+            ("network", &r.network),
+            ("address", &r.address),
+            ("namespace", &r.namespace),
+            ("owner", &r.owner),
+        ],
+    ))
 }
 
 fn ipam_release(b: &[u8]) -> Result<Target, prost::DecodeError> {
     let r = v1::ReleaseRequest::decode(b)?;
-    Ok(Target {
-        scope: ns_scope(&r.namespace),
-        describe: with(
-            &[
-                ("network", &r.network),
-                ("address", &r.address),
-                ("namespace", &r.namespace),
-            ],
-            String::new(),
-        ),
-    })
+    Ok(listed(
+        ns_scope(&r.namespace),
+        &[
+            ("network", &r.network),
+            ("address", &r.address),
+            ("namespace", &r.namespace),
+        ],
+    ))
 }
 
 fn audit_query(b: &[u8]) -> Result<Target, prost::DecodeError> {
     let r = v1::AuditQueryRequest::decode(b)?;
-    Ok(Target {
-        scope: Scope::Node,
-        describe: with(
-            &[("identity", &r.identity), ("method", &r.method)],
-            String::new(),
-        ),
-    })
-}
-
-fn faketime_pod(pod: &Option<v1::PodRef>, container: &str, offset: &str) -> Target {
-    let (scope, d) = pod_scope(pod);
-    Target {
-        scope,
-        describe: with(&[("container", container), ("offset", offset)], d),
-    }
+    Ok(listed(
+        Scope::Node,
+        &[("identity", &r.identity), ("method", &r.method)],
+    ))
 }
 
 fn faketime_get(b: &[u8]) -> Result<Target, prost::DecodeError> {
     let r = v1::FakeTimeRequest::decode(b)?;
-    Ok(faketime_pod(&r.pod, &r.container, ""))
+    Ok(pod_target(&r.pod, &[("container", &r.container)]))
 }
 
 fn faketime_set(b: &[u8]) -> Result<Target, prost::DecodeError> {
     let r = v1::SetFakeTimeRequest::decode(b)?;
-    Ok(faketime_pod(&r.pod, &r.container, &r.offset))
+    Ok(pod_target(
+        &r.pod,
+        &[("container", &r.container), ("offset", &r.offset)],
+    ))
 }
 
 const fn spec(
@@ -229,21 +218,13 @@ const fn client_stream(
     }
 }
 
-fn debug_pod(pod: &Option<v1::PodRef>, parts: &[(&str, &str)]) -> Target {
-    let (scope, d) = pod_scope(pod);
-    Target {
-        scope,
-        describe: with(parts, d),
-    }
-}
-
 fn debug_attach(b: &[u8]) -> Result<Target, prost::DecodeError> {
     use v1::attach_request::Msg;
     let r = v1::AttachRequest::decode(b)?;
     Ok(match r.msg {
         Some(Msg::Start(s)) => {
             let command = s.command.join(" ");
-            debug_pod(
+            pod_target(
                 &s.pod,
                 &[
                     ("container", &s.container),
@@ -253,7 +234,7 @@ fn debug_attach(b: &[u8]) -> Result<Target, prost::DecodeError> {
                 ],
             )
         }
-        Some(Msg::Attach(a)) => debug_pod(&a.pod, &[("session", &a.session_id)]),
+        Some(Msg::Attach(a)) => pod_target(&a.pod, &[("session", &a.session_id)]),
         // Anything else first is refused by the service; authorize it as "every namespace"
         // so that only a fully scoped role gets that far.
         _ => Target {
@@ -266,7 +247,7 @@ fn debug_attach(b: &[u8]) -> Result<Target, prost::DecodeError> {
 fn debug_exec(b: &[u8]) -> Result<Target, prost::DecodeError> {
     let r = v1::DebugExecRequest::decode(b)?;
     let command = r.command.join(" ");
-    Ok(debug_pod(
+    Ok(pod_target(
         &r.pod,
         &[
             ("container", &r.container),
@@ -284,7 +265,7 @@ fn debug_copy_in(b: &[u8]) -> Result<Target, prost::DecodeError> {
     Ok(match r.msg {
         Some(Msg::Header(h)) => {
             let size = h.size.to_string();
-            debug_pod(
+            pod_target(
                 &h.pod,
                 &[
                     ("container", &h.container),
@@ -302,7 +283,7 @@ fn debug_copy_in(b: &[u8]) -> Result<Target, prost::DecodeError> {
 
 fn debug_copy_out(b: &[u8]) -> Result<Target, prost::DecodeError> {
     let r = v1::CopyOutRequest::decode(b)?;
-    Ok(debug_pod(
+    Ok(pod_target(
         &r.pod,
         &[("container", &r.container), ("path", &r.path)],
     ))
@@ -310,48 +291,39 @@ fn debug_copy_out(b: &[u8]) -> Result<Target, prost::DecodeError> {
 
 fn debug_list(b: &[u8]) -> Result<Target, prost::DecodeError> {
     let r = v1::ListSessionsRequest::decode(b)?;
-    Ok(Target {
-        scope: ns_scope(&r.namespace),
-        describe: with(&[("namespace", &r.namespace)], String::new()),
-    })
+    Ok(listed(
+        ns_scope(&r.namespace),
+        &[("namespace", &r.namespace)],
+    ))
 }
 
 fn debug_terminate(b: &[u8]) -> Result<Target, prost::DecodeError> {
     let r = v1::TerminateRequest::decode(b)?;
-    Ok(debug_pod(&r.pod, &[("session", &r.session_id)]))
+    Ok(pod_target(&r.pod, &[("session", &r.session_id)]))
 }
 
 fn grants_grant(b: &[u8]) -> Result<Target, prost::DecodeError> {
     let r = v1::GrantRequest::decode(b)?;
     let secs = format!("{}s", r.duration_seconds);
-    Ok(Target {
-        scope: Scope::Node,
-        describe: with(
-            &[
-                ("identity", &r.identity),
-                ("role", &r.role),
-                ("for", &secs),
-                ("reason", &r.reason),
-            ],
-            String::new(),
-        ),
-    })
+    Ok(listed(
+        Scope::Node,
+        &[
+            ("identity", &r.identity),
+            ("role", &r.role),
+            ("for", &secs),
+            ("reason", &r.reason),
+        ],
+    ))
 }
 
 fn grants_list(b: &[u8]) -> Result<Target, prost::DecodeError> {
     let r = v1::ListGrantsRequest::decode(b)?;
-    Ok(Target {
-        scope: Scope::Node,
-        describe: with(&[("identity", &r.identity)], String::new()),
-    })
+    Ok(listed(Scope::Node, &[("identity", &r.identity)]))
 }
 
 fn grants_revoke(b: &[u8]) -> Result<Target, prost::DecodeError> {
     let r = v1::RevokeGrantRequest::decode(b)?;
-    Ok(Target {
-        scope: Scope::Node,
-        describe: with(&[("id", &r.id)], String::new()),
-    })
+    Ok(listed(Scope::Node, &[("id", &r.id)]))
 }
 
 /// Every RPC the server knows. A call to anything else is denied (and audited).

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use berth_e2e::bench_report::{BenchReport, Target, millis};
 use serde_json::{Value, json};
 
@@ -35,21 +35,14 @@ fn parse_args() -> Result<Args> {
         rounds: 2,
         cri_pods: 20,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        let mut v = || -> Result<usize> {
-            it.next()
-                .context("missing value")?
-                .parse()
-                .context("not a number")
-        };
-        match k.as_str() {
-            "--pods" => a.pods = v()?,
-            "--rounds" => a.rounds = v()?,
-            "--cri-pods" => a.cri_pods = v()?,
-            other => bail!("unknown argument {other}; use --pods N --rounds N --cri-pods N"),
-        }
-    }
+    berth_e2e::bench_args::counts(
+        std::env::args().skip(1),
+        &mut [
+            ("--pods", &mut a.pods),
+            ("--rounds", &mut a.rounds),
+            ("--cri-pods", &mut a.cri_pods),
+        ],
+    )?;
     ensure!((1..=4000).contains(&a.pods), "--pods must be 1..=4000");
     ensure!((1..=20).contains(&a.rounds), "--rounds must be 1..=20");
     ensure!(a.cri_pods <= 200, "--cri-pods must be 0..=200");

@@ -39,21 +39,14 @@ fn parse_args() -> Result<Args> {
         workers: 8,
         rounds: 2,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        let mut v = || -> Result<usize> {
-            it.next()
-                .context("missing value")?
-                .parse()
-                .context("not a number")
-        };
-        match k.as_str() {
-            "--cycles" => a.cycles = v()?,
-            "--workers" => a.workers = v()?,
-            "--rounds" => a.rounds = v()?,
-            other => bail!("unknown argument {other}; use --cycles N --workers N --rounds N"),
-        }
-    }
+    berth_e2e::bench_args::counts(
+        std::env::args().skip(1),
+        &mut [
+            ("--cycles", &mut a.cycles),
+            ("--workers", &mut a.workers),
+            ("--rounds", &mut a.rounds),
+        ],
+    )?;
     Ok(a)
 }
 

@@ -223,10 +223,6 @@ fn caller_of(ctx: &CallContext) -> DebugCaller {
     DebugCaller::new(ctx.caller.identity.clone())
 }
 
-fn unix_ms(t: SystemTime) -> i64 {
-    crate::grants::unix_ms(t)
-}
-
 impl DebugService {
     /// The profile and image a caller asked for, if its roles allow them.
     fn authorize(
@@ -378,7 +374,7 @@ impl DebugService {
             image: info.image.clone(),
             command: info.command.clone(),
             tty: info.tty,
-            started_unix_ms: unix_ms(info.started_at),
+            started_unix_ms: crate::grants::unix_ms(info.started_at),
             attached: info.attached,
         }
     }
