@@ -3,7 +3,14 @@
 //! 8,000 relative ones (and fewer pages of the binary to copy on write): measured in
 //! `scripts/bench ipam`. The cost is that the binary's own image is not randomised (its heap,
 //! stack and libraries still are); its input comes only from the container runtime.
+//!
+//! The shipped build (`scripts/lib/plugins.sh`) is static and non-PIE through rustc's own
+//! flags; a static build without `-C relocation-model=static` is static-pie, which `-no-pie`
+//! would turn into an image that needs the loader it does not have.
 
 fn main() {
-    println!("cargo:rustc-link-arg-bins=-no-pie");
+    let features = std::env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
+    if !features.split(',').any(|f| f == "crt-static") {
+        println!("cargo:rustc-link-arg-bins=-no-pie");
+    }
 }

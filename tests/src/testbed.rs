@@ -85,6 +85,28 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// A CNI plugin (`berth-cni`, `berth-ipam`) as it ships: linked static, built by
+/// `scripts/lib/plugins.sh` under `target/<triple>/debug` (scripts/test does this and exports
+/// `BERTH_PLUGIN_DIR`). Panics with what to run when it is missing.
+pub fn plugin_binary(name: &str) -> PathBuf {
+    let dir = std::env::var_os("BERTH_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace_root().join("target"))
+                .join(env!("BERTH_TARGET_TRIPLE"))
+                .join("debug")
+        });
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `bash -c 'source scripts/lib/common.sh; source scripts/lib/plugins.sh; build_plugins dev'` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
 /// Fails the test (never skips it) unless it runs as root.
 pub fn require_root() {
     assert!(

@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use berth_e2e::testbed::{Containerd, Node, NodeOptions, binary, workspace_root};
+use berth_e2e::testbed::{Containerd, Node, NodeOptions, plugin_binary, workspace_root};
 use berth_e2e::{BUSYBOX_IMAGE, ContainerSpec, CriClient, PodSpec};
 use serde_json::Value;
 
@@ -53,7 +53,7 @@ async fn pods_on_berth_cni(node_name: &str, containerd: Containerd, bridge: &str
         NodeOptions {
             containerd,
             conflist: Some(conflist(&node_dir, bridge, octet)),
-            cni_binaries: vec![binary("berth-cni")],
+            cni_binaries: vec![plugin_binary("berth-cni")],
             ..NodeOptions::default()
         },
     )
@@ -179,7 +179,7 @@ async fn containerd_reports_network_ready_from_berth_cni_status() {
         NodeOptions {
             containerd: Containerd::V2_1,
             conflist: Some(list.to_string()),
-            cni_binaries: vec![binary("berth-cni")],
+            cni_binaries: vec![plugin_binary("berth-cni")],
             ..NodeOptions::default()
         },
     )
@@ -216,5 +216,54 @@ async fn containerd_reports_network_ready_from_berth_cni_status() {
             "NetworkReady never reflected the broken store: {conditions:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The ELF program header types of an executable (PT_INTERP = 3, PT_DYNAMIC = 2, ...).
+fn program_header_types(elf: &[u8]) -> Vec<u32> {
+    assert_eq!(&elf[..4], b"\x7fELF", "not an ELF file");
+    assert_eq!(elf[4], 2, "not a 64-bit ELF");
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap()) as usize;
+    let (entsize, count) = (u16_at(0x36), u16_at(0x38));
+    (0..count)
+        .map(|i| {
+            let o = phoff + i * entsize;
+            u32::from_le_bytes(elf[o..o + 4].try_into().unwrap())
+        })
+        .collect()
+}
+
+/// Both plugins ship linked static and non-PIE: no loader to name (PT_INTERP), nothing to
+/// link at start (PT_DYNAMIC), so a node's CNI dir needs no particular glibc and every ADD or
+/// DEL process starts without a loader. Each answers VERSION with an empty environment.
+#[test]
+#[ignore = "needs the static plugins scripts/test builds"]
+fn plugins_ship_as_static_executables() {
+    const PT_DYNAMIC: u32 = 2;
+    const PT_INTERP: u32 = 3;
+    for name in ["berth-cni", "berth-ipam"] {
+        let path = plugin_binary(name);
+        let types = program_header_types(&std::fs::read(&path).unwrap());
+        assert!(
+            !types.contains(&PT_INTERP) && !types.contains(&PT_DYNAMIC),
+            "{} is dynamically linked (program headers {types:?})",
+            path.display()
+        );
+        let out = std::process::Command::new(&path)
+            .env_clear()
+            .env("CNI_COMMAND", "VERSION")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name} VERSION: {out:?}");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            v["supportedVersions"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from("1.1.0")),
+            "{name}: {v}"
+        );
     }
 }

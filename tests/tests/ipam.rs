@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use berth_e2e::testbed::{Containerd, Node, NodeOptions, binary, etcd_endpoints};
+use berth_e2e::testbed::{Containerd, Node, NodeOptions, etcd_endpoints, plugin_binary};
 use berth_e2e::{BUSYBOX_IMAGE, ContainerSpec, CriClient, PodSpec};
 use serde_json::{Value, json};
 
@@ -87,7 +87,7 @@ async fn pods_keep_their_address(node_name: &str, containerd: Containerd) {
         node_name,
         NodeOptions {
             containerd,
-            cni_binaries: vec![binary("berth-ipam")],
+            cni_binaries: vec![plugin_binary("berth-ipam")],
             ..Default::default()
         },
     )
@@ -329,7 +329,7 @@ async fn two_nodes_on_one_etcd_never_collide() {
                 NodeOptions {
                     containerd,
                     conflist: Some(conflist),
-                    cni_binaries: vec![binary("berth-ipam")],
+                    cni_binaries: vec![plugin_binary("berth-ipam")],
                     ..Default::default()
                 },
             )
@@ -424,4 +424,52 @@ async fn two_nodes_on_one_etcd_never_collide() {
         assert_eq!(n, pods.len(), "{kind} events: {events:?}");
     }
     drop(started);
+}
+
+/// The shipped (static) berth-ipam reaches etcd by a host name: a static glibc program
+/// resolves through `/etc/hosts` and DNS without loading NSS modules, and the endpoint as
+/// operators write it (`localhost`, a Service name) must work, not only an address.
+#[test]
+#[ignore = "needs the test bed's etcd: run by scripts/test"]
+fn static_berth_ipam_reaches_etcd_by_host_name() {
+    let endpoint = etcd_endpoints()[0].replace("127.0.0.1", "localhost");
+    assert!(endpoint.contains("localhost"), "{endpoint}");
+    let prefix = format!("/e2e-static-{}", std::process::id());
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "static-etcd", "type": "bridge",
+        "ipam": {"type": "berth-ipam", "node": "e2e",
+                 "store": {"type": "etcd", "endpoints": [endpoint], "prefix": prefix, "timeout": "5s"},
+                 "pools": [{"name": "p", "subnet": "10.98.7.0/24", "gateway": "10.98.7.1"}]}
+    })
+    .to_string();
+    let call = |command: &str| {
+        let mut child = Command::new(plugin_binary("berth-ipam"))
+            .env_clear()
+            .envs([
+                ("CNI_COMMAND", command),
+                ("CNI_CONTAINERID", "static-etcd-1"),
+                ("CNI_NETNS", "/var/run/netns/none"),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", "/usr/lib/cni"),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let add = call("ADD");
+    assert!(add.status.success(), "ADD: {add:?}");
+    let v: Value = serde_json::from_slice(&add.stdout).unwrap();
+    let address = v["ips"][0]["address"].as_str().unwrap();
+    assert!(address.starts_with("10.98.7."), "{v}");
+    let del = call("DEL");
+    assert!(del.status.success(), "DEL: {del:?}");
 }

@@ -18,18 +18,28 @@ use std::io::{Read, Write};
 #[cfg(not(test))]
 #[unsafe(no_mangle)]
 extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
-    let mut input = Vec::new();
+    use std::os::fd::FromRawFd;
+    // The descriptors as plain files: std's stdin and stdout would allocate and lock buffers
+    // this one read and one write do not need. ManuallyDrop: fds 0 and 1 are not ours to close.
+    // SAFETY: fds 0 and 1 are open for the process's lifetime (the runtime passes pipes; a
+    // closed one makes the calls fail, which is handled) and nothing else owns them here.
+    let mut stdin = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
+    let mut stdout = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(1) });
+    // Network configs are a few hundred bytes: room up front reads one in one call instead of
+    // read_to_end's growing probes.
+    let mut input = Vec::with_capacity(16 << 10);
     // An unreadable stdin is left for the executor to report (code 5) on the empty input.
-    let _ = std::io::stdin().lock().read_to_end(&mut input);
+    let _ = stdin.read_to_end(&mut input);
     let input = berth_ipam::normalize_stdin(input);
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut out = Vec::with_capacity(4 << 10);
     let code = berth_cni_spec::execute(
         &berth_ipam::BerthIpam,
         |k| std::env::var(k).ok(),
         &mut input.as_slice(),
         &mut out,
     );
-    let _ = out.flush();
+    // The runtime reads the result to EOF; a failed write leaves it an empty result, which
+    // it reports as the plugin's failure.
+    let _ = stdout.write_all(&out);
     code
 }

@@ -61,12 +61,19 @@ impl NodeInfo {
     }
 }
 
+/// The kernel's hostname (of this UTS namespace) by `uname`: one system call, where reading
+/// `/proc/sys/kernel/hostname` costs five on every plugin start.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into())
+    let name = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .trim()
+        .to_string();
+    if name.is_empty() {
+        "unknown".into()
+    } else {
+        name
+    }
 }
 
 #[cfg(test)]

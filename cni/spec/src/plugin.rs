@@ -58,7 +58,9 @@ pub fn execute<P: Plugin + ?Sized>(
     stdin: &mut dyn Read,
     stdout: &mut dyn Write,
 ) -> i32 {
-    let mut input = Vec::new();
+    // Configs are a few hundred bytes to a few KiB: with room up front, stdin is read in one
+    // call instead of read_to_end's growing probes (this runs once per plugin process).
+    let mut input = Vec::with_capacity(16 << 10);
     let (version, outcome) = match stdin.read_to_end(&mut input) {
         Err(e) => (
             CniVersion::LATEST,

@@ -9,7 +9,8 @@
 //! host-network pods (no CNI call: the runtime's own share of the latency).
 //!
 //! Usage: bench-cni [--pods N] [--rounds N] [--cri-pods N (0: skip CRI)]
-//! Env: BERTH_BIN_DIR (where berth-cni is; default: next to this binary),
+//! Env: BERTH_PLUGIN_DIR (where berth-cni is; scripts/bench passes the static build),
+//!      else BERTH_BIN_DIR (default: next to this binary),
 //!      BERTH_REF_CNI_DIR (default /usr/lib/cni: bridge, host-local).
 
 use std::io::Write;
@@ -232,7 +233,10 @@ fn main() -> Result<()> {
     };
     let ref_dir =
         PathBuf::from(std::env::var_os("BERTH_REF_CNI_DIR").unwrap_or("/usr/lib/cni".into()));
-    let berth_bin = bin_dir.join("berth-cni");
+    // The plugin as shipped (static, scripts/lib/plugins.sh), which scripts/bench names.
+    let berth_bin = std::env::var_os("BERTH_PLUGIN_DIR")
+        .map_or_else(|| bin_dir.clone(), PathBuf::from)
+        .join("berth-cni");
     ensure!(
         berth_bin.is_file(),
         "{} not found: build it (cargo build --release -p berth-cni)",

@@ -11,7 +11,8 @@
 //! glibc alone adds to every process, which a dynamically linked plugin pays too.
 //!
 //! Usage: bench-ipam [--cycles N] [--workers N] [--rounds N]
-//! Env: BERTH_BIN_DIR (where berth-ipam is; default: next to this binary),
+//! Env: BERTH_PLUGIN_DIR (where berth-ipam is; scripts/bench passes the static build),
+//!      else BERTH_BIN_DIR (default: next to this binary),
 //!      BERTH_HOST_LOCAL (default /usr/lib/cni/host-local), BERTH_ETCD (default /usr/bin/etcd),
 //!      BERTH_DYNAMIC_FLOOR (default /bin/true; the row is left out when it does not exist).
 
@@ -369,7 +370,10 @@ fn main() -> Result<()> {
                 .map(Path::to_path_buf)
         })
         .context("cannot find the binary directory; set BERTH_BIN_DIR")?;
-    let berth = bin_dir.join("berth-ipam");
+    // The plugin as shipped (static, scripts/lib/plugins.sh), which scripts/bench names.
+    let berth = std::env::var_os("BERTH_PLUGIN_DIR")
+        .map_or_else(|| bin_dir.clone(), PathBuf::from)
+        .join("berth-ipam");
     let host_local = std::env::var_os("BERTH_HOST_LOCAL")
         .map(PathBuf::from)
         .unwrap_or_else(|| "/usr/lib/cni/host-local".into());

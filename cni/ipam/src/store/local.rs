@@ -174,13 +174,35 @@ impl LocalStore {
         }
     }
 
-    /// The state file and the journal replayed over it (under a lock).
-    fn load(&self, network: &str) -> Result<Loaded, IpamError> {
+    /// Opens (creating) the journal for a transaction, which reads and appends through this
+    /// one descriptor.
+    fn open_journal(&self, network: &str) -> Result<File, IpamError> {
+        let path = self.journal_path(network);
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| IpamError::Io { path, source })
+    }
+
+    /// The state file and the journal replayed over it (under a lock). `journal`: the
+    /// transaction's open journal; readers pass `None` and the file is opened if it exists.
+    fn load(&self, network: &str, journal: Option<&File>) -> Result<Loaded, IpamError> {
         let state = self.load_state_file(network)?;
         let has_state_file = state.is_some();
         let mut leases = state.unwrap_or_default();
         let path = self.journal_path(network);
-        let text = match std::fs::read(&path) {
+        let read = match journal {
+            Some(mut f) => {
+                let mut text = Vec::with_capacity(8 << 10);
+                f.read_to_end(&mut text).map(|_| text)
+            }
+            None => std::fs::read(&path),
+        };
+        let text = match read {
             Ok(t) => t,
             Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
             Err(source) => return Err(IpamError::Io { path, source }),
@@ -264,17 +286,17 @@ impl LocalStore {
         write_atomic(&self.dir, &tmp, &path, &bytes)
     }
 
-    /// Appends one transaction's line to the journal at `at` (after its complete lines,
-    /// cutting off a torn line a killed writer left); returns the file to make durable.
+    /// Appends one transaction's line to the journal at its end (after its complete lines,
+    /// cutting off a torn line a killed writer left).
     fn append_journal(
         &self,
         network: &str,
+        journal: &File,
         loaded: &Loaded,
         plan: &crate::state::Plan,
-    ) -> Result<File, IpamError> {
-        let path = self.journal_path(network);
+    ) -> Result<(), IpamError> {
         let io = |source| IpamError::Io {
-            path: path.clone(),
+            path: self.journal_path(network),
             source,
         };
         let entry = JournalEntry {
@@ -283,18 +305,10 @@ impl LocalStore {
         };
         let mut line = serde_json::to_vec(&entry).expect("journal entries always serialize");
         line.push(b'\n');
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io)?;
         if loaded.journal_len != loaded.journal_end {
-            f.set_len(loaded.journal_end).map_err(io)?;
+            journal.set_len(loaded.journal_end).map_err(io)?;
         }
-        f.write_all_at(&line, loaded.journal_end).map_err(io)?;
-        Ok(f)
+        journal.write_all_at(&line, loaded.journal_end).map_err(io)
     }
 
     fn append_history(&self, network: &str, events: &[Event]) -> Result<(), IpamError> {
@@ -325,8 +339,7 @@ impl LocalStore {
         if end != len {
             f.set_len(end).map_err(io)?;
         }
-        f.seek(SeekFrom::Start(end)).map_err(io)?;
-        f.write_all(&buf).map_err(io)?;
+        f.write_all_at(&buf, end).map_err(io)?;
         let len = end + buf.len() as u64;
         if len > 2 * EVENT_BYTES * self.limits.max_events as u64 {
             let now = events
@@ -392,6 +405,11 @@ fn check_attachments(leases: &Leases) -> Result<(), String> {
 /// its whole length.
 fn complete_len(f: &mut File) -> std::io::Result<(u64, u64)> {
     let len = f.metadata()?.len();
+    // Almost always the file ends with a newline: one byte tells.
+    let mut last = [0u8; 1];
+    if len == 0 || (f.read_exact_at(&mut last, len - 1).is_ok() && last[0] == b'\n') {
+        return Ok((len, len));
+    }
     let mut pos = len;
     let mut chunk = vec![0u8; 4096];
     while pos > 0 {
@@ -452,28 +470,30 @@ impl Store for LocalStore {
     fn read(&self, network: &str) -> Result<Leases, IpamError> {
         check_network_name(network)?;
         let _lock = self.lock_shared(network)?;
-        Ok(self.load(network)?.leases)
+        Ok(self.load(network, None)?.leases)
     }
 
     fn transact(&self, network: &str, decide: &mut super::Decide<'_>) -> Result<(), IpamError> {
         check_network_name(network)?;
         let lock = self.lock(network)?;
-        let loaded = self.load(network)?;
+        let journal = self.open_journal(network)?;
+        let loaded = self.load(network, Some(&journal))?;
         let plan = decide(&loaded.leases)?;
         if plan.is_empty() {
             return Ok(());
         }
-        let mut appended = None;
+        let mut appended = false;
         if !plan.puts.is_empty() || !plan.deletes.is_empty() {
             if loaded.has_state_file && loaded.journal_lines + 1 < JOURNAL_COMPACT_AFTER {
-                appended = Some(self.append_journal(network, &loaded, &plan)?);
+                self.append_journal(network, &journal, &loaded, &plan)?;
+                appended = true;
             } else {
                 // Compaction (or the network's first write). The journal first holds this
                 // transaction durably, so that a crash before the truncate below replays
                 // lines the new state file already contains.
                 if loaded.journal_lines > 0 {
-                    let f = self.append_journal(network, &loaded, &plan)?;
-                    f.sync_data().map_err(|source| IpamError::Io {
+                    self.append_journal(network, &journal, &loaded, &plan)?;
+                    journal.sync_data().map_err(|source| IpamError::Io {
                         path: self.journal_path(network),
                         source,
                     })?;
@@ -482,12 +502,10 @@ impl Store for LocalStore {
                 plan.apply(&mut leases);
                 self.save(network, &leases)?;
                 if loaded.journal_len > 0 {
-                    let path = self.journal_path(network);
-                    OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .and_then(|f| f.set_len(0))
-                        .map_err(|source| IpamError::Io { path, source })?;
+                    journal.set_len(0).map_err(|source| IpamError::Io {
+                        path: self.journal_path(network),
+                        source,
+                    })?;
                 }
             }
         }
@@ -498,8 +516,8 @@ impl Store for LocalStore {
         // then overlap instead of queueing behind the lock. The next writer already sees this
         // line; a later line is written after it in the same file, and its writer syncs
         // before answering too.
-        if let Some(f) = appended {
-            f.sync_data().map_err(|source| IpamError::Io {
+        if appended {
+            journal.sync_data().map_err(|source| IpamError::Io {
                 path: self.journal_path(network),
                 source,
             })?;
