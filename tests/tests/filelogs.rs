@@ -112,9 +112,13 @@ async fn filelogs_end_to_end(node_name: &str, containerd: Containerd) {
         std::fs::read_to_string(host_dir.join("app.log")).unwrap(),
         "first\n"
     );
+    // Written right after the agent's answer, off the runtime's critical path.
+    let meta_path = root.join("shop/web-0/app.berth.json");
+    wait_for("the metadata file", Duration::from_secs(5), || {
+        meta_path.exists()
+    });
     let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root.join("shop/web-0/app.berth.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
     assert_eq!(meta["namespace"], "shop");
     assert_eq!(meta["pod"], "web-0");
     assert_eq!(meta["pod_uid"], pod.spec.uid.as_str());

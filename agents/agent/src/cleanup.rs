@@ -214,6 +214,8 @@ impl Sweeper {
     /// One pass: expiry, usage refresh, budgets, usage report, state save.
     pub fn sweep(&self) -> SweepReport {
         let mut report = SweepReport::default();
+        // Metadata still queued belongs to the dirs this pass looks at.
+        self.filelogs.flush_metadata();
         let now = self.filelogs.clock().now();
 
         let expired = {

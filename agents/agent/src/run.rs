@@ -323,6 +323,7 @@ impl Agent {
             let _ = t.await;
         }
         if let Some(f) = &self.filelogs {
+            f.flush_metadata();
             f.save_if_dirty();
         }
         tracing::info!("berth-agent stopped");

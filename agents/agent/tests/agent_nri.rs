@@ -185,9 +185,19 @@ async fn create_container_with_filelogs_returns_the_mount_and_the_host_dir_exist
         ["rbind", "rw", "nosuid", "nodev", "noexec"]
     );
     assert!(host.is_dir());
+    // The metadata file follows the answer (it is not on the runtime's critical path).
+    let meta_path = root.join("shop/web-0/app.berth.json");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !meta_path.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no metadata file {}",
+            meta_path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root.join("shop/web-0/app.berth.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
     assert_eq!(meta["namespace"], "shop");
     assert_eq!(meta["pod"], "web-0");
     assert_eq!(meta["pod_uid"], "uid-1");

@@ -3,6 +3,7 @@
 
 pub mod dest;
 pub mod layout;
+pub mod metadata;
 pub mod plan;
 pub mod service;
 pub mod spec;

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use berth_nri::{Container, CreateContainerResponse, HandlerError, Mount, PodSandbox};
 
 use super::layout::{Layout, Names, RelPath};
+use super::metadata::MetadataWriter;
 use super::plan::{self, META_SUFFIX, Metadata, Plan};
 use super::spec::{self, Request};
 use crate::config::{FileLogsConfig, OnProblem};
@@ -65,7 +66,9 @@ pub struct FileLogs {
     pub(crate) store: Mutex<Store>,
     /// Held while dirs are created for a container and while the sweeper deletes one, so a
     /// dir that expires just as its pod comes back is never deleted under the new container.
-    pub(crate) fs_lock: Mutex<()>,
+    pub(crate) fs_lock: Arc<Mutex<()>>,
+    /// Metadata files are written after the answer (see `metadata`).
+    metadata: MetadataWriter,
     save_lock: Mutex<()>,
     store_dirty: AtomicBool,
     events: Arc<EventLog>,
@@ -82,13 +85,15 @@ impl FileLogs {
         events: Arc<EventLog>,
         clock: Arc<dyn Clock>,
     ) -> FileLogs {
+        let fs_lock = Arc::new(Mutex::new(()));
         FileLogs {
             cfg,
             layout,
             node,
+            metadata: MetadataWriter::start(fs.clone(), fs_lock.clone()),
             fs,
             store: Mutex::new(store),
-            fs_lock: Mutex::new(()),
+            fs_lock,
             save_lock: Mutex::new(()),
             store_dirty: AtomicBool::new(false),
             events,
@@ -98,6 +103,11 @@ impl FileLogs {
 
     pub fn fs(&self) -> &Arc<dyn LogFs> {
         &self.fs
+    }
+
+    /// Returns when the metadata files of every container answered so far are written.
+    pub fn flush_metadata(&self) {
+        self.metadata.flush();
     }
 
     pub fn events(&self) -> &Arc<EventLog> {
@@ -165,7 +175,8 @@ impl FileLogs {
         Ok(plan::plan(&self.layout, &names, &req.dirs)?)
     }
 
-    fn prepare(&self, pod: &PodSandbox, ctr: &Container, plan: &Plan) -> Result<(), FsError> {
+    /// Creates the container's dirs (the mount sources: they must exist before the answer).
+    fn prepare(&self, plan: &Plan) -> Result<(), FsError> {
         let multi = plan.mounts.len() > 1;
         self.fs.ensure_dir(
             &plan.container_dir,
@@ -176,6 +187,11 @@ impl FileLogs {
                 self.fs.ensure_dir(&m.source, self.cfg.dir_mode)?;
             }
         }
+        Ok(())
+    }
+
+    /// The metadata file's content: who the logs belong to, for the collector's tags.
+    fn metadata(&self, pod: &PodSandbox, ctr: &Container, plan: &Plan) -> Vec<u8> {
         let meta = Metadata {
             namespace: pod.namespace.clone(),
             pod: pod.name.clone(),
@@ -203,8 +219,7 @@ impl FileLogs {
             updated_at: chrono::DateTime::<chrono::Utc>::from(self.clock.now())
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         };
-        let data = serde_json::to_vec_pretty(&meta).expect("metadata serialises");
-        self.fs.write_file(&plan.metadata, &data)
+        serde_json::to_vec_pretty(&meta).expect("metadata serialises")
     }
 
     fn record(pod: &PodSandbox, ctr: &Container) -> Record {
@@ -253,7 +268,7 @@ impl FileLogs {
         };
         let started = std::time::Instant::now();
         let guard = self.fs_lock.lock().expect("fs lock");
-        if let Err(e) = self.prepare(pod, ctr, &plan) {
+        if let Err(e) = self.prepare(&plan) {
             drop(guard);
             return self.refuse(pod, ctr, &raw, Refusal::Fs(e));
         }
@@ -271,6 +286,11 @@ impl FileLogs {
             store.container_created(&plan.container_dir, template, &ctr.id);
         }
         drop(guard);
+        self.metadata.queue(
+            plan.metadata.clone(),
+            self.metadata(pod, ctr, &plan),
+            &ctr.id,
+        );
         let prepare_us = started.elapsed().as_micros() as u64;
         self.mark_dirty();
         let mounts: Vec<Mount> = plan
@@ -590,6 +610,7 @@ impl berth_nri::Plugin for AgentPlugin {
     async fn shutdown(&self) {
         tracing::info!("nri runtime is shutting down");
         if let Some(f) = &self.filelogs {
+            f.flush_metadata();
             f.save_if_dirty();
         }
     }
