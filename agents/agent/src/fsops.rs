@@ -376,16 +376,40 @@ fn split_rel(path: &Path) -> Option<(PathBuf, &OsStr)> {
 
 impl LogFs for RealFs {
     fn ensure_dir(&self, rel: &RelPath, leaf_mode: u32) -> Result<(), FsError> {
-        let mut fd = Self::openat2_retry(
-            &self.root,
-            c".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| io_err("open", ".", e))?;
-        let mut shown = String::new();
-        let n = rel.components().len();
-        for (i, comp) in rel.components().iter().enumerate() {
+        let comps = rel.components();
+        let n = comps.len();
+        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        // This runs while the runtime waits for CreateContainer: resolve what already exists
+        // in one openat2 (the same RESOLVE rules hold for a whole path as for one name). A
+        // restarted container finds its whole dir; a new one finds at least its pod's parent
+        // most of the time; anything else walks from the root.
+        let prefix = |upto: usize| -> Option<OwnedFd> {
+            if upto == 0 {
+                return None;
+            }
+            let path = comps[..upto].join("/");
+            let fd = Self::openat2_retry(
+                &self.root,
+                &cname(OsStr::new(&path)),
+                dir_flags,
+                Mode::empty(),
+            )
+            .ok()?;
+            self.check_dev(&fd, &path).ok().map(|()| fd)
+        };
+        if prefix(n).is_some() {
+            return Ok(());
+        }
+        let (mut fd, start) = match prefix(n.saturating_sub(1)) {
+            Some(fd) => (fd, n - 1),
+            None => (
+                Self::openat2_retry(&self.root, c".", dir_flags, Mode::empty())
+                    .map_err(|e| io_err("open", ".", e))?,
+                0,
+            ),
+        };
+        let mut shown = comps[..start].join("/");
+        for (i, comp) in comps.iter().enumerate().skip(start) {
             if !shown.is_empty() {
                 shown.push('/');
             }
