@@ -5,7 +5,7 @@
 
 SYSTEM_PACKAGES=(
     runc containernetworking-plugins umoci skopeo busybox-static libfaketime faketime
-    etcd-server protobuf-compiler iproute2 iputils-ping arping tcpdump python3 gcc libc6-dev
+    etcd-server etcd-client protobuf-compiler iproute2 iputils-ping arping tcpdump python3 gcc libc6-dev
     procps kmod jq curl python3-venv systemd
 )
 
