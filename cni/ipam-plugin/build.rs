@@ -10,7 +10,9 @@
 
 fn main() {
     let features = std::env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
-    if !features.split(',').any(|f| f == "crt-static") {
+    // musl targets link static by default, whether or not the feature is named.
+    let musl = std::env::var("CARGO_CFG_TARGET_ENV").is_ok_and(|e| e == "musl");
+    if !musl && !features.split(',').any(|f| f == "crt-static") {
         println!("cargo:rustc-link-arg-bins=-no-pie");
     }
 }

@@ -306,6 +306,25 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
+/// How a measured plugin binary was built, read off its place under `target/<triple>/<profile>/`
+/// (`scripts/lib/plugins.sh`): musl or glibc changes a one-call process's start-up cost.
+pub fn plugin_build(binary: &Path) -> String {
+    let triple = binary
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .map(|t| t.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let libc = if triple.ends_with("-musl") {
+        "musl"
+    } else if triple.ends_with("-gnu") {
+        "glibc"
+    } else {
+        return format!("built as found at {}", binary.display());
+    };
+    format!("static {libc} build ({triple})")
+}
+
 /// Durations as milliseconds, for [`BenchReport::latency`].
 pub fn millis(durations: &[Duration]) -> Vec<f64> {
     durations.iter().map(|d| d.as_secs_f64() * 1e3).collect()
@@ -507,6 +526,23 @@ mod tests {
         let one = Summary::of(&[7.5]).unwrap();
         assert_eq!((one.min, one.p50, one.p99, one.max), (7.5, 7.5, 7.5, 7.5));
         assert_eq!(Summary::of(&[]), None);
+    }
+
+    #[test]
+    fn plugin_build_names_the_c_library_from_the_target_dir() {
+        let at = |p: &str| plugin_build(Path::new(p));
+        assert_eq!(
+            at("target/x86_64-unknown-linux-musl/plugin/berth-ipam"),
+            "static musl build (x86_64-unknown-linux-musl)"
+        );
+        assert_eq!(
+            at("/w/target/x86_64-unknown-linux-gnu/debug/berth-cni"),
+            "static glibc build (x86_64-unknown-linux-gnu)"
+        );
+        assert_eq!(
+            at("target/release/berth-ipam"),
+            "built as found at target/release/berth-ipam"
+        );
     }
 
     #[test]

@@ -86,25 +86,32 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 /// A CNI plugin (`berth-cni`, `berth-ipam`) as it ships: linked static, built by
-/// `scripts/lib/plugins.sh` under `target/<triple>/debug` (scripts/test does this and exports
+/// `scripts/lib/plugins.sh` under `target/<triple>/debug`, the triple being musl's when Rust's
+/// musl target is installed and the host's otherwise (scripts/test builds them and exports
 /// `BERTH_PLUGIN_DIR`). Panics with what to run when it is missing.
 pub fn plugin_binary(name: &str) -> PathBuf {
-    let dir = std::env::var_os("BERTH_PLUGIN_DIR")
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| workspace_root().join("target"))
-                .join(env!("BERTH_TARGET_TRIPLE"))
-                .join("debug")
-        });
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `bash -c 'source scripts/lib/common.sh; source scripts/lib/plugins.sh; build_plugins dev'` first (scripts/test does)",
-        path.display()
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let host = env!("BERTH_TARGET_TRIPLE");
+    let musl = format!(
+        "{}-unknown-linux-musl",
+        host.split('-').next().unwrap_or("x86_64")
     );
-    path
+    let candidates: Vec<PathBuf> = match std::env::var_os("BERTH_PLUGIN_DIR") {
+        Some(dir) => vec![PathBuf::from(dir).join(name)],
+        None => [musl.as_str(), host]
+            .iter()
+            .map(|triple| target_dir.join(triple).join("debug").join(name))
+            .collect(),
+    };
+    match candidates.iter().find(|p| p.is_file()) {
+        Some(path) => path.clone(),
+        None => panic!(
+            "{} is missing: run `bash -c 'source scripts/lib/common.sh; source scripts/lib/plugins.sh; build_plugins dev'` first (scripts/test does)",
+            candidates[0].display()
+        ),
+    }
 }
 
 /// Fails the test (never skips it) unless it runs as root.

@@ -15,6 +15,12 @@ use std::ffi::{c_char, c_int};
 #[cfg(not(test))]
 use std::io::{Read, Write};
 
+/// One process per CNI call: its few hundred allocations come from a static arena and are
+/// never freed one by one (`berth_cni_spec::arena`).
+#[cfg(not(test))]
+#[global_allocator]
+static ALLOCATOR: berth_cni_spec::arena::OneShotArena = berth_cni_spec::arena::OneShotArena::new();
+
 #[cfg(not(test))]
 #[unsafe(no_mangle)]
 extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {

@@ -244,7 +244,7 @@ pub fn announce_in_background(
     let fd = sock.raw_fd();
     let null = devnull.as_raw_fd();
     let ts = libc::timespec {
-        tv_sec: interval.as_secs() as libc::time_t,
+        tv_sec: interval.as_secs() as _, // time_t: named by the field, whatever the C library calls it
         tv_nsec: interval.subsec_nanos() as libc::c_long,
     };
     let hold = libc::timespec {

@@ -1,4 +1,10 @@
 //! The `berth-cni` binary: the CNI executor around [`berth_cni::BerthCni`].
+
+/// One process per CNI call: its allocations come from a static arena and are never freed
+/// one by one (`berth_cni_spec::arena`).
+#[global_allocator]
+static ALLOCATOR: berth_cni_spec::arena::OneShotArena = berth_cni_spec::arena::OneShotArena::new();
+
 fn main() {
     berth_cni::trace::mark("main");
     berth_cni_spec::run(&berth_cni::BerthCni {

@@ -5,6 +5,7 @@
 //! itself, checks the config's `cniVersion` and renders results and errors in the version
 //! the runtime asked for. See `USAGE.md` beside this crate.
 
+pub mod arena;
 pub mod args;
 pub mod config;
 pub mod delegate;

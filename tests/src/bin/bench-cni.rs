@@ -260,6 +260,8 @@ fn main() -> Result<()> {
     let pods = Namespaces::create((0..args.pods).map(|i| format!("bcn-{tag}-{i}")).collect())?;
 
     let subnet_prefix = if args.pods > 250 { 16 } else { 24 };
+    let berth_build = berth_e2e::bench_report::plugin_build(&berth_bin);
+    println!("berth-cni: {berth_build}");
     let berth = Plugin {
         label: "berth-cni",
         bin: berth_bin,
@@ -345,9 +347,9 @@ fn main() -> Result<()> {
         "{} pods x {} rounds, bridge mode, each plugin process executed directly in a bench-owned node netns",
         args.pods, args.rounds
     ));
-    report.note(
-        "berth-cni: IPAM = berth-ipam-core in-process (local store); reference: /usr/lib/cni/bridge + host-local",
-    );
+    report.note(format!(
+        "berth-cni ({berth_build}): IPAM = berth-ipam-core in-process (local store); reference: /usr/lib/cni/bridge + host-local",
+    ));
     for (verb, b, r) in [("ADD", &sb.add, &sr.add), ("DEL", &sb.del, &sr.del)] {
         report.latency(verb, "berth-cni", "ms", &millis(b));
         report.latency(verb, "reference bridge+host-local", "ms", &millis(r));

@@ -399,6 +399,8 @@ fn main() -> Result<()> {
         "bench-ipam: {} processes x {} cycles (ADD + DEL, one plugin process each), {} rounds",
         a.workers, a.cycles, a.rounds
     );
+    let berth_build = berth_e2e::bench_report::plugin_build(&berth);
+    println!("berth-ipam: {berth_build}");
     // SAFETY: getloadavg writes at most 3 doubles into the array.
     let mut load = [0f64; 3];
     unsafe { libc::getloadavg(load.as_mut_ptr(), 3) };
@@ -478,7 +480,7 @@ fn main() -> Result<()> {
         report_floor(FLOOR_STATIC, &run_floor(exe, &conf, &a)?);
     }
     println!("duplicates in all runs: {total_dups}");
-    bench_report(&a, &rows, b, h, total_dups)?;
+    bench_report(&a, &berth_build, &rows, b, h, total_dups)?;
     if total_dups > 0 {
         bail!("{total_dups} duplicate address assignments");
     }
@@ -494,6 +496,7 @@ const FLOOR_DYNAMIC: &str = "floor (dynamic /bin/true)";
 /// The report for docs/benchmarks.md (written when BERTH_BENCH_OUT is set).
 fn bench_report(
     a: &Args,
+    berth_build: &str,
     rows: &[(&str, RunResult)],
     local: f64,
     host_local: f64,
@@ -504,7 +507,7 @@ fn bench_report(
         "{} concurrent workers x {} cycles, each cycle an ADD and a DEL, each one plugin process \
          exactly as a runtime executes it (config on stdin, result on stdout); {} round(s) of \
          berth-ipam on its local store beside Debian's host-local, then berth-ipam on an etcd \
-         spawned on 127.0.0.1.",
+         spawned on 127.0.0.1. berth-ipam: {berth_build}.",
         a.workers, a.cycles, a.rounds
     ));
     report.note(
