@@ -424,9 +424,11 @@ fn complete_len(f: &mut File) -> std::io::Result<(u64, u64)> {
     Ok((0, len))
 }
 
-/// Writes `bytes` to `tmp` and renames it over `path` (atomic: readers and the next writer
-/// see the old or the new file, also after a `kill -9` at any point). Not yet durable.
-fn write_replace(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<File, IpamError> {
+/// Replaces `path` with `bytes` atomically and durably: written to `tmp`, its data synced,
+/// renamed over `path`, then the directory synced. A `kill -9` or a power loss at any point
+/// leaves the old file or the new one whole; syncing only after the rename could leave a
+/// renamed file whose data never reached the disk (for rare rewrites such as compaction).
+fn write_atomic(dir: &Path, tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), IpamError> {
     let io_tmp = |source| IpamError::Io {
         path: tmp.to_path_buf(),
         source,
@@ -439,16 +441,8 @@ fn write_replace(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<File, IpamErro
         .open(tmp)
         .map_err(io_tmp)?;
     f.write_all(bytes).map_err(io_tmp)?;
+    f.sync_data().map_err(io_tmp)?;
     std::fs::rename(tmp, path).map_err(|source| IpamError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(f)
-}
-
-/// Makes a replaced file durable: its data, then the directory entry.
-fn make_durable(f: &File, path: &Path, dir: &Path) -> Result<(), IpamError> {
-    f.sync_data().map_err(|source| IpamError::Io {
         path: path.to_path_buf(),
         source,
     })?;
@@ -458,12 +452,6 @@ fn make_durable(f: &File, path: &Path, dir: &Path) -> Result<(), IpamError> {
             path: dir.to_path_buf(),
             source,
         })
-}
-
-/// Writes, fsyncs, renames and fsyncs the directory (for rare rewrites such as compaction).
-fn write_atomic(dir: &Path, tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), IpamError> {
-    let f = write_replace(tmp, path, bytes)?;
-    make_durable(&f, path, dir)
 }
 
 impl Store for LocalStore {
