@@ -111,15 +111,7 @@ impl LocalStore {
 
     fn lock(&self, network: &str) -> Result<File, IpamError> {
         let path = self.lock_path(network);
-        let open = || {
-            OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .mode(0o600)
-                .open(&path)
-        };
+        let open = || open_read_write(&path);
         // The directory exists after the first write: create it only when it is missing
         // instead of a mkdir per transaction.
         let f = match open() {
@@ -178,14 +170,7 @@ impl LocalStore {
     /// one descriptor.
     fn open_journal(&self, network: &str) -> Result<File, IpamError> {
         let path = self.journal_path(network);
-        OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|source| IpamError::Io { path, source })
+        open_read_write(&path).map_err(|source| IpamError::Io { path, source })
     }
 
     /// The state file and the journal replayed over it (under a lock). `journal`: the
@@ -422,6 +407,18 @@ fn complete_len(f: &mut File) -> std::io::Result<(u64, u64)> {
         }
     }
     Ok((0, len))
+}
+
+/// Opens `path` for reading and writing, creating it (owner-only) when missing; never
+/// truncates.
+fn open_read_write(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// Replaces `path` with `bytes` atomically and durably: written to `tmp`, its data synced,
