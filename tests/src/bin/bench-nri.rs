@@ -13,8 +13,8 @@
 //!
 //! Usage: bench-nri [--containers N] [--containerd 2.1|1.7|both]
 //!   N: creations per side (default 2000; half with the agent on each node). A p99 rests on
-//!   its largest 1% of samples: at 600 per side its 95% interval was still about 4 ms wide,
-//!   at 2000 about 2.5 ms (about 2.5 minutes for both containerds on 2 cores).
+//!   its largest 1% of samples: even at 2000 per side its 95% interval was 2.3–5.2 ms wide on
+//!   the 2-core test VM (about 2.5 minutes for both containerds).
 //! Env: BERTH_BIN_DIR (where berth-agent is; default: next to this binary).
 
 use std::collections::BTreeMap;
