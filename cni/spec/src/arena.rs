@@ -53,8 +53,9 @@ impl OneShotArena {
         (addr >= base && addr < base + ARENA_BYTES).then(|| addr - base)
     }
 
-    /// Bytes handed out so far (for tests and diagnostics).
-    pub fn used(&self) -> usize {
+    /// Bytes handed out so far.
+    #[cfg(test)]
+    fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
 
@@ -126,24 +127,28 @@ unsafe impl GlobalAlloc for OneShotArena {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if let Some(start) = self.offset_of(ptr) {
-            // The most recent block grows or shrinks in place when the region has room.
-            let end = start + layout.size();
-            if let Some(new_end) = start.checked_add(new_size)
-                && new_end <= ARENA_BYTES
-                && self
-                    .used
-                    .compare_exchange(end, new_end, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
-                return ptr;
-            }
-            if new_size <= layout.size() {
-                return ptr;
-            }
+        let Some(start) = self.offset_of(ptr) else {
+            // SAFETY: the block came from `System` with this layout; the caller upholds the
+            // rest of realloc's contract.
+            return unsafe { System.realloc(ptr, layout, new_size) };
+        };
+        // The most recent block grows or shrinks in place when the region has room; any
+        // other block shrinks in place.
+        let end = start + layout.size();
+        if let Some(new_end) = start.checked_add(new_size)
+            && new_end <= ARENA_BYTES
+            && self
+                .used
+                .compare_exchange(end, new_end, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return ptr;
         }
-        // Anything else moves: a new block (from the region or the system), the contents
-        // copied, the old block freed.
+        if new_size <= layout.size() {
+            return ptr;
+        }
+        // A region block that must grow moves: a new block (from the region or the system),
+        // the contents copied, the old block freed.
         // SAFETY: `layout.align()` is valid and `new_size` is non-zero, as realloc requires.
         let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
         // SAFETY: as in `alloc`.
@@ -227,7 +232,13 @@ mod tests {
             let moved = arena.realloc(a, layout(8, 8), ARENA_BYTES);
             assert!(arena.offset_of(moved).is_none());
             assert_eq!(std::slice::from_raw_parts(moved, 8), b"12345678");
-            arena.dealloc(moved, layout(ARENA_BYTES, 8));
+            // A system block stays with the system when it grows, bytes and all.
+            let used = arena.used();
+            let grown = arena.realloc(moved, layout(ARENA_BYTES, 8), ARENA_BYTES + 64);
+            assert!(arena.offset_of(grown).is_none());
+            assert_eq!(arena.used(), used, "nothing was claimed from the region");
+            assert_eq!(std::slice::from_raw_parts(grown, 8), b"12345678");
+            arena.dealloc(grown, layout(ARENA_BYTES + 64, 8));
         }
     }
 
