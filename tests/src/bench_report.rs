@@ -72,6 +72,9 @@ pub struct Figure {
     pub target: Option<Target>,
     /// Whether `value` meets `target` (`None` without a target).
     pub met: Option<bool>,
+    /// A 95% interval around `value` when the bench computed one (e.g. bootstrap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<(f64, f64)>,
 }
 
 /// berth divided by its reference, measured in the same run.
@@ -203,6 +206,7 @@ impl BenchReport {
             unit: unit.to_string(),
             target: None,
             met: None,
+            interval: None,
         });
         self.figures.last_mut().expect("just pushed")
     }
@@ -265,9 +269,17 @@ impl BenchReport {
 }
 
 impl Figure {
+    /// Whether the value meets `target` is decided on the value itself; the page shows the
+    /// interval beside it, so a reader sees when the verdict rests on noise.
     pub fn target(&mut self, target: Target) -> &mut Figure {
         self.target = Some(target);
         self.met = Some(target.met_by(self.value));
+        self
+    }
+
+    /// The 95% interval `[low, high]` around the value.
+    pub fn interval(&mut self, low: f64, high: f64) -> &mut Figure {
+        self.interval = Some((low, high));
         self
     }
 }
@@ -475,6 +487,9 @@ pub fn sample_report() -> BenchReport {
     r.figure("agent RSS idle", 24.0, "MiB")
         .target(Target::AtMost(20.0));
     r.figure("duplicates", 0.0, "addresses");
+    r.figure("p99 added", 0.5, "ms")
+        .interval(-1.25, 2.5)
+        .target(Target::AtMost(2.0));
     r.ratio("ADD mean", "ms", 3.0, 10.0)
         .target(Target::AtMost(0.5));
     r.ratio("DEL p99", "ms", 4.0, 0.0);

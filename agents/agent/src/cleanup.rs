@@ -128,7 +128,8 @@ impl Sweeper {
 
     fn remove_dir(&self, dir: &RelPath, reason: Reason, report: &mut SweepReport) {
         let fs = self.filelogs.fs();
-        let _guard = self.filelogs.fs_lock.lock().expect("fs lock");
+        // Exclusive: no dir is created or metadata written while this one goes.
+        let _guard = self.filelogs.fs_lock.write().expect("fs lock");
         // Decided without the lock: a container may have come back for this dir meanwhile.
         let meta = {
             let store = self.filelogs.store.lock().expect("store");

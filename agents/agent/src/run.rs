@@ -122,19 +122,37 @@ impl Args {
     }
 }
 
-pub fn init_tracing(cfg: &LogConfig) {
+/// Starts logging to stderr through [`crate::logwriter`], so no handler waits for the log's
+/// output. Keep the guard until the agent stops: dropping it writes out the queued lines.
+pub fn init_tracing(cfg: &LogConfig) -> Option<crate::logwriter::FlushGuard> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
     use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
+    let (writer, guard) =
+        match crate::logwriter::spawn(std::io::stderr(), crate::logwriter::DEFAULT_CAPACITY) {
+            Ok((w, g)) => (Some(w), Some(g)),
+            // No thread for the log: write in place rather than lose it.
+            Err(e) => {
+                eprintln!("berth-agent: cannot start the log thread ({e}); logging in place");
+                (None, None)
+            }
+        };
     // Colours only on a terminal: journald and log files get plain `key=value` text.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let _ = match cfg.format {
-        LogFormat::Json => b.json().flatten_event(true).try_init(),
-        LogFormat::Text => b.try_init(),
+        .with_ansi(ansi);
+    let _ = match (writer, cfg.format) {
+        (Some(w), LogFormat::Json) => b.with_writer(w).json().flatten_event(true).try_init(),
+        (Some(w), LogFormat::Text) => b.with_writer(w).try_init(),
+        (None, LogFormat::Json) => b
+            .with_writer(std::io::stderr)
+            .json()
+            .flatten_event(true)
+            .try_init(),
+        (None, LogFormat::Text) => b.with_writer(std::io::stderr).try_init(),
     };
+    guard
 }
 
 /// A running agent's parts, for the binary and for tests.
@@ -312,7 +330,7 @@ impl Agent {
                 }
             })
         });
-        self.runner.run(shutdown.clone()).await;
+        serve_nri_on_own_thread(self.runner, shutdown.clone()).await;
         // A pre-registered agent's runner returns when the runtime closes its connection: the
         // runtime starts it again, so the whole agent stops.
         shutdown.cancel();
@@ -327,6 +345,39 @@ impl Agent {
             f.save_if_dirty();
         }
         tracing::info!("berth-agent stopped");
+    }
+}
+
+/// Serves NRI on a thread of its own, under a single-threaded runtime, until the runner ends.
+///
+/// The runtime waits for every CreateContainer answer. On one thread a request is read,
+/// handled and answered without hand-offs between runtime workers, each a wake-up that waits
+/// for a CPU on a busy node (and wakes an idle worker for nothing), and the API's or the
+/// sweeper's work on the main runtime never sits in front of it.
+async fn serve_nri_on_own_thread(
+    runner: berth_nri::Runner<AgentPlugin>,
+    shutdown: CancellationToken,
+) {
+    let (ended, wait) = tokio::sync::oneshot::channel::<()>();
+    let stop = shutdown.clone();
+    let spawned = std::thread::Builder::new()
+        .name("berth-nri".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(runner.run(stop)),
+                Err(e) => tracing::error!(error = %e, "cannot start the NRI thread's runtime"),
+            }
+            // Dropped without a send when the runner panics: the wait below ends all the same.
+            let _ = ended.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = wait.await;
+        }
+        Err(e) => tracing::error!(error = %e, "cannot start the NRI thread; stopping the agent"),
     }
 }
 
@@ -357,7 +408,7 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    init_tracing(&resolved.config.log);
+    let _log_flush = init_tracing(&resolved.config.log);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

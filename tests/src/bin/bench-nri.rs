@@ -11,10 +11,13 @@
 //! requests the runtime sent (count and size per method), and the agent's RSS idle and after
 //! the creations.
 //!
-//! Usage: bench-nri [--containers N] [--containerd 2.1|1.7|both]
+//! Usage: bench-nri [--containers N] [--containerd 2.1|1.7|both] [--baseline-agent PATH]
 //!   N: creations per side (default 2000; half with the agent on each node). A p99 rests on
 //!   its largest 1% of samples: even at 2000 per side its 95% interval was 2.3–5.2 ms wide on
-//!   the 2-core test VM (about 2.5 minutes for both containerds).
+//!   the 2-core test VM (about 75 s per containerd).
+//!   --baseline-agent: another berth-agent build runs on the other node, so the difference is
+//!   between two builds measured at the same moments (runs apart differ by more than a change
+//!   is worth on a busy machine). The report then says "baseline agent" for "without".
 //! Env: BERTH_BIN_DIR (where berth-agent is; default: next to this binary).
 
 use std::collections::BTreeMap;
@@ -30,12 +33,15 @@ use berth_e2e::{BUSYBOX_IMAGE, ContainerSpec, CriClient, Pod, PodSpec};
 struct Args {
     containers: usize,
     versions: Vec<Containerd>,
+    /// Another agent build for the other node, instead of none.
+    baseline: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args> {
     let mut a = Args {
         containers: 2000,
         versions: Containerd::ALL.to_vec(),
+        baseline: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -51,9 +57,16 @@ fn parse_args() -> Result<Args> {
                     _ => bail!("--containerd is 2.1, 1.7 or both"),
                 }
             }
-            other => {
-                bail!("unknown argument {other}; use --containers N --containerd 2.1|1.7|both")
+            "--baseline-agent" => {
+                let p = PathBuf::from(v);
+                if !p.is_file() {
+                    bail!("--baseline-agent {}: no such file", p.display());
+                }
+                a.baseline = Some(p);
             }
+            other => bail!(
+                "unknown argument {other}; use --containers N --containerd 2.1|1.7|both --baseline-agent PATH"
+            ),
         }
     }
     if a.containers < 4 {
@@ -80,10 +93,10 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(node: &Node, work: &Path) -> Result<Agent> {
+    fn start(binary: &Path, node: &Node, work: &Path) -> Result<Agent> {
         let log = work.join("agent.log");
         let _ = std::fs::remove_file(&log);
-        let child = Command::new(bin_dir().join("berth-agent"))
+        let child = Command::new(binary)
             .arg("--nri-socket")
             .arg(node.nri_socket())
             .arg("--log-root")
@@ -155,6 +168,15 @@ impl Agent {
         out
     }
 
+    /// CPU time of all the agent's threads so far (user + system), in ms.
+    fn cpu_ms(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // SAFETY: sysconf reads a constant of the C library.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        cpu_ms_of_stat(&stat, hz)
+    }
+
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
@@ -214,6 +236,19 @@ impl Side {
     }
 }
 
+/// User + system time (ms) in a `/proc/<pid>/stat` line whose clock ticks `hz` per second.
+fn cpu_ms_of_stat(stat: &str, hz: f64) -> f64 {
+    // Fields after the command name, which is in parentheses and may hold spaces or ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    ticks as f64 * 1000.0 / hz
+}
+
 /// Nearest-rank percentile on a sorted copy.
 fn pct(v: &[f64], p: f64) -> f64 {
     let mut s = v.to_vec();
@@ -252,9 +287,17 @@ struct Outcome {
     requests: BTreeMap<String, (usize, u64, u64)>,
     rss_idle: u64,
     rss_after: u64,
+    /// The agent's CPU time while serving the creations (and removals), and the baseline
+    /// build's when there is one.
+    cpu_ms: f64,
+    baseline_cpu_ms: f64,
 }
 
-async fn measure(containerd: Containerd, per_side: usize) -> Result<Outcome> {
+async fn measure(
+    containerd: Containerd,
+    per_side: usize,
+    baseline: Option<&Path>,
+) -> Result<Outcome> {
     let v = containerd.as_str().replace('.', "");
     let mut sides = [
         Side::start(&format!("bench-nri-{v}a"), containerd).await?,
@@ -274,14 +317,31 @@ async fn measure(containerd: Containerd, per_side: usize) -> Result<Outcome> {
         requests: BTreeMap::new(),
         rss_idle: 0,
         rss_after: 0,
+        cpu_ms: 0.0,
+        baseline_cpu_ms: 0.0,
     };
     let half = per_side / 2;
     for (phase, agent_on) in [0usize, 1].into_iter().enumerate() {
-        let agent = Agent::start(&sides[agent_on].node, &sides[agent_on].work)?;
+        let agent = Agent::start(
+            &bin_dir().join("berth-agent"),
+            &sides[agent_on].node,
+            &sides[agent_on].work,
+        )?;
+        // With a baseline build, the other node runs it: the difference is then between the
+        // two builds, measured at the same moments.
+        let _baseline = match baseline {
+            Some(b) => {
+                let other = 1 - agent_on;
+                Some(Agent::start(b, &sides[other].node, &sides[other].work)?)
+            }
+            None => None,
+        };
         std::thread::sleep(Duration::from_millis(300));
         if phase == 0 {
             o.rss_idle = agent.rss_kib();
         }
+        let cpu_before = agent.cpu_ms();
+        let baseline_cpu_before = _baseline.as_ref().map_or(0.0, Agent::cpu_ms);
         let n = if phase == 0 { half } else { per_side - half };
         for i in 0..n {
             // ABBA: which side goes first alternates, so neither always runs right after
@@ -297,6 +357,8 @@ async fn measure(containerd: Containerd, per_side: usize) -> Result<Outcome> {
             }
         }
         o.rss_after = o.rss_after.max(agent.rss_kib());
+        o.cpu_ms += agent.cpu_ms() - cpu_before;
+        o.baseline_cpu_ms += _baseline.as_ref().map_or(0.0, Agent::cpu_ms) - baseline_cpu_before;
         o.handling_ms.extend(
             agent
                 .field(&["nri request handled", "CreateContainer"], "took_us")
@@ -325,16 +387,22 @@ async fn measure(containerd: Containerd, per_side: usize) -> Result<Outcome> {
     Ok(o)
 }
 
-fn report(containerd: Containerd, o: &Outcome, out: &mut BenchReport) {
+fn report(containerd: Containerd, baseline: Option<&Path>, o: &Outcome, out: &mut BenchReport) {
     let (w50, w99) = (pct(&o.without, 0.50), pct(&o.without, 0.99));
     let (a50, a99) = (pct(&o.with, 0.50), pct(&o.with, 0.99));
+    let (l50, h50) = diff_interval(&o.with, &o.without, 0.50);
+    let (l99, h99) = diff_interval(&o.with, &o.without, 0.99);
     let v = containerd.as_str();
+    let without = match baseline {
+        Some(b) => format!("baseline agent {}", b.display()),
+        None => "without agent".to_string(),
+    };
     out.note(format!(
         "containerd {v}: CreateContainer through CRI on two identical nodes, alternating ABBA, the agent moving sides halfway; {} creations per side",
         o.with.len()
     ));
     let plot = format!("CreateContainer, containerd {v}");
-    out.latency(&plot, "without agent", "ms", &o.without);
+    out.latency(&plot, &without, "ms", &o.without);
     out.latency(&plot, "berth-agent registered", "ms", &o.with);
     if o.handling_ms.len() >= 2 {
         let plot = format!("agent handling, containerd {v}");
@@ -351,12 +419,14 @@ fn report(containerd: Containerd, o: &Outcome, out: &mut BenchReport) {
         a99 - w99,
         "ms",
     )
+    .interval(l99, h99)
     .target(Target::AtMost(2.0));
     out.figure(
         &format!("p50 added by berth, containerd {v}"),
         a50 - w50,
         "ms",
-    );
+    )
+    .interval(l50, h50);
     out.ratio(
         &format!("CreateContainer p50 with/without, containerd {v}"),
         "ms",
@@ -368,6 +438,11 @@ fn report(containerd: Containerd, o: &Outcome, out: &mut BenchReport) {
         "ms",
         a99,
         w99,
+    );
+    out.figure(
+        &format!("berth-agent CPU per creation (all threads, removal included), containerd {v}"),
+        o.cpu_ms / o.with.len().max(1) as f64,
+        "ms",
     );
     out.figure(
         &format!("berth-agent RSS idle, containerd {v}"),
@@ -383,14 +458,14 @@ fn report(containerd: Containerd, o: &Outcome, out: &mut BenchReport) {
         o.rss_after as f64 / 1024.0,
         "MiB",
     );
-    let (l50, h50) = diff_interval(&o.with, &o.without, 0.50);
-    let (l99, h99) = diff_interval(&o.with, &o.without, 0.99);
     println!(
-        "CreateContainer through CRI, containerd {} ({} containers per side, interleaved one by one on two nodes, agent moved halfway)",
-        containerd.as_str(),
+        "CreateContainer through CRI, containerd {v} ({} containers per side, interleaved one by one on two nodes, agent moved halfway)",
         o.with.len(),
     );
-    println!("  without agent:          p50 {w50:7.2} ms   p99 {w99:7.2} ms");
+    println!(
+        "  {:<24}p50 {w50:7.2} ms   p99 {w99:7.2} ms",
+        format!("{without}:")
+    );
     println!(
         "  berth-agent registered: p50 {a50:7.2} ms   p99 {a99:7.2} ms   (every container gets a file-log mount)"
     );
@@ -426,6 +501,18 @@ fn report(containerd: Containerd, o: &Outcome, out: &mut BenchReport) {
         .map(|(m, (c, b, max))| format!("{m} {c}x avg {} B max {max} B", b / *c as u64))
         .collect();
     println!("  requests from containerd: {}", reqs.join(", "));
+    let per = |ms: f64| ms / o.with.len().max(1) as f64;
+    match baseline {
+        Some(_) => println!(
+            "  agent CPU per creation (all threads, removal included): {:.3} ms, baseline {:.3} ms",
+            per(o.cpu_ms),
+            per(o.baseline_cpu_ms)
+        ),
+        None => println!(
+            "  agent CPU per creation (all threads, removal included): {:.3} ms",
+            per(o.cpu_ms)
+        ),
+    }
     println!(
         "berth-agent RSS: idle {:.1} MiB, after {} creations {:.1} MiB (target: idle <= 20 MiB)",
         o.rss_idle as f64 / 1024.0,
@@ -449,10 +536,22 @@ async fn main() -> Result<()> {
     let mut out = BenchReport::new("nri");
     for v in &args.versions {
         let before = load();
-        let o = measure(*v, args.containers).await?;
-        report(*v, &o, &mut out);
+        let o = measure(*v, args.containers, args.baseline.as_deref()).await?;
+        report(*v, args.baseline.as_deref(), &o, &mut out);
         println!("  load average before / after: {before} / {}", load());
     }
     out.finish()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_read_after_a_command_name_with_spaces_and_parens() {
+        let line = "4242 (berth (x) agent) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 130 0 0 20 0 6 0 100 0 0";
+        assert_eq!(cpu_ms_of_stat(line, 100.0), 3800.0);
+        assert_eq!(cpu_ms_of_stat("", 100.0), 0.0);
+    }
 }

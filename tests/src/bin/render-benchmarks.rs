@@ -346,6 +346,15 @@ fn cell(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
 
+/// `0.500 ms`, or `0.500 ms [-1.25, 2.50]` when the bench gave a 95% interval.
+fn figure_value(f: &berth_e2e::bench_report::Figure) -> String {
+    let unit = cell(&f.unit);
+    match f.interval {
+        Some((lo, hi)) => format!("{} {unit} [{}, {}]", short(f.value), short(lo), short(hi)),
+        None => format!("{} {unit}", short(f.value)),
+    }
+}
+
 fn short_commit(c: &str) -> &str {
     &c[..c.len().min(12)]
 }
@@ -451,11 +460,10 @@ fn targets_table(reports: &[BenchReport]) -> String {
         for f in r.figures.iter().filter(|f| f.target.is_some()) {
             let _ = writeln!(
                 t,
-                "| {} | {} | {} {} | {} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 r.bench,
                 cell(&f.name),
-                short(f.value),
-                cell(&f.unit),
+                figure_value(f),
                 target_text(f.target, short, &format!(" {}", f.unit)),
                 met_text(f.met)
             );
@@ -557,10 +565,9 @@ fn write_bench(md: &mut String, r: &BenchReport, plots_dir: &str) -> Result<()> 
         for f in &r.figures {
             writeln!(
                 md,
-                "| {} | {} {} | {} | {} |",
+                "| {} | {} | {} | {} |",
                 cell(&f.name),
-                short(f.value),
-                cell(&f.unit),
+                figure_value(f),
                 target_text(f.target, short, &format!(" {}", f.unit)),
                 met_text(f.met)
             )?;
@@ -638,6 +645,9 @@ mod tests {
             "![sample: DEL latency, cumulative distribution](benchmarks/sample-del.png)"
         ));
         assert!(md.contains("| duplicates | 0 addresses | — |  |"));
+        // A figure with its interval, here and among the targets.
+        assert!(md.contains("| p99 added | 0.500 ms [-1.25, 2.50] | ≤ 2.00 ms | met |"));
+        assert!(md.contains("| sample | p99 added | 0.500 ms [-1.25, 2.50] | ≤ 2.00 ms | met |"));
         assert!(md.contains("| ADD mean | 3.00 ms | 10.0 ms | 0.30× | ≤ 0.50× | met |"));
         assert!(md.contains("| DEL p99 | 4.00 ms | 0 ms | n/a× | — |  |"));
         // Section order.

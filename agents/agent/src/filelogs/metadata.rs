@@ -3,11 +3,12 @@
 //! The runtime waits for the agent's answer before it creates the container; the answer needs
 //! the dirs (they are bind-mounted), not the metadata file, which is for the node's log
 //! collector. A file created and renamed into place is the slowest step of that answer on a
-//! busy disk, so one thread writes them afterwards, in the order they were queued, under the
-//! same lock as dir creation and cleanup.
+//! busy disk, so one thread writes them afterwards, in the order they were queued. Like dir
+//! creation it holds the log root's lock shared: the two run side by side, and only a
+//! removal (which holds it exclusively) waits for them or makes them wait.
 
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use super::layout::RelPath;
 use crate::fsops::LogFs;
@@ -28,8 +29,9 @@ pub struct MetadataWriter {
 }
 
 impl MetadataWriter {
-    /// Starts the writer thread over `fs`; `fs_lock` is held for each write.
-    pub fn start(fs: Arc<dyn LogFs>, fs_lock: Arc<Mutex<()>>) -> MetadataWriter {
+    /// Starts the writer thread over `fs`; `fs_lock` is held shared for each write, so a
+    /// write never waits for a CreateContainer's dirs, nor they for it; only removal excludes.
+    pub fn start(fs: Arc<dyn LogFs>, fs_lock: Arc<RwLock<()>>) -> MetadataWriter {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("filelogs-metadata".into())
@@ -41,7 +43,7 @@ impl MetadataWriter {
                             data,
                             container_id,
                         } => {
-                            let _guard = fs_lock.lock().expect("fs lock");
+                            let _guard = fs_lock.read().expect("fs lock");
                             if let Err(e) = fs.write_file(&path, &data) {
                                 // The container runs and logs either way; only the
                                 // collector's tags for it are missing.
@@ -102,10 +104,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fs = Arc::new(RealFs::open(&dir.path().join("root")).unwrap());
         fs.ensure_dir(&rp("ns/pod/app"), 0o755).unwrap();
-        let lock = Arc::new(Mutex::new(()));
+        let lock = Arc::new(RwLock::new(()));
         let writer = MetadataWriter::start(fs.clone(), lock.clone());
-        // Held: nothing can be written until it is released, so flush must really wait.
-        let held = lock.lock().unwrap();
+        // Held as a removal holds it: nothing can be written until it is released, so flush
+        // must really wait.
+        let held = lock.write().unwrap();
         writer.queue(rp("ns/pod/app.berth.json"), b"first".to_vec(), "c1");
         writer.queue(rp("gone/pod/app.berth.json"), b"lost".to_vec(), "c2");
         writer.queue(rp("ns/pod/app.berth.json"), b"second".to_vec(), "c3");
@@ -116,5 +119,23 @@ mod tests {
         writer.flush();
         assert_eq!(std::fs::read(&meta).unwrap(), b"second");
         assert!(!dir.path().join("root/gone").exists());
+    }
+
+    #[test]
+    fn a_write_does_not_wait_for_dirs_being_created_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = Arc::new(RealFs::open(&dir.path().join("root")).unwrap());
+        fs.ensure_dir(&rp("ns/pod/app"), 0o755).unwrap();
+        let lock = Arc::new(RwLock::new(()));
+        let writer = MetadataWriter::start(fs.clone(), lock.clone());
+        // Held as a CreateContainer holds it while it makes dirs: shared.
+        let creating = lock.read().unwrap();
+        writer.queue(rp("ns/pod/app.berth.json"), b"tags".to_vec(), "c1");
+        writer.flush();
+        assert_eq!(
+            std::fs::read(dir.path().join("root/ns/pod/app.berth.json")).unwrap(),
+            b"tags"
+        );
+        drop(creating);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use berth_nri::{Container, CreateContainerResponse, HandlerError, Mount, PodSandbox};
 
@@ -64,9 +64,11 @@ pub struct FileLogs {
     node: String,
     fs: Arc<dyn LogFs>,
     pub(crate) store: Mutex<Store>,
-    /// Held while dirs are created for a container and while the sweeper deletes one, so a
-    /// dir that expires just as its pod comes back is never deleted under the new container.
-    pub(crate) fs_lock: Arc<Mutex<()>>,
+    /// Held exclusively while the sweeper deletes a dir, shared while dirs are created for a
+    /// container or a metadata file is written: a dir that expires just as its pod comes back
+    /// is never deleted under the new container, and creations never queue behind each
+    /// other's background metadata writes.
+    pub(crate) fs_lock: Arc<RwLock<()>>,
     /// Metadata files are written after the answer (see `metadata`).
     metadata: MetadataWriter,
     save_lock: Mutex<()>,
@@ -85,7 +87,7 @@ impl FileLogs {
         events: Arc<EventLog>,
         clock: Arc<dyn Clock>,
     ) -> FileLogs {
-        let fs_lock = Arc::new(Mutex::new(()));
+        let fs_lock = Arc::new(RwLock::new(()));
         FileLogs {
             cfg,
             layout,
@@ -267,7 +269,7 @@ impl FileLogs {
             Err(e) => return self.refuse(pod, ctr, &raw, e),
         };
         let started = std::time::Instant::now();
-        let guard = self.fs_lock.lock().expect("fs lock");
+        let guard = self.fs_lock.read().expect("fs lock");
         if let Err(e) = self.prepare(&plan) {
             drop(guard);
             return self.refuse(pod, ctr, &raw, Refusal::Fs(e));
