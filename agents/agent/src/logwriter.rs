@@ -162,6 +162,22 @@ mod tests {
         gate: Option<Arc<Barrier>>,
     }
 
+    impl Sink {
+        /// A sink whose first write blocks until the test waits on the barrier.
+        fn held_shut() -> (Sink, Arc<Barrier>) {
+            let gate = Arc::new(Barrier::new(2));
+            let sink = Sink {
+                gate: Some(gate.clone()),
+                ..Default::default()
+            };
+            (sink, gate)
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8(self.got.lock().unwrap().clone()).unwrap()
+        }
+    }
+
     impl Write for Sink {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
             if let Some(g) = self.gate.take() {
@@ -193,20 +209,13 @@ mod tests {
         }
         assert!(guard.flush(Duration::from_secs(5)));
         let want: String = (0..100).map(|i| format!("line {i}\n")).collect();
-        assert_eq!(
-            String::from_utf8(sink.got.lock().unwrap().clone()).unwrap(),
-            want
-        );
+        assert_eq!(sink.text(), want);
         assert!(*sink.flushes.lock().unwrap() >= 1);
     }
 
     #[test]
     fn logging_does_not_wait_for_a_stuck_output_until_the_queue_is_full() {
-        let gate = Arc::new(Barrier::new(2));
-        let sink = Sink {
-            gate: Some(gate.clone()),
-            ..Default::default()
-        };
+        let (sink, gate) = Sink::held_shut();
         let (w, guard) = spawn(sink.clone(), 16).unwrap();
         // The first line is taken by the thread, which then blocks in write; 16 more fit.
         for i in 0..17 {
@@ -220,17 +229,15 @@ mod tests {
         assert!(!guard.flush(Duration::from_millis(50)));
         gate.wait();
         assert!(guard.flush(Duration::from_secs(5)));
-        let got = String::from_utf8(sink.got.lock().unwrap().clone()).unwrap();
-        assert_eq!(got, (0..17).map(|i| format!("{i}\n")).collect::<String>());
+        assert_eq!(
+            sink.text(),
+            (0..17).map(|i| format!("{i}\n")).collect::<String>()
+        );
     }
 
     #[test]
     fn a_full_queue_blocks_the_logger_instead_of_dropping_lines() {
-        let gate = Arc::new(Barrier::new(2));
-        let sink = Sink {
-            gate: Some(gate.clone()),
-            ..Default::default()
-        };
+        let (sink, gate) = Sink::held_shut();
         let (w, guard) = spawn(sink.clone(), 2).unwrap();
         let w2 = w.clone();
         let logger = std::thread::spawn(move || {
@@ -243,8 +250,10 @@ mod tests {
         gate.wait();
         logger.join().unwrap();
         assert!(guard.flush(Duration::from_secs(5)));
-        let got = String::from_utf8(sink.got.lock().unwrap().clone()).unwrap();
-        assert_eq!(got, (0..10).map(|i| format!("{i}\n")).collect::<String>());
+        assert_eq!(
+            sink.text(),
+            (0..10).map(|i| format!("{i}\n")).collect::<String>()
+        );
     }
 
     #[test]

@@ -125,32 +125,28 @@ impl Args {
 /// Starts logging to stderr through [`crate::logwriter`], so no handler waits for the log's
 /// output. Keep the guard until the agent stops: dropping it writes out the queued lines.
 pub fn init_tracing(cfg: &LogConfig) -> Option<crate::logwriter::FlushGuard> {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
     use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
     let ansi = std::io::stderr().is_terminal();
     let (writer, guard) =
         match crate::logwriter::spawn(std::io::stderr(), crate::logwriter::DEFAULT_CAPACITY) {
-            Ok((w, g)) => (Some(w), Some(g)),
+            Ok((w, g)) => (BoxMakeWriter::new(w), Some(g)),
             // No thread for the log: write in place rather than lose it.
             Err(e) => {
                 eprintln!("berth-agent: cannot start the log thread ({e}); logging in place");
-                (None, None)
+                (BoxMakeWriter::new(std::io::stderr), None)
             }
         };
     // Colours only on a terminal: journald and log files get plain `key=value` text.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi);
-    let _ = match (writer, cfg.format) {
-        (Some(w), LogFormat::Json) => b.with_writer(w).json().flatten_event(true).try_init(),
-        (Some(w), LogFormat::Text) => b.with_writer(w).try_init(),
-        (None, LogFormat::Json) => b
-            .with_writer(std::io::stderr)
-            .json()
-            .flatten_event(true)
-            .try_init(),
-        (None, LogFormat::Text) => b.with_writer(std::io::stderr).try_init(),
+        .with_ansi(ansi)
+        .with_writer(writer);
+    let _ = match cfg.format {
+        LogFormat::Json => b.json().flatten_event(true).try_init(),
+        LogFormat::Text => b.try_init(),
     };
     guard
 }

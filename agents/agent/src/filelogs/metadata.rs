@@ -99,13 +99,19 @@ mod tests {
         RelPath::try_from(s.to_string()).unwrap()
     }
 
-    #[test]
-    fn writes_in_queue_order_survive_a_failed_write_and_flush_waits_for_them() {
+    /// A log root with `ns/pod/app` made, its lock, and a writer over both.
+    fn writer_over_a_log_root() -> (tempfile::TempDir, Arc<RwLock<()>>, MetadataWriter) {
         let dir = tempfile::tempdir().unwrap();
         let fs = Arc::new(RealFs::open(&dir.path().join("root")).unwrap());
         fs.ensure_dir(&rp("ns/pod/app"), 0o755).unwrap();
         let lock = Arc::new(RwLock::new(()));
-        let writer = MetadataWriter::start(fs.clone(), lock.clone());
+        let writer = MetadataWriter::start(fs, lock.clone());
+        (dir, lock, writer)
+    }
+
+    #[test]
+    fn writes_in_queue_order_survive_a_failed_write_and_flush_waits_for_them() {
+        let (dir, lock, writer) = writer_over_a_log_root();
         // Held as a removal holds it: nothing can be written until it is released, so flush
         // must really wait.
         let held = lock.write().unwrap();
@@ -123,15 +129,20 @@ mod tests {
 
     #[test]
     fn a_write_does_not_wait_for_dirs_being_created_meanwhile() {
-        let dir = tempfile::tempdir().unwrap();
-        let fs = Arc::new(RealFs::open(&dir.path().join("root")).unwrap());
-        fs.ensure_dir(&rp("ns/pod/app"), 0o755).unwrap();
-        let lock = Arc::new(RwLock::new(()));
-        let writer = MetadataWriter::start(fs.clone(), lock.clone());
+        let (dir, lock, writer) = writer_over_a_log_root();
         // Held as a CreateContainer holds it while it makes dirs: shared.
         let creating = lock.read().unwrap();
         writer.queue(rp("ns/pod/app.berth.json"), b"tags".to_vec(), "c1");
-        writer.flush();
+        // Flushed on a thread of its own, so a write that waited would fail the test, not hang it.
+        let (done, wait) = mpsc::channel();
+        std::thread::spawn(move || {
+            writer.flush();
+            let _ = done.send(());
+        });
+        assert!(
+            wait.recv_timeout(std::time::Duration::from_secs(5)).is_ok(),
+            "the metadata write waited for a CreateContainer's shared hold of the lock"
+        );
         assert_eq!(
             std::fs::read(dir.path().join("root/ns/pod/app.berth.json")).unwrap(),
             b"tags"
