@@ -11,8 +11,10 @@
 //! when the agent stops.
 
 use std::io::Write;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, sync_channel};
-use std::time::Duration;
+use std::sync::mpsc::{
+    Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
+};
+use std::time::{Duration, Instant};
 
 /// Lines the queue holds before logging blocks: about 4 MiB of typical lines.
 pub const DEFAULT_CAPACITY: usize = 16 * 1024;
@@ -82,22 +84,22 @@ impl FlushGuard {
     pub fn flush(&self, timeout: Duration) -> bool {
         let (ack_tx, ack_rx) = sync_channel(1);
         // The queue may be full of lines for a stuck output: do not wait longer to enqueue.
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
         let mut msg = Msg::Flush(ack_tx);
         loop {
             match self.tx.try_send(msg) {
                 Ok(()) => break,
-                Err(std::sync::mpsc::TrySendError::Full(m)) => {
-                    if std::time::Instant::now() >= deadline {
+                Err(TrySendError::Full(m)) => {
+                    if Instant::now() >= deadline {
                         return false;
                     }
                     msg = m;
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Disconnected(_)) => return false,
             }
         }
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left = deadline.saturating_duration_since(Instant::now());
         match ack_rx.recv_timeout(left) {
             Ok(()) => true,
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => false,
@@ -192,6 +194,18 @@ mod tests {
         }
     }
 
+    /// `0\n1\n…`: what `n` numbered lines read once written out.
+    fn numbered(n: usize) -> String {
+        (0..n).map(|i| format!("{i}\n")).collect()
+    }
+
+    /// Logs the lines of `numbered(n)` one by one.
+    fn log_numbered(w: &BackgroundWriter, n: usize) {
+        for i in 0..n {
+            line(w, &format!("{i}\n"));
+        }
+    }
+
     fn line(w: &BackgroundWriter, text: &str) {
         let mut l = w.make_writer();
         // A formatter may write an event in pieces: it is still one line.
@@ -204,12 +218,9 @@ mod tests {
     fn lines_arrive_whole_and_in_order_and_the_guard_flushes_them() {
         let sink = Sink::default();
         let (w, guard) = spawn(sink.clone(), 8).unwrap();
-        for i in 0..100 {
-            line(&w, &format!("line {i}\n"));
-        }
+        log_numbered(&w, 100);
         assert!(guard.flush(Duration::from_secs(5)));
-        let want: String = (0..100).map(|i| format!("line {i}\n")).collect();
-        assert_eq!(sink.text(), want);
+        assert_eq!(sink.text(), numbered(100));
         assert!(*sink.flushes.lock().unwrap() >= 1);
     }
 
@@ -218,9 +229,7 @@ mod tests {
         let (sink, gate) = Sink::held_shut();
         let (w, guard) = spawn(sink.clone(), 16).unwrap();
         // The first line is taken by the thread, which then blocks in write; 16 more fit.
-        for i in 0..17 {
-            line(&w, &format!("{i}\n"));
-        }
+        log_numbered(&w, 17);
         assert!(
             sink.got.lock().unwrap().is_empty(),
             "the output is held shut"
@@ -229,10 +238,7 @@ mod tests {
         assert!(!guard.flush(Duration::from_millis(50)));
         gate.wait();
         assert!(guard.flush(Duration::from_secs(5)));
-        assert_eq!(
-            sink.text(),
-            (0..17).map(|i| format!("{i}\n")).collect::<String>()
-        );
+        assert_eq!(sink.text(), numbered(17));
     }
 
     #[test]
@@ -240,20 +246,13 @@ mod tests {
         let (sink, gate) = Sink::held_shut();
         let (w, guard) = spawn(sink.clone(), 2).unwrap();
         let w2 = w.clone();
-        let logger = std::thread::spawn(move || {
-            for i in 0..10 {
-                line(&w2, &format!("{i}\n"));
-            }
-        });
+        let logger = std::thread::spawn(move || log_numbered(&w2, 10));
         std::thread::sleep(Duration::from_millis(100));
         assert!(!logger.is_finished(), "10 lines do not fit a queue of 2");
         gate.wait();
         logger.join().unwrap();
         assert!(guard.flush(Duration::from_secs(5)));
-        assert_eq!(
-            sink.text(),
-            (0..10).map(|i| format!("{i}\n")).collect::<String>()
-        );
+        assert_eq!(sink.text(), numbered(10));
     }
 
     #[test]
@@ -262,6 +261,6 @@ mod tests {
         let (w, guard) = spawn(sink.clone(), 64).unwrap();
         line(&w, "last words\n");
         drop(guard);
-        assert_eq!(&*sink.got.lock().unwrap(), b"last words\n");
+        assert_eq!(sink.text(), "last words\n");
     }
 }

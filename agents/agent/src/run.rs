@@ -355,7 +355,6 @@ async fn serve_nri_on_own_thread(
     shutdown: CancellationToken,
 ) {
     let (ended, wait) = tokio::sync::oneshot::channel::<()>();
-    let stop = shutdown.clone();
     let spawned = std::thread::Builder::new()
         .name("berth-nri".into())
         .spawn(move || {
@@ -363,7 +362,7 @@ async fn serve_nri_on_own_thread(
                 .enable_all()
                 .build()
             {
-                Ok(rt) => rt.block_on(runner.run(stop)),
+                Ok(rt) => rt.block_on(runner.run(shutdown)),
                 Err(e) => tracing::error!(error = %e, "cannot start the NRI thread's runtime"),
             }
             // Dropped without a send when the runner panics: the wait below ends all the same.

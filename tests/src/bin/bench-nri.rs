@@ -329,7 +329,7 @@ async fn measure(
         )?;
         // With a baseline build, the other node runs it: the difference is then between the
         // two builds, measured at the same moments.
-        let _baseline = match baseline {
+        let baseline_agent = match baseline {
             Some(b) => {
                 let other = 1 - agent_on;
                 Some(Agent::start(b, &sides[other].node, &sides[other].work)?)
@@ -341,7 +341,7 @@ async fn measure(
             o.rss_idle = agent.rss_kib();
         }
         let cpu_before = agent.cpu_ms();
-        let baseline_cpu_before = _baseline.as_ref().map_or(0.0, Agent::cpu_ms);
+        let baseline_cpu_before = baseline_agent.as_ref().map_or(0.0, Agent::cpu_ms);
         let n = if phase == 0 { half } else { per_side - half };
         for i in 0..n {
             // ABBA: which side goes first alternates, so neither always runs right after
@@ -358,7 +358,8 @@ async fn measure(
         }
         o.rss_after = o.rss_after.max(agent.rss_kib());
         o.cpu_ms += agent.cpu_ms() - cpu_before;
-        o.baseline_cpu_ms += _baseline.as_ref().map_or(0.0, Agent::cpu_ms) - baseline_cpu_before;
+        o.baseline_cpu_ms +=
+            baseline_agent.as_ref().map_or(0.0, Agent::cpu_ms) - baseline_cpu_before;
         o.handling_ms.extend(
             agent
                 .field(&["nri request handled", "CreateContainer"], "took_us")
@@ -393,9 +394,12 @@ fn report(containerd: Containerd, baseline: Option<&Path>, o: &Outcome, out: &mu
     let (l50, h50) = diff_interval(&o.with, &o.without, 0.50);
     let (l99, h99) = diff_interval(&o.with, &o.without, 0.99);
     let v = containerd.as_str();
-    let without = match baseline {
-        Some(b) => format!("baseline agent {}", b.display()),
-        None => "without agent".to_string(),
+    let (without, added) = match baseline {
+        Some(b) => (
+            format!("baseline agent {}", b.display()),
+            "added over the baseline",
+        ),
+        None => ("without agent".to_string(), "added by berth"),
     };
     out.note(format!(
         "containerd {v}: CreateContainer through CRI on two identical nodes, alternating ABBA, the agent moving sides halfway; {} creations per side",
@@ -414,19 +418,15 @@ fn report(containerd: Containerd, baseline: Option<&Path>, o: &Outcome, out: &mu
             &o.fs_ms,
         );
     }
-    out.figure(
-        &format!("p99 added by berth, containerd {v}"),
-        a99 - w99,
-        "ms",
-    )
-    .interval(l99, h99)
-    .target(Target::AtMost(2.0));
-    out.figure(
-        &format!("p50 added by berth, containerd {v}"),
-        a50 - w50,
-        "ms",
-    )
-    .interval(l50, h50);
+    let p99_added = out
+        .figure(&format!("p99 {added}, containerd {v}"), a99 - w99, "ms")
+        .interval(l99, h99);
+    // The target is what berth may add to a node without it, not a build's difference.
+    if baseline.is_none() {
+        p99_added.target(Target::AtMost(2.0));
+    }
+    out.figure(&format!("p50 {added}, containerd {v}"), a50 - w50, "ms")
+        .interval(l50, h50);
     out.ratio(
         &format!("CreateContainer p50 with/without, containerd {v}"),
         "ms",
@@ -463,14 +463,15 @@ fn report(containerd: Containerd, baseline: Option<&Path>, o: &Outcome, out: &mu
         o.with.len(),
     );
     println!(
-        "  {:<24}p50 {w50:7.2} ms   p99 {w99:7.2} ms",
+        "  {:<23} p50 {w50:7.2} ms   p99 {w99:7.2} ms",
         format!("{without}:")
     );
     println!(
         "  berth-agent registered: p50 {a50:7.2} ms   p99 {a99:7.2} ms   (every container gets a file-log mount)"
     );
     println!(
-        "  added by berth:         p50 {:+7.2} ms [{l50:+.2}, {h50:+.2}]   p99 {:+7.2} ms [{l99:+.2}, {h99:+.2}]   (95% bootstrap intervals; target: p99 added <= 2 ms)",
+        "  {:<23} p50 {:+7.2} ms [{l50:+.2}, {h50:+.2}]   p99 {:+7.2} ms [{l99:+.2}, {h99:+.2}]   (95% bootstrap intervals; target: p99 added by berth <= 2 ms)",
+        format!("{added}:"),
         a50 - w50,
         a99 - w99
     );
