@@ -41,6 +41,7 @@ pub const METHODS: &[(&str, bool, bool)] = &[
     ("/berth.v1.Ipam/History", false, false),
     ("/berth.v1.Ipam/Reserve", false, false),
     ("/berth.v1.Ipam/Release", false, false),
+    ("/berth.v1.Ipam/Gc", false, false),
     ("/berth.v1.Audit/Query", false, false),
     ("/berth.v1.FakeTime/Get", false, false),
     ("/berth.v1.FakeTime/Set", false, false),

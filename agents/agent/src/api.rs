@@ -1,49 +1,20 @@
 //! Starts the gRPC API (berth-api) beside the NRI plugin: the `[api]` section, the file-log
-//! layout as the Logs backend, the node's IPAM (from `ipam_network`) as the Ipam backend, and
-//! the faketime control (when faketime is enabled) as the FakeTime backend.
+//! layout as the Logs backend, the node's IPAM (from `ipam_network`, with the collector of
+//! leaked leases when `[ipam_gc]` is on) as the Ipam backend, and the faketime control (when
+//! faketime is enabled) as the FakeTime backend.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context;
-use berth_api::{BackendError, FakeTimeTarget};
+use berth_api::{BackendError, FakeTimeTarget, Metrics};
 use berth_proto::v1;
 
 use crate::config::Config;
 use crate::faketime::store::CheckedAt;
-
-/// The `ipam` section of the berth-cni or berth-ipam plugin in a CNI network config.
-pub fn ipam_section(netconf: &serde_json::Value) -> Option<&serde_json::Value> {
-    fn from_plugin(plugin: &serde_json::Value) -> Option<&serde_json::Value> {
-        let ipam = plugin.get("ipam")?;
-        let type_of =
-            |v: &serde_json::Value| v.get("type").and_then(|t| t.as_str()).map(str::to_owned);
-        let berth = type_of(plugin).as_deref() == Some("berth-cni")
-            || type_of(ipam).as_deref() == Some("berth-ipam");
-        berth.then_some(ipam)
-    }
-    match netconf.get("plugins").and_then(|p| p.as_array()) {
-        Some(plugins) => plugins.iter().find_map(from_plugin),
-        None => from_plugin(netconf),
-    }
-}
-
-fn open_ipam(path: &Path) -> anyhow::Result<berth_ipam_core::Ipam> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read ipam_network {}", path.display()))?;
-    let netconf: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("ipam_network {} is not valid JSON", path.display()))?;
-    let section = ipam_section(&netconf).with_context(|| {
-        format!(
-            "ipam_network {} has no berth-cni plugin or berth-ipam ipam section",
-            path.display()
-        )
-    })?;
-    let config = berth_ipam_core::IpamConfig::from_json(section)
-        .with_context(|| format!("the ipam section of {}", path.display()))?;
-    Ok(berth_ipam_core::Ipam::open(&config)?)
-}
+use crate::ipam::backend::AgentIpam;
+use crate::ipam::collector::Collector;
 
 /// `berth.v1.FakeTime` over the same [`crate::faketime::Control`] that
 /// `berth-agent faketime …` runs: the state dir's locked state file and timestamp files.
@@ -166,15 +137,26 @@ pub fn check(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the server from the agent's config; `serve` runs it until `shutdown`.
-pub fn server(config: &Config) -> anyhow::Result<berth_api::ServerBuilder> {
+/// Builds the server from the agent's config; `serve` runs it until `shutdown`. The
+/// collector, when `[ipam_gc]` is on, already holds the network of `ipam_network`.
+pub fn server(
+    config: &Config,
+    collector: Option<Arc<Collector>>,
+    metrics: Metrics,
+) -> anyhow::Result<berth_api::ServerBuilder> {
     let api =
         berth_api::ApiConfig::from_agent_section(config.api.listen.as_deref(), &config.api.server)
             .context("invalid [api] section")?;
-    let mut builder =
-        berth_api::Server::builder(api).logs(berth_api::DirLayout::new(&config.filelogs.log_root));
-    if let Some(path) = &config.ipam_network {
-        builder = builder.ipam(berth_api::CoreIpam::new(Arc::new(open_ipam(path)?)));
+    let mut builder = berth_api::Server::builder(api)
+        .metrics(metrics)
+        .logs(berth_api::DirLayout::new(&config.filelogs.log_root));
+    let network = match (&collector, &config.ipam_network) {
+        (Some(c), _) => Some(c.network().clone()),
+        (None, Some(path)) => Some(crate::ipam::open_network(path)?),
+        (None, None) => None,
+    };
+    if let Some(network) = network {
+        builder = builder.ipam(AgentIpam::new(&network, collector));
     }
     if config.faketime.enabled {
         builder = builder.faketime(FakeTimeApi::new(&config.state_dir));
@@ -273,28 +255,5 @@ mod tests {
         assert!(format!("{err:#}").contains("kep"), "{err:#}");
         let good: Config = toml::from_str(&text.replace("kep = 3\n", "")).unwrap();
         check(&good).unwrap();
-    }
-
-    #[test]
-    fn finds_the_ipam_of_berth_cni_in_a_conflist() {
-        let conf = serde_json::json!({"plugins": [
-            {"type": "berth-cni", "ipam": {"pools": [1]}},
-            {"type": "portmap"}
-        ]});
-        assert_eq!(
-            ipam_section(&conf),
-            Some(&serde_json::json!({"pools": [1]}))
-        );
-    }
-
-    #[test]
-    fn finds_berth_ipam_under_a_reference_plugin_and_ignores_others() {
-        let conf = serde_json::json!({"plugins": [
-            {"type": "bridge", "ipam": {"type": "host-local"}},
-            {"type": "macvlan", "ipam": {"type": "berth-ipam", "pools": []}}
-        ]});
-        assert_eq!(ipam_section(&conf).unwrap()["type"], "berth-ipam");
-        let plain = serde_json::json!({"type": "bridge", "ipam": {"type": "host-local"}});
-        assert_eq!(ipam_section(&plain), None);
     }
 }

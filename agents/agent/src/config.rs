@@ -58,6 +58,37 @@ pub struct Config {
     /// docs/operations.md). Present: enabled (needs `[api]`); absent: Debug is not served.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debug: Option<toml::Table>,
+    /// Collection of leaked IPAM leases (needs `ipam_network`). Present: enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam_gc: Option<IpamGcConfig>,
+}
+
+/// `[ipam_gc]`: frees the addresses of sandboxes the runtime no longer has. containerd never
+/// calls CNI GC, so a lease whose DEL failed (a broken plugin later in the chain) would block
+/// its pod's sticky address forever without this.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpamGcConfig {
+    /// How often a pass runs.
+    #[serde(with = "humantime_serde_compat")]
+    pub interval: Duration,
+    /// Leases younger than this are never collected: a sandbox reaches the agent (NRI
+    /// RunPodSandbox) only after its CNI ADD has returned.
+    #[serde(with = "humantime_serde_compat")]
+    pub grace: Duration,
+}
+
+/// The shortest `ipam_gc.grace` accepted: an ADD can take seconds on a loaded node, and the
+/// sandbox's NRI event comes after it.
+pub const MIN_IPAM_GC_GRACE: Duration = Duration::from_secs(30);
+
+impl Default for IpamGcConfig {
+    fn default() -> Self {
+        IpamGcConfig {
+            interval: Duration::from_secs(60),
+            grace: Duration::from_secs(120),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -259,6 +290,7 @@ impl Default for Config {
             faketime: FakeTimeConfig::default(),
             api: ApiConfig::default(),
             debug: None,
+            ipam_gc: None,
         }
     }
 }
@@ -440,6 +472,26 @@ impl Config {
             && !d.is_absolute()
         {
             return Err(invalid("faketime.shim_dir", "must be an absolute path"));
+        }
+        if let Some(gc) = &self.ipam_gc {
+            if gc.interval.is_zero() {
+                return Err(invalid("ipam_gc.interval", "must be positive, e.g. \"1m\""));
+            }
+            if gc.grace < MIN_IPAM_GC_GRACE {
+                return Err(invalid(
+                    "ipam_gc.grace",
+                    format!(
+                        "{} is too short: an ADD still in flight would be collected; use at least 30s (default 2m)",
+                        humantime::format_duration(gc.grace)
+                    ),
+                ));
+            }
+            if self.ipam_network.is_none() {
+                return Err(invalid(
+                    "ipam_gc",
+                    "needs ipam_network: the CNI network config whose berth IPAM leases are collected",
+                ));
+            }
         }
         let listen = self.api.listen.as_deref().map(Listen::parse).transpose()?;
         if self.node_name.is_empty() {

@@ -7,6 +7,7 @@ pub mod events;
 pub mod faketime;
 pub mod filelogs;
 pub mod fsops;
+pub mod ipam;
 pub mod logwriter;
 pub mod names;
 pub mod retention;

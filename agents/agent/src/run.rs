@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use berth_api::Metrics;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -14,6 +15,8 @@ use crate::faketime::FakeTime;
 use crate::faketime::probe::{CtrProbe, NoProbe, RootfsProbe};
 use crate::filelogs::{AgentPlugin, FileLogs};
 use crate::fsops::RealFs;
+use crate::ipam::collector::Collector;
+use crate::ipam::sandboxes::Sandboxes;
 use crate::retention::{Clock, Policy, SystemClock};
 use crate::state::Store;
 
@@ -157,6 +160,10 @@ pub struct Agent {
     pub filelogs: Option<Arc<FileLogs>>,
     pub sweeper: Option<Arc<Sweeper>>,
     pub faketime: Option<Arc<FakeTime>>,
+    /// Collection of leaked IPAM leases (`[ipam_gc]`).
+    pub ipam_gc: Option<Arc<Collector>>,
+    /// The agent's metrics, served by the API's metrics listener.
+    pub metrics: Metrics,
     pub runner: berth_nri::Runner<AgentPlugin>,
 }
 
@@ -242,9 +249,16 @@ impl Agent {
         let mut opts = berth_nri::Options::new(&cfg.nri.socket, name, index);
         opts.registration_timeout = cfg.nri.registration_timeout;
         opts.backoff_max = cfg.nri.reconnect_max;
+        // Open the network first: a bad ipam_network stops the agent before it registers.
+        let gc_network = match (&cfg.ipam_gc, &cfg.ipam_network) {
+            (Some(_), Some(path)) => Some(crate::ipam::open_network(path)?),
+            _ => None,
+        };
+        let sandboxes = gc_network.as_ref().map(|_| Arc::new(Sandboxes::new()));
         let plugin = Arc::new(AgentPlugin {
             filelogs: filelogs.clone(),
             faketime: faketime.clone(),
+            sandboxes: sandboxes.clone(),
         });
         let runner = match &launched {
             Some(l) => {
@@ -258,11 +272,28 @@ impl Agent {
             }
             None => berth_nri::Runner::new(opts, plugin)?,
         };
+        let metrics = Metrics::new();
+        let ipam_gc = match (gc_network, sandboxes, &cfg.ipam_gc) {
+            (Some(network), Some(sandboxes), Some(gc)) => {
+                tracing::info!(network = %network.name, interval = %humantime::format_duration(gc.interval),
+                    grace = %humantime::format_duration(gc.grace), "collecting leaked ipam leases");
+                Some(Arc::new(Collector::new(
+                    network,
+                    gc.grace,
+                    sandboxes,
+                    runner.state(),
+                    &metrics,
+                )))
+            }
+            _ => None,
+        };
         Ok(Agent {
             resolved,
             filelogs,
             sweeper,
             faketime,
+            ipam_gc,
+            metrics,
             runner,
         })
     }
@@ -275,12 +306,26 @@ impl Agent {
     /// Serves NRI and sweeps until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         let api_task = if crate::api::wanted(&self.resolved.config) {
-            match crate::api::server(&self.resolved.config) {
+            match crate::api::server(
+                &self.resolved.config,
+                self.ipam_gc.clone(),
+                self.metrics.clone(),
+            ) {
                 Ok(server) => {
                     let stop = shutdown.clone();
                     let failed = shutdown.clone();
+                    let collector = self.ipam_gc.clone();
                     Some(tokio::spawn(async move {
-                        if let Err(e) = server.serve(stop.cancelled_owned()).await {
+                        let served = match server.start().await {
+                            Ok(running) => {
+                                if let Some(c) = &collector {
+                                    c.audit_to(running.audit.clone());
+                                }
+                                running.run_until(stop.cancelled_owned()).await
+                            }
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = served {
                             // No API means no audited access: stop rather than run half-configured.
                             tracing::error!(error = %e, "the API server failed; stopping the agent");
                             failed.cancel();
@@ -326,11 +371,22 @@ impl Agent {
                 }
             })
         });
+        let gc_task = match (&self.ipam_gc, &self.resolved.config.ipam_gc) {
+            (Some(c), Some(gc)) => Some(tokio::spawn(crate::ipam::collector::run(
+                c.clone(),
+                gc.interval,
+                shutdown.clone(),
+            ))),
+            _ => None,
+        };
         serve_nri_on_own_thread(self.runner, shutdown.clone()).await;
         // A pre-registered agent's runner returns when the runtime closes its connection: the
         // runtime starts it again, so the whole agent stops.
         shutdown.cancel();
         if let Some(t) = sweeper_task {
+            let _ = t.await;
+        }
+        if let Some(t) = gc_task {
             let _ = t.await;
         }
         if let Some(t) = api_task {
@@ -397,6 +453,9 @@ pub fn main_with(args: Args) -> anyhow::Result<()> {
             crate::api::check(&resolved.config)?;
         }
         crate::api::debug_config(&resolved.config)?;
+        if let (Some(_), Some(path)) = (&resolved.config.ipam_gc, &resolved.config.ipam_network) {
+            crate::ipam::read_network(path).context("invalid ipam_network for [ipam_gc]")?;
+        }
         println!(
             "{}",
             toml::to_string_pretty(&resolved.config).context("cannot print the config")?

@@ -139,6 +139,17 @@ pub trait IpamBackend: Send + Sync + 'static {
         address: &str,
         actor: &str,
     ) -> Result<v1::Allocation, BackendError>;
+    /// Which pods are sticky without an annotation (`stable-names`, `all`, `none`).
+    fn sticky_default(&self) -> String {
+        String::new()
+    }
+    /// One pass of leaked-lease collection (the node agent's `[ipam_gc]`); the allocations
+    /// freed, or with `dry_run` those that would be.
+    async fn gc(&self, _dry_run: bool) -> Result<Vec<v1::Allocation>, BackendError> {
+        Err(BackendError::Unavailable(
+            "leaked-lease collection is off on this agent: add an [ipam_gc] section (with ipam_network) to its config".into(),
+        ))
+    }
 }
 
 #[tonic::async_trait]
@@ -172,6 +183,12 @@ impl<T: IpamBackend + ?Sized> IpamBackend for std::sync::Arc<T> {
         actor: &str,
     ) -> Result<v1::Allocation, BackendError> {
         (**self).release(pool, address, actor).await
+    }
+    fn sticky_default(&self) -> String {
+        (**self).sticky_default()
+    }
+    async fn gc(&self, dry_run: bool) -> Result<Vec<v1::Allocation>, BackendError> {
+        (**self).gc(dry_run).await
     }
 }
 

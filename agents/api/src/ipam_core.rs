@@ -149,6 +149,10 @@ fn networks(ipam: &Ipam, network: &str) -> Result<Vec<String>, BackendError> {
 
 #[tonic::async_trait]
 impl IpamBackend for CoreIpam {
+    fn sticky_default(&self) -> String {
+        self.ipam.engine().sticky_default.as_str().to_string()
+    }
+
     async fn list(
         &self,
         req: &v1::ListAllocationsRequest,

@@ -321,6 +321,15 @@ fn grants_list(b: &[u8]) -> Result<Target, prost::DecodeError> {
     Ok(listed(Scope::Node, &[("identity", &r.identity)]))
 }
 
+/// Collection frees leases of every namespace: a role scoped to "*" only.
+fn ipam_gc(b: &[u8]) -> Result<Target, prost::DecodeError> {
+    let r = v1::IpamGcRequest::decode(b)?;
+    Ok(listed(
+        Scope::AllNamespaces,
+        &[("dry_run", if r.dry_run { "true" } else { "" })],
+    ))
+}
+
 fn grants_revoke(b: &[u8]) -> Result<Target, prost::DecodeError> {
     let r = v1::RevokeGrantRequest::decode(b)?;
     Ok(listed(Scope::Node, &[("id", &r.id)]))
@@ -339,6 +348,7 @@ pub static METHODS: &[MethodSpec] = &[
     spec("/berth.v1.Ipam/History", false, false, ipam_history),
     spec("/berth.v1.Ipam/Reserve", false, true, ipam_reserve),
     spec("/berth.v1.Ipam/Release", false, true, ipam_release),
+    spec("/berth.v1.Ipam/Gc", false, true, ipam_gc),
     spec("/berth.v1.Audit/Query", false, false, audit_query),
     spec("/berth.v1.FakeTime/Get", false, false, faketime_get),
     spec("/berth.v1.FakeTime/Set", false, true, faketime_set),

@@ -82,6 +82,23 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
+    /// Serves until `shutdown` resolves (then stops as [`RunningServer::shutdown`] does), or
+    /// returns early with the error if the server itself fails.
+    pub async fn run_until(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ApiError> {
+        tokio::select! {
+            _ = shutdown => self.shutdown().await,
+            res = &mut self.task => {
+                if let Some(p) = &self.unix_socket {
+                    let _ = std::fs::remove_file(p);
+                }
+                match res {
+                    Ok(r) => r,
+                    Err(e) => Err(ApiError::Task(e.to_string())),
+                }
+            }
+        }
+    }
+
     /// Stops accepting, lets in-flight calls finish (up to 5 s), removes the socket.
     /// Streams still open after the grace period (e.g. `logs tail -f`) are cut.
     pub async fn shutdown(self) -> Result<(), ApiError> {
@@ -139,19 +156,7 @@ impl ServerBuilder {
     /// Starts everything and runs until `shutdown` resolves.
     /// Returns early with the error if the server itself fails.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ApiError> {
-        let mut running = self.start().await?;
-        tokio::select! {
-            _ = shutdown => running.shutdown().await,
-            res = &mut running.task => {
-                if let Some(p) = &running.unix_socket {
-                    let _ = std::fs::remove_file(p);
-                }
-                match res {
-                    Ok(r) => r,
-                    Err(e) => Err(ApiError::Task(e.to_string())),
-                }
-            }
-        }
+        self.start().await?.run_until(shutdown).await
     }
 
     /// Validates the config, loads policy, opens the audit log, binds listeners and starts

@@ -217,6 +217,13 @@ pub enum IpamCmd {
         #[arg(short = 'n', long, default_value = "")]
         namespace: String,
     },
+    /// Collect leaked addresses now: allocations of sandboxes the runtime no longer has
+    /// (what the agent's [ipam_gc] does every interval).
+    Gc {
+        /// Show what would be freed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Args)]

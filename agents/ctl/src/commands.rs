@@ -307,10 +307,16 @@ fn alloc_table(allocs: Vec<v1::Allocation>, out: &mut dyn Write) -> Result<()> {
         "NAMESPACE",
         "POD",
         "IFNAME",
+        "STICKY",
         "SINCE",
         "UNTIL",
     ]);
     for a in allocs {
+        let sticky = if a.owner.is_empty() {
+            "no".to_string()
+        } else {
+            a.owner
+        };
         t.row(vec![
             a.network,
             a.pool,
@@ -319,6 +325,7 @@ fn alloc_table(allocs: Vec<v1::Allocation>, out: &mut dyn Write) -> Result<()> {
             a.namespace,
             a.pod,
             a.ifname,
+            sticky,
             output::time_ms(a.since_unix_ms),
             output::time_ms(a.hold_until_unix_ms),
         ]);
@@ -342,6 +349,9 @@ pub async fn ipam(ch: Channel, cmd: IpamCmd, fmt: Format, out: &mut dyn Write) -
             let r = rpc("ipam list", c.list(req).await)?;
             if fmt == Format::Json {
                 return Ok(output::json(out, &r)?);
+            }
+            if let Some(line) = sticky_line(&r.sticky_default) {
+                writeln!(out, "{line}")?;
             }
             alloc_table(r.allocations, out)?;
         }
@@ -457,8 +467,59 @@ pub async fn ipam(ch: Channel, cmd: IpamCmd, fmt: Format, out: &mut dyn Write) -
             }
             alloc_table(r.released.into_iter().collect(), out)?;
         }
+        IpamCmd::Gc { dry_run } => {
+            let r = rpc("ipam gc", c.gc(v1::IpamGcRequest { dry_run }).await)?;
+            if fmt == Format::Json {
+                return Ok(output::json(out, &r)?);
+            }
+            let verb = if dry_run {
+                "would collect"
+            } else {
+                "collected"
+            };
+            writeln!(out, "{verb} {} leaked address(es)", r.collected.len())?;
+            let mut t = Table::new(&[
+                "NETWORK",
+                "ADDRESS",
+                "NAMESPACE",
+                "POD",
+                "SANDBOX",
+                "IFNAME",
+                "SINCE",
+            ]);
+            for a in r.collected {
+                t.row(vec![
+                    a.network,
+                    a.address,
+                    a.namespace,
+                    a.pod,
+                    a.container_id,
+                    a.ifname,
+                    output::time_ms(a.since_unix_ms),
+                ]);
+            }
+            if !t.is_empty() {
+                t.write(out)?;
+            }
+        }
     }
     Ok(())
+}
+
+/// What `ipam list` says above its table about the pods that keep their address.
+fn sticky_line(policy: &str) -> Option<String> {
+    let meaning = match policy {
+        "stable-names" => {
+            "pods with a stable name (StatefulSet web-0, hand-named pods) keep their address; \
+             generated names (Deployment, Job, DaemonSet pods) do not"
+        }
+        "all" => "every pod keeps its address by namespace/name",
+        "none" => "only pods annotated berth.io/sticky keep their address",
+        _ => return None,
+    };
+    Some(format!(
+        "sticky by default: {policy} ({meaning}; berth.io/sticky overrides; holds are reclaimed when a pool is full)"
+    ))
 }
 
 pub async fn faketime(

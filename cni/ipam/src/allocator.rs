@@ -71,6 +71,8 @@ pub struct Attachment {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
     pub released: Vec<IpAddr>,
+    /// The released allocations as they were (sandbox, interface, pod, since when).
+    pub collected: Vec<crate::state::Lease>,
 }
 
 /// Address management for one or more networks.

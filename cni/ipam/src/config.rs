@@ -50,9 +50,9 @@ pub struct IpamConfig {
         serialize_with = "ser_duration"
     )]
     pub hold: Duration,
-    /// Whether pods keep their address by namespace/name unless annotated `berth.io/sticky: "false"`.
-    #[serde(default = "default_true")]
-    pub sticky: bool,
+    /// Which pods keep their address by namespace/name when not annotated `berth.io/sticky`.
+    #[serde(default)]
+    pub sticky: StickyDefault,
     /// Largest tolerated difference between this node's clock and times recorded in the store.
     #[serde(
         default = "default_skew",
@@ -96,6 +96,82 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig::Local {
             dir: default_local_dir(),
+        }
+    }
+}
+
+/// Which pods are sticky when they carry no `berth.io/sticky` annotation.
+///
+/// A hold only helps a pod that comes back under the same name. StatefulSet pods
+/// (`web-0`) and hand-named pods do; Deployment, Job and DaemonSet pods get a generated
+/// name (`web-7d9f8b6c4d-x2k9z`) every time and never do, so holding their addresses only
+/// drains the pool. Holds are soft in any case: a full pool reclaims them, oldest first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StickyDefault {
+    /// Every pod (`true`; berth's behaviour before 0.2).
+    All,
+    /// No pod (`false`): only annotated pods keep their address.
+    None,
+    /// Pods whose name does not end in a generated suffix (`"stable-names"`, the default).
+    #[default]
+    StableNames,
+}
+
+impl StickyDefault {
+    /// The config spelling, also shown by `berthctl ipam list`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StickyDefault::All => "all",
+            StickyDefault::None => "none",
+            StickyDefault::StableNames => "stable-names",
+        }
+    }
+
+    /// Whether a pod of this name is sticky without an annotation.
+    pub fn covers(self, pod_name: &str) -> bool {
+        match self {
+            StickyDefault::All => true,
+            StickyDefault::None => false,
+            StickyDefault::StableNames => !has_generated_suffix(pod_name),
+        }
+    }
+}
+
+/// Whether a pod name ends like the names Kubernetes generates (`generateName`): a dash and
+/// five characters of the API server's random alphabet, which has no vowels and none of
+/// `0`, `1`, `3` (so `web-0`, `db-12` or `cache-primary` are never taken for one).
+pub fn has_generated_suffix(pod_name: &str) -> bool {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    pod_name.rsplit_once('-').is_some_and(|(head, tail)| {
+        !head.is_empty() && tail.len() == 5 && tail.bytes().all(|b| ALPHABET.contains(&b))
+    })
+}
+
+impl Serialize for StickyDefault {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for StickyDefault {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(StickyDefault::All),
+            Raw::Bool(false) => Ok(StickyDefault::None),
+            Raw::Text(t) => match t.as_str() {
+                "all" | "true" => Ok(StickyDefault::All),
+                "none" | "false" => Ok(StickyDefault::None),
+                "stable-names" => Ok(StickyDefault::StableNames),
+                other => Err(serde::de::Error::custom(format!(
+                    "sticky {other:?} is not one of \"stable-names\", \"all\", \"none\" (or true/false)"
+                ))),
+            },
         }
     }
 }
@@ -212,9 +288,6 @@ fn default_hold() -> Duration {
 fn default_skew() -> Duration {
     DEFAULT_MAX_CLOCK_SKEW
 }
-fn default_true() -> bool {
-    true
-}
 fn default_local_dir() -> PathBuf {
     PathBuf::from(DEFAULT_LOCAL_DIR)
 }
@@ -259,7 +332,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(c.hold, Duration::from_secs(300));
-        assert!(c.sticky);
+        assert_eq!(c.sticky, StickyDefault::StableNames);
         assert_eq!(c.max_clock_skew, DEFAULT_MAX_CLOCK_SKEW);
         assert_eq!(
             c.store,
@@ -294,6 +367,48 @@ mod tests {
         assert!(matches!(none, Err(IpamError::InvalidConfig(m)) if m.contains("no pools")));
         let dur = IpamConfig::from_json(&json!({"hold": "ten minutes", "pools": []}));
         assert!(matches!(dur, Err(IpamError::InvalidConfig(m)) if m.contains("bad duration")));
+    }
+
+    #[test]
+    fn sticky_takes_the_old_booleans_and_the_policies() {
+        let parse = |v: serde_json::Value| {
+            IpamConfig::from_json(&json!({"sticky": v, "pools": []})).map(|c| c.sticky)
+        };
+        assert_eq!(parse(json!(true)).unwrap(), StickyDefault::All);
+        assert_eq!(parse(json!(false)).unwrap(), StickyDefault::None);
+        assert_eq!(parse(json!("all")).unwrap(), StickyDefault::All);
+        assert_eq!(
+            parse(json!("stable-names")).unwrap(),
+            StickyDefault::StableNames
+        );
+        let bad = parse(json!("sometimes"));
+        assert!(
+            matches!(&bad, Err(IpamError::InvalidConfig(m)) if m.contains("stable-names")),
+            "{bad:?}"
+        );
+    }
+
+    #[test]
+    fn generated_names_are_told_from_stable_ones() {
+        for generated in ["web-7d9f8b6c4d-x2k9z", "job-bcdfg", "ds-2m4xz", "a-bbbbb"] {
+            assert!(has_generated_suffix(generated), "{generated}");
+            assert!(!StickyDefault::StableNames.covers(generated));
+        }
+        for stable in [
+            "web-0",
+            "db-12",
+            "cache-primary",
+            "churn-00042",
+            "web-abcde",
+            "pod",
+            "-bcdfg",
+            "x-bcdf",
+        ] {
+            assert!(!has_generated_suffix(stable), "{stable}");
+            assert!(StickyDefault::StableNames.covers(stable));
+        }
+        assert!(StickyDefault::All.covers("web-7d9f8b6c4d-x2k9z"));
+        assert!(!StickyDefault::None.covers("web-0"));
     }
 
     #[test]

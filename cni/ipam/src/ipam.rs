@@ -185,29 +185,61 @@ impl Ipam {
         Ok(was)
     }
 
-    /// Reconciles a network with the sandboxes the runtime still has (the agent's periodic
-    /// GC): allocations of other sandboxes are released; expired holds are dropped.
+    /// Reconciles a network with the sandboxes the runtime still has: allocations of other
+    /// sandboxes are released; expired holds are dropped.
     pub fn reconcile(
         &self,
         network: &str,
         live_sandboxes: &[String],
     ) -> Result<GcReport, IpamError> {
         let live: HashSet<&str> = live_sandboxes.iter().map(String::as_str).collect();
-        self.gc_with(network, &|c, _| live.contains(c))
+        self.gc_with(network, &|l| {
+            l.attachment().is_some_and(|(c, _)| live.contains(c))
+        })
     }
 
-    fn gc_with(
+    /// Collects the allocations a node agent knows to be leaked: of sandboxes `is_live` says
+    /// the runtime does not have, allocated longer than `grace` ago (an ADD still in flight is
+    /// younger: its sandbox reaches the agent only after the ADD returns), and, when
+    /// `this_node_only`, written by this node (an etcd store holds every node's leases).
+    /// A collected sticky allocation goes into its hold. With `dry_run`, nothing is written
+    /// and the report says what would be collected.
+    pub fn collect_leaked(
         &self,
         network: &str,
-        keep: &dyn Fn(&str, &str) -> bool,
+        is_live: &dyn Fn(&str) -> bool,
+        grace: std::time::Duration,
+        this_node_only: bool,
+        dry_run: bool,
     ) -> Result<GcReport, IpamError> {
+        let grace = chrono::Duration::from_std(grace)
+            .map_err(|_| IpamError::InvalidConfig("the GC grace is too long".into()))?;
+        let node = self.engine.node.node.clone();
+        let settled_before = self.clock.now() - grace;
+        let keep = |l: &Lease| {
+            let Some((sandbox, _)) = l.attachment() else {
+                return true;
+            };
+            is_live(sandbox) || l.since > settled_before || (this_node_only && l.node != node)
+        };
+        if dry_run {
+            let leases = self.store.read(network)?;
+            let mut report = self.engine.gc(&leases, &keep, self.clock.now()).report;
+            // Expired holds are no leak: a dry run reports allocations only.
+            report.released = report.collected.iter().map(|l| l.ip).collect();
+            return Ok(report);
+        }
+        self.gc_with(network, &keep)
+    }
+
+    fn gc_with(&self, network: &str, keep: &dyn Fn(&Lease) -> bool) -> Result<GcReport, IpamError> {
         let now = self.clock.now();
         let mut report = GcReport::default();
         // Bounded batches: etcd refuses transactions over 128 operations. Each release is
         // independent, so a GC may commit in several steps; it loops until nothing is left.
         loop {
             let mut cut = false;
-            let mut released = Vec::new();
+            let mut batch = GcReport::default();
             self.store.transact(network, &mut |leases| {
                 self.engine.check_skew(leases, now)?;
                 let mut r = self.engine.gc(leases, keep, now);
@@ -219,15 +251,13 @@ impl Ipam {
                     .map(|l| l.ip)
                     .chain(r.plan.deletes.iter().copied())
                     .collect();
-                released = r
-                    .report
-                    .released
-                    .into_iter()
-                    .filter(|ip| kept.contains(ip))
-                    .collect();
+                r.report.released.retain(|ip| kept.contains(ip));
+                r.report.collected.retain(|l| kept.contains(&l.ip));
+                batch = r.report;
                 Ok(r.plan)
             })?;
-            report.released.extend(released);
+            report.released.extend(batch.released);
+            report.collected.extend(batch.collected);
             if !cut {
                 return Ok(report);
             }
@@ -274,7 +304,9 @@ impl Allocator for Ipam {
             .iter()
             .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
             .collect();
-        self.gc_with(network, &|c, i| valid.contains(&(c, i)))
+        self.gc_with(network, &|l| {
+            l.attachment().is_some_and(|a| valid.contains(&a))
+        })
     }
 
     fn status(&self) -> Result<(), IpamError> {

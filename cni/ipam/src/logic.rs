@@ -8,7 +8,10 @@
 //!    nobody else holds it;
 //! 3. otherwise the pod's sticky address (held or reserved for its namespace/name) in one of the
 //!    candidate pools;
-//! 4. otherwise the first free address of the candidate pools, in order.
+//! 4. otherwise the first free address of the candidate pools, in order;
+//! 5. otherwise, in the first candidate pool that has one, the address held longest for
+//!    another pod (holds are soft: a full pool reclaims them; reservations and addresses
+//!    pinned by `berth.io/ip` are never reclaimed).
 //!
 //! Candidate pools: `berth.io/pool` annotation, else the pool of the explicit address, else the
 //! plugin's per-interface pool, else `berth.io/app-pool` (pools named so or labelled `app`),
@@ -20,6 +23,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 
 use crate::allocator::{AllocateRequest, Allocation, GcReport};
+use crate::config::StickyDefault;
 use crate::error::IpamError;
 use crate::node::NodeInfo;
 use crate::pool::{Pool, Pools, Unusable};
@@ -40,7 +44,7 @@ pub struct Engine {
     pub pools: Pools,
     pub node: NodeInfo,
     pub hold: chrono::Duration,
-    pub sticky_default: bool,
+    pub sticky_default: StickyDefault,
     pub max_skew: chrono::Duration,
 }
 
@@ -104,7 +108,7 @@ impl Engine {
             if let Some(l) = leases.get(&ip) {
                 self.may_take(l, sticky.as_ref(), now)?;
             }
-            return Ok(self.take(leases.get(&ip), pool, ip, req, sticky, now, "requested"));
+            return Ok(self.take(leases.get(&ip), pool, ip, req, sticky, now, Take::Requested));
         }
 
         if let Some(s) = &sticky {
@@ -132,7 +136,7 @@ impl Engine {
                     .iter()
                     .find(|p| p.name == l.pool)
                     .expect("filtered above");
-                return Ok(self.take(Some(l), pool, l.ip, req, sticky, now, "sticky"));
+                return Ok(self.take(Some(l), pool, l.ip, req, sticky, now, Take::Sticky));
             }
         }
 
@@ -140,7 +144,16 @@ impl Engine {
             // Expired holds and reservations are free for anyone; allocations never expire.
             let taken = |ip: IpAddr| leases.get(&ip).is_some_and(|l| !l.expired(now));
             if let Some(ip) = pool.find_free(start, &taken) {
-                return Ok(self.take(leases.get(&ip), pool, ip, req, sticky, now, "new"));
+                return Ok(self.take(leases.get(&ip), pool, ip, req, sticky, now, Take::New));
+            }
+        }
+        for pool in &candidates {
+            let oldest_hold = leases
+                .values()
+                .filter(|l| l.pool == pool.name && l.reclaimable() && pool.check(l.ip).is_ok())
+                .min_by_key(|l| (l.since, l.ip));
+            if let Some(l) = oldest_hold {
+                return Ok(self.take(Some(l), pool, l.ip, req, sticky, now, Take::Reclaimed));
             }
         }
         Err(IpamError::Exhausted {
@@ -189,12 +202,33 @@ impl Engine {
         req: &AllocateRequest,
         sticky: Option<Sticky>,
         now: DateTime<Utc>,
-        how: &str,
+        how: Take,
     ) -> (Plan, Allocation) {
         let mut plan = Plan::default();
         if let Some(prev) = previous {
             let ours = matches!((&prev.sticky, &sticky), (Some(a), Some(b)) if a.matches(b));
-            if !ours {
+            if how == Take::Reclaimed {
+                let taker = req
+                    .pod
+                    .as_ref()
+                    .map(|p| format!("{}/{}", p.namespace, p.name))
+                    .unwrap_or_else(|| format!("sandbox {}", req.container_id));
+                let until = prev
+                    .expires()
+                    .map(|u| format!(" until {u}"))
+                    .unwrap_or_default();
+                plan.events.push(self.event(
+                    EventKind::Reclaimed,
+                    prev,
+                    now,
+                    Some(format!(
+                        "held for {}{until}, given to {taker}: pool {:?} had no free address; {} gets a new address when it comes back",
+                        who(prev),
+                        pool.name,
+                        who(prev)
+                    )),
+                ));
+            } else if !ours {
                 plan.events.push(self.event(
                     EventKind::Expire,
                     prev,
@@ -215,9 +249,10 @@ impl Engine {
             node: self.node.node.clone(),
             rack: self.node.rack.clone(),
             since: now,
+            pinned: how == Take::Requested,
         };
         plan.events
-            .push(self.event(EventKind::Allocate, &lease, now, Some(how.to_string())));
+            .push(self.event(EventKind::Allocate, &lease, now, Some(how.detail())));
         plan.puts.push(lease);
         (plan, allocation(pool, ip))
     }
@@ -265,21 +300,23 @@ impl Engine {
         }
     }
 
-    /// Decides a GC: attachments for which `keep` is false are released; expired holds and
-    /// timed reservations are removed.
+    /// Decides a GC: allocations for which `keep` is false are released (a sticky one into
+    /// its hold, so its pod still gets it back); expired holds and timed reservations are
+    /// removed.
     pub fn gc(
         &self,
         leases: &Leases,
-        keep: &dyn Fn(&str, &str) -> bool,
+        keep: &dyn Fn(&Lease) -> bool,
         now: DateTime<Utc>,
     ) -> Released {
         let mut plan = Plan::default();
         let mut report = GcReport::default();
         for l in leases.values() {
             match l.attachment() {
-                Some((c, i)) if !keep(c, i) => {
+                Some(_) if !keep(l) => {
                     self.release_lease(&mut plan, l, now, true);
                     report.released.push(l.ip);
+                    report.collected.push(l.clone());
                 }
                 Some(_) => {}
                 None if l.expired(now) => {
@@ -330,6 +367,7 @@ impl Engine {
             node: self.node.node.clone(),
             rack: self.node.rack.clone(),
             since: now,
+            pinned: false,
         };
         Ok(Plan {
             events: vec![self.event(EventKind::Reserve, &lease, now, None)],
@@ -387,7 +425,7 @@ impl Engine {
             return Ok(None);
         };
         let name = match annotation_for(req, ANN_STICKY)?.as_deref() {
-            None if self.sticky_default => pod.name.clone(),
+            None if self.sticky_default.covers(&pod.name) => pod.name.clone(),
             None | Some("false") => return Ok(None),
             Some("true") => pod.name.clone(),
             Some(key) => {
@@ -537,6 +575,31 @@ impl Engine {
             rack: self.node.rack.clone(),
             detail,
         }
+    }
+}
+
+/// How an address was chosen (the allocate event's detail).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Take {
+    /// Named by `berth.io/ip`: pinned, its hold is never reclaimed.
+    Requested,
+    /// The pod's own held or reserved address.
+    Sticky,
+    /// A free address.
+    New,
+    /// Another pod's hold, taken because the pool was full.
+    Reclaimed,
+}
+
+impl Take {
+    fn detail(self) -> String {
+        match self {
+            Take::Requested => "requested",
+            Take::Sticky => "sticky",
+            Take::New => "new",
+            Take::Reclaimed => "new (reclaimed a hold: the pool had no free address)",
+        }
+        .to_string()
     }
 }
 

@@ -22,7 +22,7 @@ fn engine(rack: Option<&str>, pools: serde_json::Value) -> Engine {
             rack: rack.map(str::to_string),
         },
         hold: chrono::Duration::minutes(10),
-        sticky_default: true,
+        sticky_default: crate::config::StickyDefault::All,
         max_skew: chrono::Duration::seconds(30),
     }
 }
@@ -147,12 +147,14 @@ fn hold_expires_with_the_injected_clock() {
     let first = alloc(&e, &mut l, &req("c1", Some(("ns", "a"))), t0()).unwrap();
     let _second = alloc(&e, &mut l, &req("c2", Some(("ns", "b"))), t0()).unwrap();
     release(&e, &mut l, "c1", t0());
-    // 9 minutes later the only free address is held: exhausted.
+    // 9 minutes later the only free address is still held: the full pool reclaims it.
     let nine = t0() + chrono::Duration::minutes(9);
-    assert!(matches!(
-        alloc(&e, &mut l, &req("c3", Some(("ns", "c"))), nine),
-        Err(IpamError::Exhausted { .. })
-    ));
+    let (plan, got) = e
+        .allocate(&l, &req("c3", Some(("ns", "c"))), nine, 0)
+        .unwrap();
+    assert_eq!(got.address, first.address);
+    let kinds: Vec<EventKind> = plan.events.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventKind::Reclaimed, EventKind::Allocate]);
     // 10 minutes later the hold has run out: another pod takes it, and the expiry is recorded.
     let ten = t0() + chrono::Duration::minutes(10);
     let (plan, got) = e
@@ -433,7 +435,11 @@ fn sticky_address_still_allocated_to_an_old_sandbox_is_refused_not_duplicated() 
         other => panic!("expected AddressUnavailable, got {other:?}"),
     }
     // GC of the old sandbox puts it into hold; then the new sandbox gets it.
-    let r = e.gc(&l, &|c, _| c == "new", t0());
+    let r = e.gc(
+        &l,
+        &|l| l.attachment().is_some_and(|(c, _)| c == "new"),
+        t0(),
+    );
     assert_eq!(r.report.released, vec![a.address.addr()]);
     assert_eq!(r.plan.events[0].kind, EventKind::Gc);
     r.plan.apply(&mut l);
@@ -455,7 +461,7 @@ fn gc_releases_unknown_attachments_and_drops_expired_holds() {
     release(&e, &mut l, "held", t0());
     let r = e.gc(
         &l,
-        &|c, _| c == "keep",
+        &|l| l.attachment().is_some_and(|(c, _)| c == "keep"),
         t0() + chrono::Duration::minutes(11),
     );
     assert_eq!(r.report.released, vec![gone.address.addr()]);
@@ -624,4 +630,167 @@ fn a_pod_moving_to_another_rack_gets_that_racks_address_and_its_old_hold_stays()
     release(&r2, &mut l, "c2", t0());
     let back = alloc(&r1, &mut l, &req("c3", Some(("ns", "db-0"))), t0()).unwrap();
     assert_eq!(back.address, first.address);
+}
+
+/// A /29 with gateway .1: five addresses (.2 … .6), all held for pods that left.
+fn full_of_holds(e: &Engine, l: &mut Leases) -> Vec<IpAddr> {
+    let mut held = Vec::new();
+    for i in 0..5 {
+        let at = t0() + chrono::Duration::seconds(i);
+        let a = alloc(
+            e,
+            l,
+            &req(&format!("c{i}"), Some(("ns", &format!("gone-{i}")))),
+            at,
+        )
+        .unwrap();
+        release(e, l, &format!("c{i}"), at);
+        held.push(a.address.addr());
+    }
+    held
+}
+
+#[test]
+fn a_full_pool_reclaims_the_oldest_hold_and_says_for_whom() {
+    let e = engine(
+        None,
+        json!([{"name": "a", "subnet": "10.1.0.0/29", "gateway": "10.1.0.1"}]),
+    );
+    let mut l = Leases::new();
+    let held = full_of_holds(&e, &mut l);
+    // Make the hold of gone-3 the oldest one.
+    if let Some(lease) = l.get_mut(&held[3]) {
+        lease.since = t0() - chrono::Duration::minutes(1);
+    }
+    let now = t0() + chrono::Duration::minutes(1);
+    let (plan, got) = e
+        .allocate(&l, &req("new", Some(("ns", "web-7"))), now, 0)
+        .unwrap();
+    assert_eq!(got.address.addr(), held[3]);
+    let reclaimed = &plan.events[0];
+    assert_eq!(reclaimed.kind, EventKind::Reclaimed);
+    assert_eq!(reclaimed.sticky.as_ref().unwrap().name, "gone-3");
+    let detail = reclaimed.detail.as_deref().unwrap();
+    assert!(
+        detail.contains("held for ns/gone-3") && detail.contains("given to ns/web-7"),
+        "{detail}"
+    );
+    assert_eq!(
+        plan.events[1].detail.as_deref(),
+        Some("new (reclaimed a hold: the pool had no free address)")
+    );
+    plan.apply(&mut l);
+    // gone-3 comes back: its address is taken, so it gets another (a hold reclaimed again),
+    // and its history tells why.
+    let (plan, back) = e
+        .allocate(&l, &req("again", Some(("ns", "gone-3"))), now, 0)
+        .unwrap();
+    assert_ne!(back.address.addr(), held[3]);
+    plan.apply(&mut l);
+    let q = crate::state::HistoryQuery {
+        pod: Some(("ns".into(), "gone-3".into())),
+        ..Default::default()
+    };
+    let mine: Vec<EventKind> = plan
+        .events
+        .iter()
+        .chain(std::iter::once(reclaimed))
+        .filter(|e| q.matches(e))
+        .map(|e| e.kind)
+        .collect();
+    assert!(
+        mine.contains(&EventKind::Reclaimed) && mine.contains(&EventKind::Allocate),
+        "{mine:?}"
+    );
+}
+
+#[test]
+fn reservations_and_pinned_holds_are_never_reclaimed() {
+    let e = engine(
+        None,
+        json!([{"name": "a", "subnet": "10.1.0.0/29", "gateway": "10.1.0.1"}]),
+    );
+    let mut l = Leases::new();
+    // .2 pinned by berth.io/ip, then released into its hold.
+    alloc(
+        &e,
+        &mut l,
+        &with_ann(req("p", Some(("ns", "pinned-0"))), ANN_IP, "10.1.0.2"),
+        t0(),
+    )
+    .unwrap();
+    release(&e, &mut l, "p", t0());
+    assert!(l[&ip("10.1.0.2")].pinned);
+    // .3 reserved by an operator, .4-.6 allocated.
+    e.reserve(&l, ip("10.1.0.3"), None, None, None, t0())
+        .unwrap()
+        .apply(&mut l);
+    for i in 4..7 {
+        alloc(&e, &mut l, &req(&format!("live{i}"), None), t0()).unwrap();
+    }
+    let before = l.clone();
+    match e.allocate(&l, &req("new", Some(("ns", "web-1"))), t0(), 0) {
+        Err(IpamError::Exhausted { pool }) => assert_eq!(pool, "a"),
+        other => panic!("expected Exhausted, got {other:?}"),
+    }
+    assert_eq!(l, before);
+    // The pinned pod still gets its address back.
+    let back = alloc(&e, &mut l, &req("p2", Some(("ns", "pinned-0"))), t0()).unwrap();
+    assert_eq!(back.address.addr(), ip("10.1.0.2"));
+}
+
+#[test]
+fn churn_of_distinct_pods_never_exhausts_a_pool_of_holds() {
+    let e = engine(
+        None,
+        json!([{"name": "node", "subnet": "10.244.0.0/24", "gateway": "10.244.0.1"}]),
+    );
+    let mut l = Leases::new();
+    for i in 0..600 {
+        let at = t0() + chrono::Duration::milliseconds(100 * i);
+        let cid = format!("sandbox-{i}");
+        alloc(
+            &e,
+            &mut l,
+            &req(&cid, Some(("churn", &format!("job-{i}")))),
+            at,
+        )
+        .unwrap_or_else(|err| panic!("ADD {i} failed: {err}"));
+        release(&e, &mut l, &cid, at);
+    }
+    assert!(l.len() <= 253, "one lease per address at most: {}", l.len());
+}
+
+#[test]
+fn generated_pod_names_are_not_held_by_default() {
+    let mut e = small();
+    e.sticky_default = crate::config::StickyDefault::StableNames;
+    let mut l = Leases::new();
+    let a = alloc(
+        &e,
+        &mut l,
+        &req("c1", Some(("ns", "web-7d9f8b6c4d-x2k9z"))),
+        t0(),
+    )
+    .unwrap();
+    assert_eq!(l[&a.address.addr()].sticky, None);
+    let plan = release(&e, &mut l, "c1", t0());
+    assert_eq!(plan.events[0].kind, EventKind::Release);
+    assert!(l.is_empty());
+    // A StatefulSet-style name keeps its address.
+    let b = alloc(&e, &mut l, &req("c2", Some(("ns", "web-0"))), t0()).unwrap();
+    release(&e, &mut l, "c2", t0());
+    assert!(matches!(
+        l[&b.address.addr()].state,
+        LeaseState::Held { .. }
+    ));
+    // The annotation still wins over the default.
+    let c = alloc(
+        &e,
+        &mut l,
+        &with_ann(req("c3", Some(("ns", "job-bcdfg"))), ANN_STICKY, "true"),
+        t0(),
+    )
+    .unwrap();
+    assert!(l[&c.address.addr()].sticky.is_some());
 }

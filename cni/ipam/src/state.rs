@@ -79,6 +79,9 @@ pub struct Lease {
     pub rack: Option<String>,
     /// When the lease entered its current state.
     pub since: DateTime<Utc>,
+    /// Given through `berth.io/ip`: its hold is never reclaimed for another pod.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
 }
 
 impl Lease {
@@ -106,6 +109,12 @@ impl Lease {
     pub fn expired(&self, now: DateTime<Utc>) -> bool {
         self.expires().is_some_and(|u| u <= now)
     }
+
+    /// Whether a full pool may take this address from its owner: a hold (soft, unlike an
+    /// operator's reservation) that was not pinned by `berth.io/ip`.
+    pub fn reclaimable(&self) -> bool {
+        matches!(self.state, LeaseState::Held { .. }) && !self.pinned
+    }
 }
 
 /// Kinds of history events.
@@ -126,6 +135,8 @@ pub enum EventKind {
     Reserve,
     /// An operator freed an address.
     Free,
+    /// A full pool took a held address from the pod it was held for.
+    Reclaimed,
 }
 
 /// One history record.

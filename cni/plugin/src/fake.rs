@@ -474,7 +474,10 @@ impl Allocator for FakeIpam {
             }
             keep
         });
-        Ok(GcReport { released })
+        Ok(GcReport {
+            released,
+            ..Default::default()
+        })
     }
     fn status(&self) -> Result<(), IpamError> {
         match &self.0.lock().unwrap().status {

@@ -504,21 +504,27 @@ impl FileLogs {
     }
 }
 
-/// The NRI plugin of the agent: file logs and faketime, merged into one adjustment.
+/// The NRI plugin of the agent: file logs and faketime, merged into one adjustment; and the
+/// runtime's pod sandboxes, for the collection of leaked IPAM leases.
 pub struct AgentPlugin {
     pub filelogs: Option<Arc<FileLogs>>,
     pub faketime: Option<Arc<crate::faketime::FakeTime>>,
+    pub sandboxes: Option<Arc<crate::ipam::sandboxes::Sandboxes>>,
 }
 
 impl berth_nri::Plugin for AgentPlugin {
     fn events(&self) -> berth_nri::EventMask {
         use berth_nri::Event::*;
-        berth_nri::EventMask::of(&[
+        let mut events = vec![
             CreateContainer,
             PostStartContainer,
             RemoveContainer,
             RemovePodSandbox,
-        ])
+        ];
+        if self.sandboxes.is_some() {
+            events.extend([RunPodSandbox, StopPodSandbox]);
+        }
+        berth_nri::EventMask::of(&events)
     }
 
     async fn configure(
@@ -527,6 +533,9 @@ impl berth_nri::Plugin for AgentPlugin {
     ) -> berth_nri::HandlerResult<()> {
         tracing::info!(runtime = %req.runtime_name, version = %req.runtime_version,
             request_timeout_ms = req.request_timeout, "nri runtime configured the agent");
+        if let Some(s) = &self.sandboxes {
+            s.connecting();
+        }
         Ok(())
     }
 
@@ -535,6 +544,9 @@ impl berth_nri::Plugin for AgentPlugin {
         pods: Vec<PodSandbox>,
         containers: Vec<Container>,
     ) -> berth_nri::HandlerResult<Vec<berth_nri::ContainerUpdate>> {
+        if let Some(s) = &self.sandboxes {
+            s.synchronize(&pods);
+        }
         if let Some(f) = &self.filelogs {
             f.synchronize(&pods, &containers);
         }
@@ -587,6 +599,15 @@ impl berth_nri::Plugin for AgentPlugin {
         pod: PodSandbox,
         ctr: Option<Container>,
     ) -> berth_nri::HandlerResult<()> {
+        if let Some(s) = &self.sandboxes {
+            match event {
+                berth_nri::Event::RunPodSandbox => s.started(&pod.id),
+                berth_nri::Event::StopPodSandbox | berth_nri::Event::RemovePodSandbox => {
+                    s.gone(&pod.id)
+                }
+                _ => {}
+            }
+        }
         if let Some(ft) = &self.faketime {
             match (event, &ctr) {
                 (berth_nri::Event::PostStartContainer, Some(c)) => {

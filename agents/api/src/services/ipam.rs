@@ -43,7 +43,10 @@ impl v1::ipam_server::Ipam for IpamService {
             (r.namespace.is_empty() || a.namespace == r.namespace)
                 && (r.pool.is_empty() || a.pool == r.pool)
         });
-        Ok(Response::new(v1::ListAllocationsResponse { allocations }))
+        Ok(Response::new(v1::ListAllocationsResponse {
+            allocations,
+            sticky_default: self.backend.sticky_default(),
+        }))
     }
 
     async fn show(
@@ -108,6 +111,18 @@ impl v1::ipam_server::Ipam for IpamService {
             .await?;
         Ok(Response::new(v1::ReleaseResponse {
             released: Some(released),
+        }))
+    }
+
+    async fn gc(
+        &self,
+        req: Request<v1::IpamGcRequest>,
+    ) -> Result<Response<v1::IpamGcResponse>, Status> {
+        let r = req.into_inner();
+        let collected = self.backend.gc(r.dry_run).await?;
+        Ok(Response::new(v1::IpamGcResponse {
+            collected,
+            dry_run: r.dry_run,
         }))
     }
 }

@@ -66,6 +66,7 @@ fn lease(ip: &str, cid: &str) -> Lease {
         node: "n1".into(),
         rack: None,
         since: t0(),
+        pinned: false,
     }
 }
 
