@@ -634,6 +634,26 @@ mod tests {
     }
 
     #[test]
+    fn ipam_gc_defaults_and_refusals() {
+        let net = "ipam_network = \"/etc/cni/net.d/10-berth.conflist\"\n";
+        let c = parse(&format!("{net}[ipam_gc]\n")).unwrap();
+        assert_eq!(c.ipam_gc, Some(IpamGcConfig::default()));
+        assert_eq!(IpamGcConfig::default().interval, Duration::from_secs(60));
+        assert_eq!(IpamGcConfig::default().grace, Duration::from_secs(120));
+        c.resolve().unwrap();
+        let err = |text: &str| parse(text).unwrap().resolve().unwrap_err().to_string();
+        assert!(err(&format!("{net}[ipam_gc]\ninterval = \"0s\"\n")).contains("ipam_gc.interval"));
+        let short = err(&format!("{net}[ipam_gc]\ngrace = \"10s\"\n"));
+        assert!(
+            short.contains("ipam_gc.grace") && short.contains("30s"),
+            "{short}"
+        );
+        let alone = err("[ipam_gc]\n");
+        assert!(alone.contains("needs ipam_network"), "{alone}");
+        assert!(parse(&format!("{net}[ipam_gc]\nintervall = \"1m\"\n")).is_err());
+    }
+
+    #[test]
     fn printed_config_parses_back_to_itself() {
         let c = parse("[filelogs]\ndir_mode = \"0750\"\n[cleanup]\nretention = \"36h\"").unwrap();
         let text = toml::to_string_pretty(&c).unwrap();

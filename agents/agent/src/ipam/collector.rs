@@ -181,3 +181,134 @@ pub async fn run(collector: Arc<Collector>, interval: Duration, stop: Cancellati
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_ipam_core::{
+        AllocateRequest, Allocator, Ipam, IpamConfig, LeaseState, ManualClock, NodeInfo,
+    };
+    use chrono::TimeZone;
+
+    fn collector() -> (
+        Collector,
+        Arc<ManualClock>,
+        watch::Sender<berth_nri::State>,
+        Metrics,
+    ) {
+        let clock = Arc::new(ManualClock::new(
+            chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        ));
+        let config = IpamConfig::from_json(&serde_json::json!({
+            "pools": [{"name": "a", "subnet": "10.9.0.0/24"}]
+        }))
+        .unwrap();
+        let node = NodeInfo {
+            node: "n1".into(),
+            rack: None,
+        };
+        let ipam = Arc::new(Ipam::in_memory(&config, node, clock.clone()).unwrap());
+        let (tx, rx) = watch::channel(berth_nri::State::Disconnected);
+        let metrics = Metrics::new();
+        let network = Network {
+            name: "net".into(),
+            ipam,
+            shared_store: false,
+        };
+        let c = Collector::new(
+            network,
+            Duration::from_secs(120),
+            Arc::new(Sandboxes::new()),
+            rx,
+            &metrics,
+        );
+        (c, clock, tx, metrics)
+    }
+
+    fn add(c: &Collector, sandbox: &str) -> std::net::IpAddr {
+        c.network
+            .ipam
+            .allocate(&AllocateRequest {
+                network: "net".into(),
+                container_id: sandbox.into(),
+                ifname: "eth0".into(),
+                pod: Some(berth_ipam_core::PodIdentity {
+                    namespace: "shop".into(),
+                    name: format!("web-{sandbox}"),
+                    uid: None,
+                }),
+                ..Default::default()
+            })
+            .unwrap()
+            .address
+            .addr()
+    }
+
+    #[test]
+    fn never_collects_on_an_incomplete_view_and_counts_what_it_collects() {
+        let (c, clock, nri, metrics) = collector();
+        let leaked = add(&c, "gone");
+        add(&c, "live");
+        clock.advance(chrono::Duration::minutes(5));
+        assert!(
+            matches!(c.pass(false), Err(GcError::Incomplete(m)) if m.contains("not connected"))
+        );
+        nri.send_replace(berth_nri::State::Ready {
+            runtime: "containerd".into(),
+            version: "2.1".into(),
+            connection: 1,
+        });
+        assert!(matches!(c.pass(false), Err(GcError::Incomplete(m)) if m.contains("synchronized")));
+        c.sandboxes.synchronize(&[berth_nri::PodSandbox {
+            id: "live".into(),
+            ..Default::default()
+        }]);
+        let dry = c.pass(true).unwrap();
+        assert_eq!(dry.released, vec![leaked]);
+        assert!(
+            !metrics
+                .render()
+                .contains("berth_ipam_gc_collected_total{network=\"net\"} 1")
+        );
+        let r = c.pass(false).unwrap();
+        assert_eq!(r.released, vec![leaked]);
+        let leases = c.network.ipam.list("net").unwrap();
+        let l = leases.iter().find(|l| l.ip == leaked).unwrap();
+        assert!(matches!(l.state, LeaseState::Held { .. }), "{l:?}");
+        assert!(
+            metrics
+                .render()
+                .contains("berth_ipam_gc_collected_total{network=\"net\"} 1"),
+            "{}",
+            metrics.render()
+        );
+        // A reconnect makes the view incomplete again until the next Synchronize.
+        c.sandboxes.connecting();
+        assert!(matches!(c.pass(false), Err(GcError::Incomplete(_))));
+    }
+
+    #[test]
+    fn the_audit_record_names_pod_sandbox_and_address() {
+        let (c, ..) = collector();
+        let ip = add(&c, "sb1");
+        let lease = c
+            .network
+            .ipam
+            .list("net")
+            .unwrap()
+            .into_iter()
+            .find(|l| l.ip == ip)
+            .unwrap();
+        let rec = audit_record("net", &lease, "shop/web-sb1");
+        assert_eq!(rec.event, "ipam-gc");
+        assert_eq!(rec.identity, "berth-agent");
+        assert!(
+            rec.target.contains(&ip.to_string()) && rec.target.contains("sandbox sb1"),
+            "{}",
+            rec.target
+        );
+        let d = rec.detail.unwrap();
+        assert_eq!(d["pod"], "shop/web-sb1");
+        assert_eq!(d["ifname"], "eth0");
+    }
+}
