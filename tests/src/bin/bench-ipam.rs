@@ -60,8 +60,8 @@ struct Life {
 }
 
 /// Runs one CNI call as a runtime does: env, config on stdin, result on stdout.
-fn cni(plugin: &Path, conf: &[u8], cmd: &str, cid: &str) -> Result<String> {
-    let out = exec(plugin, conf, cmd, cid)?;
+fn cni(plugin: &Path, conf: &[u8], cmd: &str, cid: &str, pod: Option<&str>) -> Result<String> {
+    let out = exec(plugin, conf, cmd, cid, pod)?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         bail!(
@@ -73,9 +73,23 @@ fn cni(plugin: &Path, conf: &[u8], cmd: &str, cid: &str) -> Result<String> {
     Ok(stdout)
 }
 
-/// Spawns the process with the CNI env and pipes, writes the config, waits for it.
-fn exec(plugin: &Path, conf: &[u8], cmd: &str, cid: &str) -> Result<std::process::Output> {
-    let mut child = Command::new(plugin)
+/// Spawns the process with the CNI env and pipes, writes the config, waits for it. With a pod
+/// name, CNI_ARGS names the pod as kubelet's runtime does (stickiness hangs on it).
+fn exec(
+    plugin: &Path,
+    conf: &[u8],
+    cmd: &str,
+    cid: &str,
+    pod: Option<&str>,
+) -> Result<std::process::Output> {
+    let mut command = Command::new(plugin);
+    if let Some(pod) = pod {
+        command.env(
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={pod}"),
+        );
+    }
+    let mut child = command
         .env("CNI_COMMAND", cmd)
         .env("CNI_CONTAINERID", cid)
         .env("CNI_NETNS", "/var/run/netns/bench-ipam")
@@ -149,7 +163,7 @@ fn run_floor(exe: &Path, conf: &Value, a: &Args) -> Result<RunResult> {
                     let cid = format!("floor-w{w}-c{c}");
                     for cmd in ["ADD", "DEL"] {
                         let spawned = Instant::now();
-                        let out = exec(&exe, &conf, cmd, &cid)?;
+                        let out = exec(&exe, &conf, cmd, &cid, None)?;
                         let ms = spawned.elapsed().as_secs_f64() * 1000.0;
                         if !out.status.success() {
                             bail!("{} exited with {}", exe.display(), out.status);
@@ -203,6 +217,12 @@ fn children_cpu() -> f64 {
 
 /// `workers` threads, each `cycles` times: ADD (a process) then DEL (a process).
 fn run(plugin: &Path, conf: &Value, tag: &str, a: &Args) -> Result<RunResult> {
+    run_pods(plugin, conf, tag, a, false)
+}
+
+/// [`run`]; with `pods`, every cycle is a pod of its own name (a Deployment's churn), so
+/// berth-ipam holds each released address for a pod that never comes back.
+fn run_pods(plugin: &Path, conf: &Value, tag: &str, a: &Args, pods: bool) -> Result<RunResult> {
     let conf = Arc::new(conf.to_string().into_bytes());
     let lives = Arc::new(Mutex::new(Vec::new()));
     let latencies = Arc::new(Mutex::new(Vec::new()));
@@ -218,7 +238,8 @@ fn run(plugin: &Path, conf: &Value, tag: &str, a: &Args) -> Result<RunResult> {
                 for c in 0..cycles {
                     let cid = format!("{tag}-w{w}-c{c}");
                     let spawned = Instant::now();
-                    let out = cni(&plugin, &conf, "ADD", &cid)?;
+                    let pod = pods.then(|| cid.clone());
+                    let out = cni(&plugin, &conf, "ADD", &cid, pod.as_deref())?;
                     let from = Instant::now();
                     let add_ms = (from - spawned).as_secs_f64() * 1000.0;
                     let v: Value = serde_json::from_str(&out).context("ADD result")?;
@@ -234,7 +255,7 @@ fn run(plugin: &Path, conf: &Value, tag: &str, a: &Args) -> Result<RunResult> {
                         to,
                     });
                     let del_start = Instant::now();
-                    cni(&plugin, &conf, "DEL", &cid)?;
+                    cni(&plugin, &conf, "DEL", &cid, pod.as_deref())?;
                     let del_ms = del_start.elapsed().as_secs_f64() * 1000.0;
                     latencies.lock().unwrap().extend([add_ms, del_ms]);
                 }
@@ -464,6 +485,46 @@ fn main() -> Result<()> {
         );
     }
 
+    // Churn at saturation: distinct pods through a /24 (253 addresses) until every address is
+    // held for a pod that left, then on (each ADD reclaims the oldest hold), beside the same
+    // churn with no holds at all.
+    let churn_conf = |name: &str, hold: &str| {
+        json!({
+            "cniVersion": "1.0.0", "name": name, "type": "bridge",
+            "ipam": {"type": "berth-ipam", "rack": "bench", "hold": hold, "sticky": "all",
+                     "store": {"type": "local", "dir": root.join(name)},
+                     "pools": [{"name": "churn", "subnet": "10.82.0.0/24", "gateway": "10.82.0.1"}]}
+        })
+    };
+    let (mut held_rates, mut free_rates) = (Vec::new(), Vec::new());
+    for round in 0..a.rounds {
+        let r = run_pods(
+            &berth,
+            &churn_conf(&format!("churn-hold-{round}"), "10m"),
+            &format!("ch{round}"),
+            &a,
+            true,
+        )?;
+        total_dups += r.duplicates;
+        held_rates.push(report(CHURN_HELD, &r));
+        rows.push((CHURN_HELD, r));
+        let r = run_pods(
+            &berth,
+            &churn_conf(&format!("churn-free-{round}"), "0s"),
+            &format!("cf{round}"),
+            &a,
+            true,
+        )?;
+        total_dups += r.duplicates;
+        free_rates.push(report(CHURN_FREE, &r));
+        rows.push((CHURN_FREE, r));
+    }
+    let (ch, cf) = (mean(&held_rates), mean(&free_rates));
+    println!(
+        "churn at saturation: holds reclaimed {ch:.0} ops/s vs no holds {cf:.0} ops/s: ratio {:.2}x (target >= 0.90)",
+        ch / cf
+    );
+
     let etcd = start_etcd(&root)?;
     let conf = berth_conf(
         "bench-etcd",
@@ -480,7 +541,7 @@ fn main() -> Result<()> {
         report_floor(FLOOR_STATIC, &run_floor(exe, &conf, &a)?);
     }
     println!("duplicates in all runs: {total_dups}");
-    bench_report(&a, &berth_build, &rows, b, h, total_dups)?;
+    bench_report(&a, &berth_build, &rows, (b, h), (ch, cf), total_dups)?;
     if total_dups > 0 {
         bail!("{total_dups} duplicate address assignments");
     }
@@ -492,14 +553,16 @@ const HOST_LOCAL: &str = "host-local (reference)";
 const BERTH_ETCD: &str = "berth-ipam (etcd store)";
 const FLOOR_STATIC: &str = "floor (static exit(0))";
 const FLOOR_DYNAMIC: &str = "floor (dynamic /bin/true)";
+const CHURN_HELD: &str = "berth-ipam churn, /24 full of holds";
+const CHURN_FREE: &str = "berth-ipam churn, /24 without holds";
 
 /// The report for docs/benchmarks.md (written when BERTH_BENCH_OUT is set).
 fn bench_report(
     a: &Args,
     berth_build: &str,
     rows: &[(&str, RunResult)],
-    local: f64,
-    host_local: f64,
+    (local, host_local): (f64, f64),
+    (churn_held, churn_free): (f64, f64),
     duplicates: usize,
 ) -> Result<()> {
     let mut report = BenchReport::new("ipam");
@@ -511,6 +574,11 @@ fn bench_report(
         a.workers, a.cycles, a.rounds
     ));
     report.note(
+        "The churn rows give every cycle a pod of its own name (CNI_ARGS), through a /24: with \
+         hold 10m every released address is held for a pod that never comes back, so after 253 \
+         operations each ADD reclaims the oldest hold; beside it the same churn with hold 0s.",
+    );
+    report.note(
         "The floor rows run the same workers with executables that do nothing: a minimal static \
          exit(0) (what fork/exec/exit/wait cost) and /bin/true (what loading glibc adds). CPU/op \
          is the plugin processes' user + system time per operation: the machine's other load \
@@ -521,6 +589,8 @@ fn bench_report(
         HOST_LOCAL,
         FLOOR_STATIC,
         FLOOR_DYNAMIC,
+        CHURN_HELD,
+        CHURN_FREE,
         BERTH_ETCD,
     ] {
         let runs: Vec<&RunResult> = rows
@@ -555,6 +625,14 @@ fn bench_report(
         local,
         host_local,
     );
+    report
+        .ratio(
+            "churn at saturation, holds reclaimed / no holds",
+            "ops/s",
+            churn_held,
+            churn_free,
+        )
+        .target(Target::AtLeast(0.9));
     report
         .figure("duplicate assignments", duplicates as f64, "")
         .target(Target::AtMost(0.0));
