@@ -122,7 +122,12 @@ fn add_returns_ips_and_routes_and_is_idempotent() {
 #[test]
 fn del_is_idempotent_and_the_pod_gets_its_address_back() {
     let dir = tempfile::tempdir().unwrap();
-    let c = conf(dir.path(), pools());
+    // Room for more than one pod: in a full pool a hold is soft and another pod
+    // would reclaim it (see the next test).
+    let c = conf(
+        dir.path(),
+        json!([{"name": "a", "subnet": "10.90.0.0/29", "gateway": "10.90.0.1"}]),
+    );
     let first = add(&c, "c1", POD).1["ips"][0]["address"].clone();
     for _ in 0..2 {
         assert_eq!(
@@ -153,6 +158,27 @@ fn del_is_idempotent_and_the_pod_gets_its_address_back() {
     let other = add(&c, "c2", "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web-1").1;
     assert_ne!(other["ips"][0]["address"], first);
     assert_eq!(add(&c, "c3", POD).1["ips"][0]["address"], first);
+}
+
+#[test]
+fn a_full_pool_gives_the_hold_to_another_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    // 10.90.0.0/30 with its gateway leaves one address.
+    let c = conf(dir.path(), pools());
+    let first = add(&c, "c1", POD).1["ips"][0]["address"].clone();
+    let del = Call {
+        cmd: "DEL",
+        cid: "c1",
+        args: POD,
+    };
+    assert_eq!(call(&c, del).0, 0);
+    // Another pod takes the held address rather than failing with 110 ...
+    let (code, other) = add(&c, "c2", "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web-1");
+    assert_eq!(code, 0, "{other}");
+    assert_eq!(other["ips"][0]["address"], first);
+    // ... and the pod the hold was for now finds the pool exhausted: code 110.
+    let (code, e) = add(&c, "c3", POD);
+    assert_eq!((code, e["code"].as_u64()), (1, Some(110)), "{e}");
 }
 
 #[test]
