@@ -1,8 +1,9 @@
 //! Builds the time shim (a shared library) and the probe program the tests run under it.
 //!
-//! The shim must load into every x86_64 glibc from 2.17 on, so it is built without the
-//! hardening that pulls in newer symbol versions (stack protector, fortify) and links
-//! libdl.so.2 for the `dlsym@GLIBC_2.2.5` it pins (see shim/berth_faketime.c).
+//! The shim must load into every x86_64 glibc from 2.17 on, including images that hold only
+//! the loader and libc.so.6, so it is built without the hardening that pulls in newer symbol
+//! versions (stack protector, fortify) and needs nothing but libc.so.6: it finds the functions
+//! it wraps itself, without libdl (see shim/berth_faketime.c).
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -32,9 +33,12 @@ fn main() {
             // is valid for the kernel); keep those checks.
             "-fno-delete-null-pointer-checks",
             "-Wno-nonnull-compare",
+            // No loop turned into a memset/memcpy call: the import list stays getenv,
+            // dl_iterate_phdr and __errno_location.
+            "-fno-tree-loop-distribute-patterns",
             "-Wl,-soname,libberth-faketime.so",
-            "-Wl,--no-as-needed",
-            "-l:libdl.so.2",
+            // libc.so.6 is the only DT_NEEDED, whatever the toolchain's defaults.
+            "-Wl,--as-needed",
             "-Wl,--no-undefined",
             "-Wl,--hash-style=both",
             "-Wl,-z,noexecstack",
@@ -43,35 +47,6 @@ fn main() {
         ],
     );
     println!("cargo:rustc-env=BERTH_FAKETIME_SHIM={}", shim.display());
-
-    // The same shim without libdl.so.2: dlsym@GLIBC_2.2.5 then binds to libc.so.6, where
-    // glibc 2.34 and later keep it. For images with such a glibc and no libdl.so.2 (minimal
-    // images that copy only the libraries their programs need).
-    let libc_only = out.join("libberth-faketime-libc.so");
-    compile(
-        Path::new("shim/berth_faketime.c"),
-        &libc_only,
-        &[
-            "-shared",
-            "-fPIC",
-            "-fvisibility=hidden",
-            "-fno-stack-protector",
-            "-U_FORTIFY_SOURCE",
-            "-D_FORTIFY_SOURCE=0",
-            "-fno-delete-null-pointer-checks",
-            "-Wno-nonnull-compare",
-            "-Wl,-soname,libberth-faketime.so",
-            "-Wl,--no-undefined",
-            "-Wl,--hash-style=both",
-            "-Wl,-z,noexecstack",
-            "-Wl,-z,relro",
-            "-s",
-        ],
-    );
-    println!(
-        "cargo:rustc-env=BERTH_FAKETIME_SHIM_LIBC_ONLY={}",
-        libc_only.display()
-    );
 
     let probe = out.join("berth-faketime-probe");
     compile(

@@ -13,6 +13,16 @@ pub struct AgentProcess {
     log: PathBuf,
 }
 
+/// Mounts, in the agent's own mount namespace, a small tmpfs on `/run/containerd` holding the
+/// node's containerd socket at `/run/containerd/containerd.sock` (`$1`), then runs the agent
+/// (`$2…`). `/run/containerd` is created on the host when missing (empty; containerd's shims
+/// use it anyway).
+const DEFAULT_CONTAINERD: &str = "mkdir -p /run/containerd \
+    && mount -t tmpfs -o size=64k,mode=0755 berth-test /run/containerd \
+    && : >/run/containerd/containerd.sock \
+    && mount --bind \"$1\" /run/containerd/containerd.sock \
+    && shift && exec \"$@\"";
+
 impl AgentProcess {
     /// Starts `target/debug/berth-agent` against `node` with `config`, appending its log to `log`.
     pub fn start(
@@ -22,8 +32,47 @@ impl AgentProcess {
         state: &Path,
         log: &Path,
     ) -> AgentProcess {
+        Self::spawn(
+            Command::new(binary("berth-agent")),
+            node,
+            config,
+            log_root,
+            state,
+            log,
+        )
+    }
+
+    /// [`AgentProcess::start`], with the node's containerd socket where containerd's is on a
+    /// node (`/run/containerd/containerd.sock`), as the DaemonSet's hostPath mount of
+    /// `/run/containerd` gives it to the agent: the agent's default `faketime.containerd_address`
+    /// then reaches the node's containerd. The agent runs in a mount namespace of its own
+    /// (`unshare`), so nothing of this is seen outside it.
+    pub fn start_with_default_containerd(
+        node: &Node,
+        config: &Path,
+        log_root: &Path,
+        state: &Path,
+        log: &Path,
+    ) -> AgentProcess {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(DEFAULT_CONTAINERD)
+            .arg("berth-test")
+            .arg(node.containerd_socket())
+            .arg(binary("berth-agent"));
+        Self::spawn(cmd, node, config, log_root, state, log)
+    }
+
+    fn spawn(
+        mut cmd: Command,
+        node: &Node,
+        config: &Path,
+        log_root: &Path,
+        state: &Path,
+        log: &Path,
+    ) -> AgentProcess {
         let out = File::options().create(true).append(true).open(log).unwrap();
-        let child = Command::new(binary("berth-agent"))
+        let child = cmd
             .arg("--config")
             .arg(config)
             .arg("--nri-socket")

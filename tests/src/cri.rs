@@ -71,6 +71,8 @@ pub struct ContainerSpec {
     pub attempt: u32,
     pub tty: bool,
     pub run_as_user: Option<i64>,
+    /// Read-only bind mounts: (host path, container path).
+    pub mounts: Vec<(String, String)>,
 }
 
 impl ContainerSpec {
@@ -85,7 +87,14 @@ impl ContainerSpec {
             attempt: 0,
             tty: false,
             run_as_user: None,
+            mounts: Vec::new(),
         }
+    }
+
+    /// Binds a host path read-only into the container (CRI's `mounts`, as a pod's hostPath).
+    pub fn mount_ro(mut self, host: &str, container: &str) -> Self {
+        self.mounts.push((host.to_string(), container.to_string()));
+        self
     }
 
     pub fn env(mut self, key: &str, value: &str) -> Self {
@@ -335,6 +344,16 @@ impl CriClient {
                 })
                 .collect(),
             labels,
+            mounts: spec
+                .mounts
+                .iter()
+                .map(|(host, container)| cri::Mount {
+                    container_path: container.clone(),
+                    host_path: host.clone(),
+                    readonly: true,
+                    ..Default::default()
+                })
+                .collect(),
             log_path,
             tty: spec.tty,
             stdin: spec.tty,

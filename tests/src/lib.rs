@@ -13,4 +13,7 @@ pub mod netns;
 pub mod testbed;
 
 pub use cri::{ContainerSpec, CriClient, ExecOutput, Pod, PodSpec};
-pub use testbed::{BUSYBOX_IMAGE, Containerd, GLIBC_IMAGE, Node, NodeOptions, PAUSE_IMAGE};
+pub use testbed::{
+    BUSYBOX_IMAGE, CLOCK_IMAGE, Containerd, GLIBC_IMAGE, MUSL_IMAGE, Node, NodeOptions,
+    PAUSE_IMAGE, PRELOAD_IMAGE,
+};

@@ -14,6 +14,13 @@ use crate::cri::{CriClient, NodeLayout};
 pub const PAUSE_IMAGE: &str = "berth.test/pause:1";
 pub const BUSYBOX_IMAGE: &str = "berth.test/busybox:1";
 pub const GLIBC_IMAGE: &str = "berth.test/glibc:1";
+/// The glibc image whose config sets `LD_PRELOAD` (scripts/lib/images.sh).
+pub const PRELOAD_IMAGE: &str = "berth.test/preload:1";
+/// musl programs: `/bin/musl-clock` (dynamic, the entry point) and `/bin/musl-clock-static`.
+pub const MUSL_IMAGE: &str = "berth.test/musl:1";
+/// The clock probe built static with Go (`/clockprobe-go`) and musl (`/clockprobe-musl`),
+/// and a static busybox shell (`/bin/sh`, `cat`, `date`, `sleep`, `mv`).
+pub const CLOCK_IMAGE: &str = "berth.test/clock:1";
 
 /// The containerd versions a node can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -279,7 +286,13 @@ impl Node {
         let mut client = CriClient::connect(&self.containerd_socket(), self.layout()).await?;
         client
             .wait_ready(
-                &[PAUSE_IMAGE, BUSYBOX_IMAGE, GLIBC_IMAGE],
+                &[
+                    PAUSE_IMAGE,
+                    BUSYBOX_IMAGE,
+                    GLIBC_IMAGE,
+                    PRELOAD_IMAGE,
+                    MUSL_IMAGE,
+                ],
                 Duration::from_secs(30),
             )
             .await

@@ -116,7 +116,7 @@ fn manifests_validate_and_broken_copies_fail_with_the_reason() {
     let scratch = TempDir::new("broken");
     // Each case: which file, how it is broken, what the validator must say.
     type Edit = fn(&str) -> String;
-    let cases: [(&str, &str, Edit, &str); 8] = [
+    let cases: [(&str, &str, Edit, &str); 10] = [
         (
             "schema: a misspelled pod field",
             "daemonset.yaml",
@@ -158,6 +158,24 @@ fn manifests_validate_and_broken_copies_fail_with_the_reason() {
             "daemonset.yaml",
             |s| s.replacen(", mountPropagation: HostToContainer}", "}", 1),
             "needs mountPropagation HostToContainer",
+        ),
+        (
+            "rule: faketime's containerd socket not mounted",
+            "daemonset.yaml",
+            |s| {
+                s.replacen(
+                    "            - {name: containerd, mountPath: /run/containerd}\n",
+                    "",
+                    1,
+                )
+            },
+            "faketime.containerd_address = '/run/containerd/containerd.sock' is not on a hostPath volume",
+        ),
+        (
+            "rule: faketime without the host's pid namespace",
+            "daemonset.yaml",
+            |s| s.replacen("      hostPID: true\n", "", 1),
+            "faketime needs hostPID",
         ),
         (
             "code: a key berth-agent does not know",

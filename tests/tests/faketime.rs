@@ -1,15 +1,24 @@
 //! Faketime end to end: berth-agent registered over a real containerd's NRI socket (2.1 and
-//! 1.7), pods driven through CRI like kubelet does, the glibc image (dash, coreutils, python3)
-//! and the static busybox image.
+//! 1.7) with its **default** faketime config, pods driven through CRI like kubelet does, the
+//! glibc image (dash, coreutils, python3, built from `ldd` output: no libdl.so.2), the image
+//! that sets LD_PRELOAD in its config, the musl image and the static busybox image, and the
+//! host's OpenJDK 17 bind-mounted into a glibc container.
 //!
-//! A pod annotated `berth.io/faketime: "+2d"` sees the wall clock two days ahead; a container
-//! with its own `berth.io/faketime.<name>` keeps its own offset; a container without annotation
-//! is untouched; relative sleeps, Python sleeps, threading timers and `timeout` keep real
-//! time; an image's own LD_PRELOAD is kept; the offset changes at run time through the
-//! agent's gRPC API (`berthctl faketime set|clear` on the agent's unix socket, authorized and
-//! audited) without a restart, and through `berth-agent faketime` on the node; a static busybox is reported as not covered and gets no shim, whether it
-//! is judged at creation (containerd's snapshot) or after start (`/proc/<pid>/exe`); the state
-//! survives an agent restart and goes with the container.
+//! The agent finds containerd where a node has it (`/run/containerd/containerd.sock`, given to
+//! it in a mount namespace of its own as the DaemonSet's hostPath mount does) and judges entry
+//! points at creation through containerd's snapshot API. A pod annotated
+//! `berth.io/faketime: "+2d"` sees the wall clock two days ahead; a container with its own
+//! `berth.io/faketime.<name>` keeps its own offset; a container without annotation is
+//! untouched; relative sleeps, Python sleeps, threading timers and `timeout` keep real time;
+//! an image's own LD_PRELOAD is kept and both libraries load; a JVM's
+//! `System.currentTimeMillis()` is shifted while `Thread.sleep` and `Object.wait` keep real
+//! time; the offset changes at run time through the agent's gRPC API (`berthctl faketime
+//! set|clear` on the agent's unix socket, authorized and audited) without a restart, and
+//! through `berth-agent faketime` on the node; static busybox, a static and a dynamic musl
+//! program are reported as not covered, get no shim, and run. Without containerd (an agent
+//! that cannot reach it) the shim is injected blindly: a glibc image without libdl.so.2 runs
+//! shifted, busybox and musl run on the real clock, and each is judged after start
+//! (`/proc/<pid>/exe`). The state survives an agent restart and goes with the container.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -17,12 +26,66 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_e2e::agent::AgentProcess;
 use berth_e2e::testbed::{Containerd, Node, NodeOptions, binary};
-use berth_e2e::{BUSYBOX_IMAGE, ContainerSpec, CriClient, GLIBC_IMAGE, PodSpec};
+use berth_e2e::{
+    BUSYBOX_IMAGE, ContainerSpec, CriClient, GLIBC_IMAGE, MUSL_IMAGE, PRELOAD_IMAGE, PodSpec,
+};
 
 const T: Duration = Duration::from_secs(10);
+/// A JVM start with an in-memory compile of a source file takes seconds on the test VM.
+const JVM_T: Duration = Duration::from_secs(40);
+/// This suite covers the shim and what it cannot reach; the vDSO path, which reaches static
+/// entry points by default, has its own suite (faketime_static.rs).
+const NO_VDSO: &str = "patch_vdso = false\n";
 const DAY: i64 = 86_400;
 const SHIM: &str = "/.berth/faketime/libberth-faketime.so";
+/// What the preload image's config sets LD_PRELOAD to (scripts/lib/images.sh).
 const PRELOAD: &str = "/usr/lib/x86_64-linux-gnu/libuuid.so.1";
+/// The host's OpenJDK 17 (scripts/lib/install.sh installs it) and its configuration, which the
+/// JRE's `lib/jvm.cfg` and `conf/` link to.
+const JRE: &str = "/usr/lib/jvm/java-17-openjdk-amd64";
+const JRE_ETC: &str = "/etc/java-17-openjdk";
+/// Runs in the JVM container (`java /opt/clock/Clock.java <what>`):
+/// `now` prints `currentTimeMillis() / 1000`; `waits` prints how long `Thread.sleep(1000)` and a
+/// timed `Object.wait(1000)` took (s, on `nanoTime`); `watch` writes `/tmp/jvm-ready`, then
+/// prints `set <s>` once its wall clock ran 7 days ahead of `nanoTime` and `clear <s>` once it
+/// fell a day behind where it started (at most 30 s).
+const CLOCK_JAVA: &str = r#"public class Clock {
+    public static void main(String[] a) throws Exception {
+        switch (a[0]) {
+            case "now" -> System.out.println(System.currentTimeMillis() / 1000);
+            case "waits" -> {
+                long t = System.nanoTime();
+                Thread.sleep(1000);
+                double slept = (System.nanoTime() - t) / 1e9;
+                Object o = new Object();
+                t = System.nanoTime();
+                synchronized (o) { o.wait(1000); }
+                System.out.println(slept + " " + (System.nanoTime() - t) / 1e9);
+            }
+            case "watch" -> {
+                long m0 = System.nanoTime(), w0 = System.currentTimeMillis();
+                java.nio.file.Files.writeString(java.nio.file.Path.of("/tmp/jvm-ready"), "1");
+                int state = 0;
+                StringBuilder out = new StringBuilder();
+                while (System.nanoTime() - m0 < 30_000_000_000L && state < 2) {
+                    long mono = (System.nanoTime() - m0) / 1_000_000;
+                    long drift = (System.currentTimeMillis() - w0) - mono;
+                    if (state == 0 && drift > 7 * 86_400_000L) {
+                        out.append("set ").append(mono / 1000.0).append(' ');
+                        state = 1;
+                    } else if (state == 1 && drift < -86_400_000L) {
+                        out.append("clear ").append(mono / 1000.0);
+                        state = 2;
+                    }
+                    Thread.sleep(20);
+                }
+                System.out.println(out.toString().trim());
+            }
+            default -> throw new IllegalArgumentException(a[0]);
+        }
+    }
+}
+"#;
 /// Prints `jumped <seconds since start>` when its wall clock runs 7 days ahead of its
 /// monotonic clock, or `nojump` after 8 s.
 const WATCHER: &str = "import time
@@ -203,6 +266,47 @@ fn status_of<'a>(list: &'a [serde_json::Value], container: &str) -> &'a serde_js
         .unwrap_or_else(|| panic!("no status for {container}: {list:?}"))
 }
 
+/// The status of one container once its entry point was judged (at most 10 s).
+fn judged(state: &Path, pod: &str, container: &str) -> serde_json::Value {
+    let deadline = Instant::now() + T;
+    loop {
+        let st = ctl_json(
+            state,
+            &[
+                "get",
+                "--namespace",
+                "clock",
+                "--pod",
+                pod,
+                "--container",
+                container,
+            ],
+        );
+        if !st[0]["covered"].is_null() {
+            return st[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{container} never judged: {st:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A container of the musl image whose entry point is `program` (it waits for TERM).
+fn musl(name: &str, program: &str) -> ContainerSpec {
+    ContainerSpec::sleeper(name, MUSL_IMAGE).command(&[program])
+}
+
+/// `musl-clock now` in a container: both its readings minus the host's clock, in seconds.
+async fn musl_offsets(cri: &mut CriClient, id: &str, program: &str) -> Vec<i64> {
+    let before = host_now();
+    let out = exec(cri, id, &[program, "now"], T).await.ok().unwrap();
+    out.split_whitespace()
+        .map(|t| t.parse::<i64>().unwrap() - before)
+        .collect()
+}
+
 fn glibc(name: &str) -> ContainerSpec {
     ContainerSpec::sleeper(name, GLIBC_IMAGE)
 }
@@ -229,19 +333,25 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
     std::fs::create_dir_all(&work).unwrap();
     let state = work.join("state");
     let log_root = work.join("logs");
-    let probing = work.join("agent.toml");
+    // The agent's default [faketime]: containerd_address is /run/containerd/containerd.sock,
+    // which the agent's mount namespace maps to this node's socket (as on a real node).
+    let default_config = work.join("agent.toml");
     std::fs::write(
-        &probing,
+        &default_config,
         format!(
-            "[nri]\nreconnect_max = \"500ms\"\n[faketime]\ncontainerd_address = {:?}\nctr = {:?}\n{}",
-            node.containerd_socket(),
-            node.env("BERTH_CTR"),
-            api_section(&work),
+            "[nri]\nreconnect_max = \"500ms\"\n[faketime]\n{NO_VDSO}{}",
+            api_section(&work)
         ),
     )
     .unwrap();
     let agent_log = work.join("agent.log");
-    let agent = AgentProcess::start(&node, &probing, &log_root, &state, &agent_log);
+    let agent = AgentProcess::start_with_default_containerd(
+        &node,
+        &default_config,
+        &log_root,
+        &state,
+        &agent_log,
+    );
     agent.wait_ready(1);
     let mut cri = node.cri().await.expect("CRI ready");
     let containers_dir = state.join("faketime/containers");
@@ -260,7 +370,7 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
     let app = cri.run_container(&pod, &glibc("app")).await.unwrap();
     let other = cri.run_container(&pod, &glibc("other")).await.unwrap();
     let preload = cri
-        .run_container(&pod, &glibc("preload").env("LD_PRELOAD", PRELOAD))
+        .run_container(&pod, &ContainerSpec::sleeper("preload", PRELOAD_IMAGE))
         .await
         .unwrap();
     let plain_pod = cri.run_pod(&PodSpec::new("clock", "plain")).await.unwrap();
@@ -317,6 +427,25 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
         "the image's preload is loaded"
     );
     assert!(maps.contains("libberth-faketime.so"), "the shim is loaded");
+    // The glibc image is what `ldd` lists and nothing more: no libdl.so.2 anywhere, and the
+    // shim needs none.
+    let libs = exec(
+        &mut cri,
+        &app,
+        &["ls", "/usr/lib/x86_64-linux-gnu", "/usr/lib64"],
+        T,
+    )
+    .await
+    .ok()
+    .unwrap();
+    assert!(libs.lines().any(|l| l == "libc.so.6"), "{libs}");
+    assert!(!libs.lines().any(|l| l.starts_with("libdl")), "{libs}");
+    let maps = exec(&mut cri, &app, &["cat", "/proc/self/maps"], T)
+        .await
+        .ok()
+        .unwrap();
+    assert!(maps.contains("libberth-faketime.so"), "{maps}");
+    assert!(!maps.contains("libdl"), "{maps}");
     let env = exec(&mut cri, &plain, &["env"], T).await.ok().unwrap();
     assert!(!env.contains("LD_PRELOAD"), "{env}");
     // The mounts are read-only.
@@ -551,6 +680,40 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
         agent.log_text().contains("faketime not injected"),
         "the agent log says why"
     );
+    // musl programs, dynamic (musl's loader) and static, are judged at creation too: not
+    // covered, no shim, and they run on the real clock.
+    for (name, program, kind) in [
+        ("musl", "/bin/musl-clock", "musl"),
+        ("musl-static", "/bin/musl-clock-static", "static"),
+    ] {
+        let id = cri
+            .run_container(&bb_pod, &musl(name, program))
+            .await
+            .unwrap();
+        let st = ctl_json(
+            &state,
+            &[
+                "get",
+                "--namespace",
+                "clock",
+                "--pod",
+                "static",
+                "--container",
+                name,
+            ],
+        );
+        assert_eq!(st[0]["injected"], false, "{name}: {st:?}");
+        assert_eq!(st[0]["covered"], false, "{name}: {st:?}");
+        assert_eq!(st[0]["coverage"], kind, "{name}: {st:?}");
+        assert_eq!(st[0]["checked_at"], "create", "{name}: {st:?}");
+        let reason = st[0]["reason"].as_str().unwrap();
+        assert!(reason.contains(program), "{name}: {reason}");
+        for got in musl_offsets(&mut cri, &id, program).await {
+            assert_near(got, 0, name);
+        }
+        let status = cri.container_status(&id).await.unwrap();
+        assert_eq!(status.state, 1, "{name} runs: {status:?}");
+    }
     let (ok, text) = berthctl(&socket, &["set", "clock/static", "+1d"]);
     assert!(
         !ok && text.to_lowercase().contains("failed precondition")
@@ -558,16 +721,102 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
         "{text}"
     );
 
-    // 6. The state survives an agent restart. Without a containerd address the agent judges
-    // entry points after start instead: a busybox then gets the (inert) shim, is reported as
-    // not covered, and its offset is set to 0 so nothing in it runs on a shifted clock.
+    // 5b. A JVM (the host's OpenJDK 17, bind-mounted into a glibc container): its wall clock is
+    // shifted, Thread.sleep and a timed Object.wait last as long as asked, and live changes
+    // reach a JVM that runs across them.
+    for dir in [JRE, JRE_ETC] {
+        assert!(
+            Path::new(dir).is_dir(),
+            "{dir} is missing: scripts/lib/install.sh installs openjdk-17-jre-headless"
+        );
+    }
+    let java_dir = work.join("java");
+    std::fs::create_dir_all(&java_dir).unwrap();
+    std::fs::write(java_dir.join("Clock.java"), CLOCK_JAVA).unwrap();
+    let jvm_pod = cri
+        .run_pod(&PodSpec::new("clock", "jvm").annotation("berth.io/faketime", "+2d"))
+        .await
+        .unwrap();
+    let jvm = cri
+        .run_container(
+            &jvm_pod,
+            &glibc("jvm")
+                .mount_ro(JRE, JRE)
+                .mount_ro(JRE_ETC, JRE_ETC)
+                .mount_ro(java_dir.to_str().unwrap(), "/opt/clock"),
+        )
+        .await
+        .unwrap();
+    let java = format!("{JRE}/bin/java");
+    let jcmd = |what: &'static str| {
+        vec![
+            java.clone(),
+            "-XX:+UseSerialGC".into(),
+            "-XX:TieredStopAtLevel=1".into(),
+            "/opt/clock/Clock.java".into(),
+            what.into(),
+        ]
+    };
+    let args = jcmd("now");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let before = host_now();
+    let out = exec(&mut cri, &jvm, &args, JVM_T).await.ok().unwrap();
+    let millis_secs: i64 = out.trim().parse().unwrap();
+    assert_near(millis_secs - before, 2 * DAY, "System.currentTimeMillis()");
+    let args = jcmd("waits");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = exec(&mut cri, &jvm, &args, JVM_T).await.ok().unwrap();
+    let waits: Vec<f64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    assert_eq!(waits.len(), 2, "{out}");
+    assert!(
+        (0.95..2.5).contains(&waits[0]),
+        "Thread.sleep(1000) took {} s",
+        waits[0]
+    );
+    assert!(
+        (0.95..2.5).contains(&waits[1]),
+        "Object.wait(1000) took {} s",
+        waits[1]
+    );
+    eprintln!(
+        "JVM: Thread.sleep(1000) {:.3} s, Object.wait(1000) {:.3} s",
+        waits[0], waits[1]
+    );
+    let watcher = {
+        let mut cri2 = node.cri().await.unwrap();
+        let (id, args) = (jvm.clone(), jcmd("watch"));
+        tokio::spawn(async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            exec(&mut cri2, &id, &args, JVM_T).await
+        })
+    };
+    let deadline = Instant::now() + JVM_T;
+    while exec(&mut cri, &jvm, &["test", "-e", "/tmp/jvm-ready"], T)
+        .await
+        .exit_code
+        != 0
+    {
+        assert!(Instant::now() < deadline, "the JVM watcher never started");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    berthctl_json(&socket, &["set", "clock/jvm", "+10d"]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    berthctl_json(&socket, &["clear", "clock/jvm"]);
+    let out = watcher.await.unwrap().ok().unwrap();
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert!(
+        words.len() == 4 && words[0] == "set" && words[2] == "clear",
+        "the running JVM did not see both changes: {out:?}"
+    );
+    eprintln!("JVM watcher: {out}");
+
+    // 6. The state survives an agent restart. An agent that cannot reach containerd (the same
+    // default config, without the node's socket at /run/containerd/containerd.sock) injects
+    // the shim before judging and judges entry points after start: a glibc image without
+    // libdl.so.2 runs shifted; busybox and a musl program run, are reported as not covered,
+    // and get offset 0 so nothing in them runs on a shifted clock.
     drop(agent);
-    let late = work.join("agent-late.toml");
-    std::fs::write(
-        &late,
-        format!("[nri]\nreconnect_max = \"500ms\"\n{}", api_section(&work)),
-    )
-    .unwrap();
+    let late = default_config.clone();
     let agent = AgentProcess::start(&node, &late, &log_root, &state, &agent_log);
     agent.wait_ready(2);
     let st = ctl_json(&state, &["get", "--namespace", "clock", "--pod", "shifted"]);
@@ -591,26 +840,7 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
         .run_container(&bb_pod, &ContainerSpec::sleeper("bb2", BUSYBOX_IMAGE))
         .await
         .unwrap();
-    let deadline = Instant::now() + T;
-    let b2 = loop {
-        let st = ctl_json(
-            &state,
-            &[
-                "get",
-                "--namespace",
-                "clock",
-                "--pod",
-                "static",
-                "--container",
-                "bb2",
-            ],
-        );
-        if !st[0]["covered"].is_null() {
-            break st[0].clone();
-        }
-        assert!(Instant::now() < deadline, "bb2 never judged: {st:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let b2 = judged(&state, "static", "bb2");
     assert_eq!(b2["injected"], true);
     assert_eq!(b2["covered"], false);
     assert_eq!(b2["coverage"], "static");
@@ -621,6 +851,49 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
         "{b2}"
     );
     assert_near(clock_offset(&mut cri, &bb2).await, 0, "late-judged busybox");
+    let blind_pod = cri
+        .run_pod(&PodSpec::new("clock", "blind").annotation("berth.io/faketime", "+2d"))
+        .await
+        .unwrap();
+    let app2 = cri.run_container(&blind_pod, &glibc("app2")).await.unwrap();
+    let a2 = judged(&state, "blind", "app2");
+    assert_eq!(a2["injected"], true);
+    assert_eq!(a2["covered"], true);
+    assert_eq!(a2["checked_at"], "start");
+    assert_near(clock_offset(&mut cri, &app2).await, 2 * DAY, "blind glibc");
+    timed(
+        &mut cri,
+        &app2,
+        &["python3", "-c", "import time; time.sleep(1)"],
+        ms(950),
+        ms(5000),
+    )
+    .await
+    .ok()
+    .unwrap();
+    let musl2 = cri
+        .run_container(&blind_pod, &musl("musl2", "/bin/musl-clock"))
+        .await
+        .unwrap();
+    let m2 = judged(&state, "blind", "musl2");
+    assert_eq!(m2["injected"], true);
+    assert_eq!(m2["covered"], false);
+    assert_eq!(m2["coverage"], "musl");
+    assert_eq!(m2["offset"], "0");
+    for got in musl_offsets(&mut cri, &musl2, "/bin/musl-clock").await {
+        assert_near(got, 0, "blind musl");
+    }
+    let status = cri.container_status(&musl2).await.unwrap();
+    assert_eq!(
+        status.state, 1,
+        "a musl program with the shim runs: {status:?}"
+    );
+    let log = agent.log_text();
+    assert!(
+        log.contains("entry point not judged at creation")
+            && log.contains("/run/containerd/containerd.sock"),
+        "the agent log says why it could not judge at creation"
+    );
 
     // 7. A removed container's state goes with it; the rest stays.
     cri.stop_container(&other, 5).await.unwrap();

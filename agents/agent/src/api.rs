@@ -44,7 +44,9 @@ impl FakeTimeApi {
             let kind: fn(String) -> BackendError = match e {
                 ControlError::NotFound(_) => BackendError::NotFound,
                 ControlError::NotInjected { .. } => BackendError::Precondition,
-                ControlError::Write { .. } | ControlError::Store(_) => BackendError::Internal,
+                ControlError::Write { .. } | ControlError::Vdso { .. } | ControlError::Store(_) => {
+                    BackendError::Internal
+                }
             };
             // The whole chain: "cannot change the offset …: <io error>".
             kind(format!("{:#}", anyhow::Error::from(e)))
@@ -71,6 +73,17 @@ fn to_proto(s: crate::faketime::Status) -> v1::FakeTimeContainer {
         },
         reason: s.reason,
         updated_at: s.updated_at,
+        processes: s
+            .processes
+            .into_iter()
+            .map(|p| v1::FakeTimeProcess {
+                pid: p.pid,
+                exe: p.exe,
+                how: p.how,
+                offset: p.offset.unwrap_or_default(),
+                reason: p.reason,
+            })
+            .collect(),
     }
 }
 

@@ -193,15 +193,27 @@ pub struct FakeTimeConfig {
     /// Must stay false: the shim never fakes the monotonic clock (timers and sleeps keep
     /// working). Present so that a config asking for it fails loudly instead of being ignored.
     pub fake_monotonic: bool,
-    /// containerd's gRPC socket, for inspecting a container's entry point at creation (through
-    /// `ctr snapshots mounts`). Unset: the entry point is inspected once it runs (PostStart).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub containerd_address: Option<PathBuf>,
-    /// The `ctr` binary used with `containerd_address`.
-    pub ctr: PathBuf,
+    /// containerd's gRPC socket: the agent asks containerd's snapshot API for a container's
+    /// layers to judge its entry point at creation. Default [`DEFAULT_CONTAINERD_ADDRESS`]
+    /// (the host's; the DaemonSet mounts `/run/containerd` at the same path). When containerd
+    /// cannot answer there, the shim is injected and the entry point judged after start.
+    pub containerd_address: PathBuf,
+    /// CRI's containerd namespace.
     pub containerd_namespace: String,
+    /// The snapshotter CRI prepares containers with (the container's id is its snapshot key).
     pub snapshotter: String,
+    /// Removed (berth ran `ctr snapshots mounts` through it): present only so that a config
+    /// that still sets it fails with a message naming the replacement.
+    #[serde(rename = "ctr", default, skip_serializing)]
+    pub removed_ctr: Option<toml::Value>,
+    /// Shift static, Go and musl entry points (which the shim cannot reach) by patching the
+    /// vDSO of the entry-point process after it starts (ptrace; x86-64). false: such
+    /// containers are "uncovered" (see `on_uncovered`).
+    pub patch_vdso: bool,
 }
+
+/// Where containerd listens on a node unless configured otherwise.
+pub const DEFAULT_CONTAINERD_ADDRESS: &str = "/run/containerd/containerd.sock";
 
 impl Default for FakeTimeConfig {
     fn default() -> Self {
@@ -211,10 +223,11 @@ impl Default for FakeTimeConfig {
             on_uncovered: OnUncovered::RunUnfaked,
             cache_duration: Duration::from_secs(1),
             fake_monotonic: false,
-            containerd_address: None,
-            ctr: PathBuf::from("ctr"),
+            containerd_address: PathBuf::from(DEFAULT_CONTAINERD_ADDRESS),
             containerd_namespace: "k8s.io".into(),
             snapshotter: "overlayfs".into(),
+            removed_ctr: None,
+            patch_vdso: true,
         }
     }
 }
@@ -493,6 +506,25 @@ impl Config {
                 ));
             }
         }
+        if self.faketime.removed_ctr.is_some() {
+            return Err(invalid(
+                "faketime.ctr",
+                "was removed: the agent asks containerd's API itself (faketime.containerd_address, \
+                 default /run/containerd/containerd.sock) and needs no ctr binary; delete the key",
+            ));
+        }
+        if !self.faketime.containerd_address.is_absolute() {
+            return Err(invalid(
+                "faketime.containerd_address",
+                "must be the absolute path of containerd's socket, e.g. \"/run/containerd/containerd.sock\"",
+            ));
+        }
+        if self.faketime.containerd_namespace.is_empty() || self.faketime.snapshotter.is_empty() {
+            return Err(invalid(
+                "faketime.containerd_namespace",
+                "containerd_namespace and snapshotter must not be empty (CRI's are \"k8s.io\" and \"overlayfs\")",
+            ));
+        }
         let listen = self.api.listen.as_deref().map(Listen::parse).transpose()?;
         if self.node_name.is_empty() {
             self.node_name = std::env::var("NODE_NAME")
@@ -614,6 +646,32 @@ mod tests {
             c.faketime.shim_dir(&c.state_dir),
             Path::new("/var/lib/berth/agent/faketime")
         );
+        assert_eq!(
+            c.faketime.containerd_address,
+            Path::new("/run/containerd/containerd.sock")
+        );
+        assert_eq!(c.faketime.snapshotter, "overlayfs");
+    }
+
+    #[test]
+    fn the_removed_ctr_key_is_refused_naming_the_replacement() {
+        let e = parse(
+            "[faketime]
+ctr = \"/usr/bin/ctr\"\n",
+        )
+        .unwrap()
+        .resolve()
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("invalid faketime.ctr: was removed"),
+            "{msg}"
+        );
+        assert!(msg.contains("faketime.containerd_address"), "{msg}");
+        assert!(msg.contains("delete the key"), "{msg}");
+        // and it is never printed back
+        let c = parse("").unwrap();
+        assert!(!toml::to_string_pretty(&c).unwrap().contains("ctr ="));
     }
 
     #[test]
@@ -774,6 +832,14 @@ mod tests {
             "faketime.cache_duration",
         );
         bad("[faketime]\nshim_dir = \"lib\"", "faketime.shim_dir");
+        bad(
+            "[faketime]\ncontainerd_address = \"containerd.sock\"",
+            "faketime.containerd_address",
+        );
+        bad(
+            "[faketime]\nsnapshotter = \"\"",
+            "faketime.containerd_namespace",
+        );
         assert!(matches!(
             parse("[faketime]\non_uncovered = \"ignore\""),
             Err(ConfigError::Parse { .. })

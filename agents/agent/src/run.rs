@@ -12,7 +12,7 @@ use crate::cleanup::Sweeper;
 use crate::config::{Config, Listen, LogConfig, LogFormat, Overrides, Resolved};
 use crate::events::EventLog;
 use crate::faketime::FakeTime;
-use crate::faketime::probe::{CtrProbe, NoProbe, RootfsProbe};
+use crate::faketime::probe::{Containerd, ContainerdProbe};
 use crate::filelogs::{AgentPlugin, FileLogs};
 use crate::fsops::RealFs;
 use crate::ipam::collector::Collector;
@@ -177,16 +177,14 @@ impl Agent {
         let events = Arc::new(EventLog::new(&cfg.state_dir));
         let faketime = if cfg.faketime.enabled {
             let dir = cfg.faketime.shim_dir(&cfg.state_dir);
-            let probe: Arc<dyn RootfsProbe> = match &cfg.faketime.containerd_address {
-                Some(address) => Arc::new(CtrProbe {
-                    ctr: cfg.faketime.ctr.clone(),
-                    address: address.clone(),
-                    namespace: cfg.faketime.containerd_namespace.clone(),
-                    snapshotter: cfg.faketime.snapshotter.clone(),
-                    work_dir: cfg.state_dir.join("faketime/probe"),
-                }),
-                None => Arc::new(NoProbe),
-            };
+            // Connected on first use (on the NRI thread): the agent starts whether containerd
+            // is up or not, and an annotated container created while it cannot answer gets the
+            // shim and is judged after start.
+            let probe = Arc::new(ContainerdProbe::new(Containerd::new(
+                cfg.faketime.containerd_address.clone(),
+                cfg.faketime.containerd_namespace.clone(),
+                cfg.faketime.snapshotter.clone(),
+            )));
             let ft = FakeTime::new(
                 cfg.faketime.clone(),
                 &cfg.state_dir,
@@ -196,8 +194,8 @@ impl Agent {
                 clock.clone(),
             )
             .with_context(|| format!("cannot install the faketime shim in {}", dir.display()))?;
-            tracing::info!(shim_dir = %dir.display(), create_time_probe = cfg.faketime.containerd_address.is_some(),
-                "faketime shim installed");
+            tracing::info!(shim_dir = %dir.display(), containerd = %cfg.faketime.containerd_address.display(),
+                snapshotter = %cfg.faketime.snapshotter, "faketime shim installed");
             Some(Arc::new(ft))
         } else {
             None

@@ -552,6 +552,26 @@ pub async fn faketime(
         return Ok(output::json(out, &r)?);
     }
     let mut t = Table::new(&["CONTAINER", "OFFSET", "INJECTED", "COVERED", "REASON"]);
+    // How each running process gets its time: the shim, the vDSO patch, or not at all.
+    let mut procs = Table::new(&["CONTAINER", "PID", "HOW", "OFFSET", "EXE", "REASON"]);
+    let mut any_proc = false;
+    for f in &r.containers {
+        for p in &f.processes {
+            any_proc = true;
+            procs.row(vec![
+                f.container.clone(),
+                p.pid.to_string(),
+                p.how.clone(),
+                if p.offset.is_empty() {
+                    "-".into()
+                } else {
+                    p.offset.clone()
+                },
+                p.exe.clone(),
+                p.reason.clone(),
+            ]);
+        }
+    }
     for f in r.containers {
         let covered = match f.covered {
             Some(true) => format!("yes ({})", f.coverage),
@@ -567,6 +587,10 @@ pub async fn faketime(
         ]);
     }
     t.write(out)?;
+    if any_proc {
+        writeln!(out)?;
+        procs.write(out)?;
+    }
     Ok(())
 }
 

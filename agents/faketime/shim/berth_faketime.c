@@ -17,17 +17,21 @@
  *    (default 1, 0 = on every call) and re-read only when the file changed.
  *    The common path costs the real clock read, two relaxed atomic loads and
  *    an add; no locks, no malloc, no extra syscalls.
- *  - The library must load into any x86_64 glibc from 2.17 on: it links only
- *    against symbols that exist at GLIBC_2.17 or older (dlsym/dlvsym pinned to
- *    GLIBC_2.2.5, with libdl.so.2 as DT_NEEDED for glibc < 2.34), and does its
- *    file I/O with raw system calls so that stat@GLIBC_2.33 and friends are
- *    never referenced (and errno is never disturbed).
+ *  - The library must load into any x86_64 glibc from 2.17 on, including
+ *    images that carry nothing but the loader and libc.so.6: its only
+ *    DT_NEEDED is libc.so.6, and it imports only getenv, dl_iterate_phdr and
+ *    __errno_location (all GLIBC_2.2.5). It does not use libdl: it finds the
+ *    "next" definition of each wrapped function itself, walking the loaded
+ *    objects with dl_iterate_phdr and reading their dynamic symbol tables
+ *    (see "finding the real functions"). File I/O uses raw system calls, so
+ *    stat@GLIBC_2.33 and friends are never referenced and errno is never
+ *    disturbed.
  */
 #define _GNU_SOURCE
-#include <dlfcn.h>
+#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <gnu/libc-version.h>
+#include <link.h>
 #include <mqueue.h>
 #include <pthread.h>
 #include <semaphore.h>
@@ -44,12 +48,6 @@
 #if !defined(__x86_64__)
 #error "berth-faketime supports x86_64 only"
 #endif
-
-/* glibc 2.34 moved dlsym/dlvsym into libc with a new version; pin the old one,
- * which every glibc from 2.2.5 on provides (in libdl.so.2 before 2.34, as a
- * compatibility symbol of libc.so.6 since). */
-__asm__(".symver dlsym,dlsym@GLIBC_2.2.5");
-__asm__(".symver dlvsym,dlvsym@GLIBC_2.2.5");
 
 #define EXPORT __attribute__((visibility("default")))
 #define LIKELY(x) __builtin_expect(!!(x), 1)
@@ -88,7 +86,307 @@ static long raw_read(int fd, void *buf, size_t len)
 static void raw_close(int fd) { raw_syscall(SYS_close, fd, 0, 0, 0); }
 
 /* ------------------------------------------------------------------------ */
-/* real functions                                                            */
+/* finding the real functions                                                */
+
+/*
+ * What dlsym(RTLD_NEXT, name) / dlvsym(RTLD_NEXT, name, version) would return,
+ * without libdl (dlsym lives in libdl.so.2 before glibc 2.34, and minimal
+ * images do not carry it): the first object loaded after this one that
+ * defines `name`, in the order dl_iterate_phdr reports them (the loader's
+ * load order: the program, preloads, then their dependencies breadth first,
+ * then dlopen()ed objects). Each object is read through its own dynamic
+ * section: DT_SYMTAB and DT_STRTAB, DT_GNU_HASH or DT_HASH to find the name,
+ * DT_VERSYM and DT_VERDEF to match a symbol version.
+ *
+ * Pointers in a dynamic section are link-time addresses in some objects and
+ * already relocated in others: glibc relocates DT_SYMTAB, DT_STRTAB, the hash
+ * tables and DT_VERSYM in place for ordinary objects but not DT_VERDEF, and
+ * nothing in the vDSO or where the dynamic section is read-only; musl
+ * relocates nothing. So every pointer is taken as it is when it lies inside
+ * one of the object's loaded segments, else with the load bias added, and an
+ * object whose tables fit neither way is skipped.
+ */
+
+struct want {
+	const char *name;
+	const char *version; /* NULL: the default version */
+	uint32_t gnu, sysv;  /* the name's hashes */
+	void *found;
+};
+
+/* A function of this library: whichever loaded object contains it is us. */
+static void marker(void) {}
+
+static int in_segments(const struct dl_phdr_info *info, uintptr_t p, size_t len)
+{
+	for (int i = 0; i < info->dlpi_phnum; i++) {
+		const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+		if (ph->p_type != PT_LOAD)
+			continue;
+		uintptr_t lo = info->dlpi_addr + ph->p_vaddr;
+		if (p >= lo && p - lo <= ph->p_memsz && len <= ph->p_memsz - (p - lo))
+			return 1;
+	}
+	return 0;
+}
+
+/* A d_ptr value as an address of this process, or 0 (see above). */
+static uintptr_t dyn_addr(const struct dl_phdr_info *info, ElfW(Addr) v, size_t len)
+{
+	if (v == 0)
+		return 0;
+	if (in_segments(info, (uintptr_t)v, len))
+		return (uintptr_t)v;
+	if (in_segments(info, info->dlpi_addr + (uintptr_t)v, len))
+		return info->dlpi_addr + (uintptr_t)v;
+	return 0;
+}
+
+static uint32_t hash_gnu(const char *s)
+{
+	uint32_t h = 5381;
+	for (; *s; s++)
+		h = h * 33 + (unsigned char)*s;
+	return h;
+}
+
+static uint32_t hash_sysv(const char *s)
+{
+	uint32_t h = 0;
+	for (; *s; s++) {
+		h = (h << 4) + (unsigned char)*s;
+		uint32_t g = h & 0xf0000000u;
+		h ^= g >> 24;
+		h &= ~g;
+	}
+	return h;
+}
+
+static int str_eq(const char *a, const char *b)
+{
+	while (*a && *a == *b)
+		a++, b++;
+	return *a == *b;
+}
+
+/* One object's tables, addresses checked. */
+struct object {
+	const struct dl_phdr_info *info;
+	const ElfW(Sym) *symtab;
+	const char *strtab;
+	size_t strsz;
+	const uint32_t *gnu_hash, *sysv_hash;
+	const ElfW(Half) *versym;
+	uintptr_t verdef;
+	size_t verdefnum;
+};
+
+static int object_from(const struct dl_phdr_info *info, struct object *o)
+{
+	const ElfW(Dyn) *dyn = NULL;
+	for (int i = 0; i < info->dlpi_phnum; i++)
+		if (info->dlpi_phdr[i].p_type == PT_DYNAMIC)
+			dyn = (const ElfW(Dyn) *)(info->dlpi_addr + info->dlpi_phdr[i].p_vaddr);
+	if (dyn == NULL)
+		return 0;
+	ElfW(Addr) symtab = 0, strtab = 0, gnu = 0, sysv = 0, versym = 0, verdef = 0;
+	o->info = info;
+	o->strsz = 0;
+	o->verdefnum = 0;
+	for (; dyn->d_tag != DT_NULL; dyn++) {
+		switch (dyn->d_tag) {
+		case DT_SYMTAB: symtab = dyn->d_un.d_ptr; break;
+		case DT_STRTAB: strtab = dyn->d_un.d_ptr; break;
+		case DT_STRSZ: o->strsz = dyn->d_un.d_val; break;
+		case DT_GNU_HASH: gnu = dyn->d_un.d_ptr; break;
+		case DT_HASH: sysv = dyn->d_un.d_ptr; break;
+		case DT_VERSYM: versym = dyn->d_un.d_ptr; break;
+		case DT_VERDEF: verdef = dyn->d_un.d_ptr; break;
+		case DT_VERDEFNUM: o->verdefnum = dyn->d_un.d_val; break;
+		default: break;
+		}
+	}
+	o->symtab = (const ElfW(Sym) *)dyn_addr(info, symtab, sizeof(ElfW(Sym)));
+	o->strtab = (const char *)dyn_addr(info, strtab, o->strsz);
+	o->gnu_hash = (const uint32_t *)dyn_addr(info, gnu, 16);
+	o->sysv_hash = (const uint32_t *)dyn_addr(info, sysv, 8);
+	o->versym = (const ElfW(Half) *)dyn_addr(info, versym, sizeof(ElfW(Half)));
+	o->verdef = dyn_addr(info, verdef, sizeof(ElfW(Verdef)));
+	if (o->verdef == 0)
+		o->verdefnum = 0;
+	return o->symtab != NULL && o->strtab != NULL && o->strsz > 0 &&
+	       (o->gnu_hash != NULL || o->sysv_hash != NULL);
+}
+
+/* The name of version index `ndx` in the object's DT_VERDEF, or NULL. */
+static const char *version_name(const struct object *o, ElfW(Half) ndx)
+{
+	uintptr_t at = o->verdef;
+	for (size_t i = 0; i < o->verdefnum && at != 0; i++) {
+		if (!in_segments(o->info, at, sizeof(ElfW(Verdef))))
+			return NULL;
+		const ElfW(Verdef) *vd = (const ElfW(Verdef) *)at;
+		if (vd->vd_ndx == ndx && vd->vd_cnt > 0) {
+			uintptr_t aux = at + vd->vd_aux;
+			if (!in_segments(o->info, aux, sizeof(ElfW(Verdaux))))
+				return NULL;
+			size_t name = ((const ElfW(Verdaux) *)aux)->vda_name;
+			return name < o->strsz ? o->strtab + name : NULL;
+		}
+		if (vd->vd_next == 0)
+			break;
+		at += vd->vd_next;
+	}
+	return NULL;
+}
+
+/* How well symbol `idx` answers `w`: 0 not at all, 1 acceptable (an
+ * unversioned definition for a versioned request), 2 exactly. */
+static int sym_match(const struct object *o, size_t idx, const struct want *w)
+{
+	const ElfW(Sym) *sym = &o->symtab[idx];
+	if (!in_segments(o->info, (uintptr_t)sym, sizeof *sym))
+		return 0;
+	int type = ELF64_ST_TYPE(sym->st_info), bind = ELF64_ST_BIND(sym->st_info);
+	if (sym->st_shndx == SHN_UNDEF || sym->st_value == 0 ||
+	    (type != STT_FUNC && type != STT_GNU_IFUNC) ||
+	    (bind != STB_GLOBAL && bind != STB_WEAK && bind != STB_GNU_UNIQUE))
+		return 0;
+	if (sym->st_name >= o->strsz || !str_eq(o->strtab + sym->st_name, w->name))
+		return 0;
+	if (o->versym == NULL)
+		return 2; /* an object without versions: any request takes it, as glibc does */
+	ElfW(Half) vs = o->versym[idx];
+	ElfW(Half) ndx = vs & 0x7fff;
+	int hidden = (vs & 0x8000) != 0;
+	if (ndx <= 1) /* local or global without a version */
+		return w->version == NULL ? 2 : 1;
+	if (w->version == NULL)
+		return hidden ? 0 : 2; /* the default (@@) version */
+	const char *v = version_name(o, ndx);
+	return v != NULL && str_eq(v, w->version) ? 2 : 0;
+}
+
+/* The address of symbol `idx`, calling an IFUNC resolver as the loader would. */
+static void *sym_address(const struct object *o, size_t idx)
+{
+	const ElfW(Sym) *sym = &o->symtab[idx];
+	uintptr_t a = o->info->dlpi_addr + sym->st_value;
+	if (ELF64_ST_TYPE(sym->st_info) == STT_GNU_IFUNC)
+		a = ((uintptr_t(*)(void))a)();
+	return (void *)a;
+}
+
+/* The best definition of `w` in one object, or NULL. */
+static void *lookup(const struct object *o, const struct want *w)
+{
+	size_t best = 0;
+	int best_score = 0;
+	if (o->gnu_hash != NULL) {
+		const uint32_t *h = o->gnu_hash;
+		uint32_t nbuckets = h[0], symoffset = h[1], bloom_size = h[2], shift = h[3];
+		if (nbuckets == 0 || bloom_size == 0)
+			return NULL;
+		const ElfW(Addr) *bloom = (const ElfW(Addr) *)(h + 4);
+		const uint32_t *buckets = (const uint32_t *)(bloom + bloom_size);
+		const uint32_t *chain = buckets + nbuckets;
+		if (!in_segments(o->info, (uintptr_t)bloom, sizeof *bloom * bloom_size) ||
+		    !in_segments(o->info, (uintptr_t)buckets, sizeof *buckets * nbuckets))
+			return NULL;
+		const unsigned bits = sizeof(ElfW(Addr)) * 8;
+		ElfW(Addr) word = bloom[(w->gnu / bits) % bloom_size];
+		ElfW(Addr) mask = ((ElfW(Addr))1 << (w->gnu % bits)) |
+				  ((ElfW(Addr))1 << ((w->gnu >> shift) % bits));
+		if ((word & mask) != mask)
+			return NULL;
+		uint32_t i = buckets[w->gnu % nbuckets];
+		if (i < symoffset)
+			return NULL;
+		for (;; i++) {
+			const uint32_t *c = &chain[i - symoffset];
+			if (!in_segments(o->info, (uintptr_t)c, sizeof *c))
+				break;
+			if ((*c | 1) == (w->gnu | 1)) {
+				int score = sym_match(o, i, w);
+				if (score > best_score) {
+					best = i;
+					best_score = score;
+					if (score == 2)
+						break;
+				}
+			}
+			if (*c & 1)
+				break;
+		}
+	} else {
+		const uint32_t *h = o->sysv_hash;
+		uint32_t nbucket = h[0], nchain = h[1];
+		if (nbucket == 0 || !in_segments(o->info, (uintptr_t)h, 4 * (2 + (size_t)nbucket + nchain)))
+			return NULL;
+		const uint32_t *bucket = h + 2, *chain = bucket + nbucket;
+		uint32_t steps = 0;
+		for (uint32_t i = bucket[w->sysv % nbucket]; i != STN_UNDEF && i < nchain && steps < nchain;
+		     i = chain[i], steps++) {
+			int score = sym_match(o, i, w);
+			if (score > best_score) {
+				best = i;
+				best_score = score;
+				if (score == 2)
+					break;
+			}
+		}
+	}
+	return best_score > 0 ? sym_address(o, best) : NULL;
+}
+
+struct search {
+	struct want *wants;
+	int n;
+	int pass;      /* 0: objects after this one; 1: every object but the program and this one */
+	int seen_self; /* this library was met during the walk */
+	int index;     /* position of the object in the walk */
+};
+
+static int search_object(struct dl_phdr_info *info, size_t size, void *data)
+{
+	(void)size;
+	struct search *s = data;
+	int index = s->index++;
+	if (in_segments(info, (uintptr_t)&marker, 1)) {
+		s->seen_self = 1;
+		return 0;
+	}
+	if (s->pass == 0 ? !s->seen_self : index == 0)
+		return 0;
+	struct object o;
+	if (!object_from(info, &o))
+		return 0;
+	int missing = 0;
+	for (int i = 0; i < s->n; i++) {
+		if (s->wants[i].found == NULL)
+			s->wants[i].found = lookup(&o, &s->wants[i]);
+		missing += s->wants[i].found == NULL;
+	}
+	return missing == 0; /* nonzero stops the walk */
+}
+
+/* Fills in every `found` it can, in one walk over the loaded objects (two if
+ * this library was not in the list, e.g. loaded into another namespace). */
+static void find_next(struct want *wants, int n)
+{
+	for (int i = 0; i < n; i++) {
+		wants[i].gnu = hash_gnu(wants[i].name);
+		wants[i].sysv = hash_sysv(wants[i].name);
+		wants[i].found = NULL;
+	}
+	struct search s = {wants, n, 0, 0, 0};
+	dl_iterate_phdr(search_object, &s);
+	if (!s.seen_self) {
+		s.pass = 1;
+		s.index = 0;
+		dl_iterate_phdr(search_object, &s);
+	}
+}
 
 typedef int (*clock_gettime_fn)(clockid_t, struct timespec *);
 typedef int (*gettimeofday_fn)(struct timeval *, void *);
@@ -96,17 +394,17 @@ typedef int (*gettimeofday_fn)(struct timeval *, void *);
 static clock_gettime_fn real_clock_gettime;
 static gettimeofday_fn real_gettimeofday;
 
-/* Looks a symbol up in the objects loaded after this one, once. The slot is
+/* Looks a symbol up in the objects loaded after this one, once found. The slot is
  * written atomically so concurrent first calls at worst resolve twice. */
 static void *resolve(void **slot, const char *name, const char *version)
 {
 	void *p = LOAD(slot);
 	if (LIKELY(p != NULL))
 		return p;
-	if (version != NULL)
-		p = dlvsym(RTLD_NEXT, name, version);
-	if (p == NULL)
-		p = dlsym(RTLD_NEXT, name);
+	struct want w[2] = {{name, version, 0, 0, NULL}, {name, NULL, 0, 0, NULL}};
+	/* like dlvsym, then dlsym: a definition of the asked version, else the default one */
+	find_next(w, version != NULL ? 2 : 1);
+	p = w[0].found != NULL ? w[0].found : (version != NULL ? w[1].found : NULL);
 	if (p != NULL)
 		STORE(slot, p);
 	return p;
@@ -140,14 +438,33 @@ static void *resolve(void **slot, const char *name, const char *version)
 #define DECLARE_SLOT(name, version) static void *slot_##name;
 FORWARDED(DECLARE_SLOT)
 
-/* Resolves everything that is already loaded, so that the first call of an
- * async-signal-safe function (clock_nanosleep) never runs dlsym. Functions of
- * libraries loaded later (libpthread, librt before glibc 2.34) resolve on
+/* Resolves the clock readers and everything else that is already loaded, in
+ * one walk, so that the first call of an async-signal-safe function
+ * (clock_gettime, clock_nanosleep) never walks the loader's lists. Functions
+ * of libraries loaded later (libpthread, librt before glibc 2.34) resolve on
  * their first call. */
 static void preresolve(void)
 {
-#define PRERESOLVE(name, version) resolve(&slot_##name, #name, version);
-	FORWARDED(PRERESOLVE)
+#define WANT(name, version) {#name, version, 0, 0, NULL}, {#name, NULL, 0, 0, NULL},
+	struct want w[] = {
+		{"clock_gettime", NULL, 0, 0, NULL},
+		{"gettimeofday", NULL, 0, 0, NULL},
+		FORWARDED(WANT)
+	};
+	find_next(w, (int)(sizeof w / sizeof w[0]));
+	STORE(&real_clock_gettime, (clock_gettime_fn)w[0].found);
+	STORE(&real_gettimeofday, (gettimeofday_fn)w[1].found);
+	int i = 2;
+#define TAKE(name, version)                                                    \
+	{                                                                      \
+		void *p = w[i].found;                                          \
+		if (p == NULL && (version) != NULL)                            \
+			p = w[i + 1].found;                                    \
+		if (p != NULL)                                                 \
+			STORE(&slot_##name, p);                                \
+		i += 2;                                                        \
+	}
+	FORWARDED(TAKE)
 }
 
 #define REAL(type, name, version)                                              \
@@ -419,8 +736,6 @@ static int parse_duration(const char *s, int64_t *out)
 
 static void init_state(void)
 {
-	STORE(&real_clock_gettime, (clock_gettime_fn)dlsym(RTLD_NEXT, "clock_gettime"));
-	STORE(&real_gettimeofday, (gettimeofday_fn)dlsym(RTLD_NEXT, "gettimeofday"));
 	preresolve();
 
 	const char *path = getenv("FAKETIME_TIMESTAMP_FILE");
@@ -455,7 +770,7 @@ static void ensure_init(void)
 		init_state();
 		STORE(&g_init, 2);
 	}
-	/* state 1: another thread (or a call from inside dlsym) is initialising;
+	/* state 1: another thread (or a call from inside the lookup) is initialising;
 	 * the caller goes on with offset 0 / raw syscalls meanwhile. */
 }
 
@@ -834,7 +1149,10 @@ static int cond_is_realtime(pthread_cond_t *c)
 	/* fallback: the known layouts. Bit 0 of __nwaiters (offset 40) before
 	 * 2.25; bit 1 of __wrefs since, at offset 36 until 2.40 and 28 from 2.41
 	 * (which dropped __g_refs); set = monotonic. */
-	const char *v = gnu_get_libc_version();
+	static void *slot_version;
+	const char *(*version)(void) =
+		(const char *(*)(void))resolve(&slot_version, "gnu_get_libc_version", NULL);
+	const char *v = version != NULL ? version() : "";
 	int major = 0, minor = 0;
 	while (is_digit(*v))
 		major = major * 10 + (*v++ - '0');

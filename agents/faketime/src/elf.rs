@@ -5,8 +5,9 @@
 //!
 //! - statically linked programs (no `PT_INTERP`: Go, static musl/busybox, static-pie):
 //!   nothing loads the preload, and they read time from the vDSO or raw system calls;
-//! - musl programs (`ld-musl-*` interpreter): musl's loader would have to load a glibc
-//!   library and fails, which kills the program; berth must not inject at all;
+//! - musl programs (`ld-musl-*` interpreter): musl's loader loads the shim (it needs only
+//!   `libc.so.6`, which musl answers itself), but musl reads the clock inside its own functions,
+//!   past the preload, so berth does not inject it;
 //! - Go programs, even dynamically linked ones (cgo): the Go runtime reads the vDSO itself;
 //! - other architectures (`e_machine` ≠ x86_64, or 32-bit);
 //! - glibc older than [`GLIBC_FLOOR`].
@@ -19,7 +20,7 @@ use std::fmt;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// The oldest glibc the shim supports.
 pub const GLIBC_FLOOR: GlibcVersion = GlibcVersion {
@@ -28,12 +29,16 @@ pub const GLIBC_FLOOR: GlibcVersion = GlibcVersion {
 };
 
 const EM_X86_64: u16 = 62;
+const PT_LOAD: u32 = 1;
+const PT_DYNAMIC: u32 = 2;
 const PT_INTERP: u32 = 3;
+const DT_NULL: u64 = 0;
+const DT_NEEDED: u64 = 1;
+const DT_STRTAB: u64 = 5;
+const DT_STRSZ: u64 = 10;
 const SHT_GNU_VERDEF: u32 = 0x6fff_fffd;
 const SHT_GNU_VERNEED: u32 = 0x6fff_fffe;
 const MAX_INTERP_LEN: u64 = 4096;
-const MAX_HOPS: usize = 40;
-const MAX_SCRIPT_DEPTH: usize = 4;
 
 /// Errors of reading ELF files and resolving programs.
 #[derive(Debug, thiserror::Error)]
@@ -100,12 +105,6 @@ pub enum Coverage {
     ForeignArch { machine: u16, class64: bool },
     /// An interpreter berth does not know.
     OtherInterpreter { interpreter: String },
-    /// glibc without the `libdl.so.2` that the shim needs before glibc 2.34 (or whose
-    /// version could not be read).
-    MissingLibdl {
-        interpreter: String,
-        glibc: Option<GlibcVersion>,
-    },
     /// glibc below [`GLIBC_FLOOR`].
     OldGlibc {
         interpreter: String,
@@ -133,8 +132,8 @@ impl Coverage {
                     .to_string()
             }
             Coverage::Musl { interpreter } => format!(
-                "linked against musl ({interpreter}): musl cannot load the glibc shim, so it is \
-                 not injected"
+                "linked against musl ({interpreter}): musl reads the clock inside its own \
+                 functions, where the glibc shim cannot reach, so it is not injected"
             ),
             Coverage::GoRuntime { interpreter } => format!(
                 "a Go program ({interpreter}): the Go runtime reads the clock from the vDSO, \
@@ -148,13 +147,6 @@ impl Coverage {
             Coverage::OtherInterpreter { interpreter } => format!(
                 "unknown ELF interpreter {interpreter}: not glibc's x86_64 loader, so the shim \
                  is not injected"
-            ),
-            Coverage::MissingLibdl { glibc, .. } => format!(
-                "the image has no libdl.so.2 and its glibc ({}) is not 2.34 or later, so neither \
-                 build of the shim can load: it is not injected",
-                glibc
-                    .map(|v| v.to_string())
-                    .unwrap_or_else(|| "version unknown".into())
             ),
             Coverage::OldGlibc { glibc, .. } => {
                 format!("glibc {glibc} is older than {GLIBC_FLOOR}, the oldest the shim supports")
@@ -213,6 +205,11 @@ impl ElfFile {
             file,
             path: path.to_path_buf(),
         })
+    }
+
+    /// An already open file; `path` names it in errors.
+    pub fn from_file(file: File, path: PathBuf) -> Self {
+        ElfFile { file, path }
     }
 }
 
@@ -556,6 +553,103 @@ pub fn version_defs<S: ElfSource + ?Sized>(src: &S) -> Result<Vec<String>, ElfEr
     Ok(out)
 }
 
+/// One program header: what the loader maps.
+struct Segment {
+    kind: u32,
+    offset: u64,
+    vaddr: u64,
+    filesz: u64,
+}
+
+fn segments<S: ElfSource + ?Sized>(src: &S, h: &Header) -> Result<Vec<Segment>, ElfError> {
+    let min = if h.class64 { 56 } else { 32 };
+    if h.phnum == 0 {
+        return Ok(Vec::new());
+    }
+    if usize::from(h.phentsize) < min {
+        return Err(ElfError::Malformed("program header entries too small"));
+    }
+    let table = src.read_at(h.phoff, usize::from(h.phentsize) * usize::from(h.phnum))?;
+    Ok(table
+        .chunks_exact(usize::from(h.phentsize))
+        .map(|ph| {
+            if h.class64 {
+                Segment {
+                    kind: h.u32(ph, 0),
+                    offset: h.u64(ph, 8),
+                    vaddr: h.u64(ph, 16),
+                    filesz: h.u64(ph, 32),
+                }
+            } else {
+                Segment {
+                    kind: h.u32(ph, 0),
+                    offset: u64::from(h.u32(ph, 4)),
+                    vaddr: u64::from(h.u32(ph, 8)),
+                    filesz: u64::from(h.u32(ph, 16)),
+                }
+            }
+        })
+        .collect())
+}
+
+/// The libraries an object needs (its `DT_NEEDED` entries, in order), read as the loader
+/// reads them: the dynamic segment (`PT_DYNAMIC`) and the string table it points at, found
+/// through the loaded segments. No section headers needed (stripped objects keep their
+/// dynamic segment); a static program has none and needs nothing.
+pub fn needed_libraries<S: ElfSource + ?Sized>(src: &S) -> Result<Vec<String>, ElfError> {
+    let h = read_header(src)?;
+    let segs = segments(src, &h)?;
+    let Some(dynamic) = segs.iter().find(|s| s.kind == PT_DYNAMIC) else {
+        return Ok(Vec::new());
+    };
+    if dynamic.filesz > 1 << 20 {
+        return Err(ElfError::Malformed("dynamic segment too large"));
+    }
+    let entry = if h.class64 { 16 } else { 8 };
+    let data = src.read_at(dynamic.offset, dynamic.filesz as usize)?;
+    let (mut needed, mut strtab, mut strsz) = (Vec::new(), None, None);
+    for e in data.chunks_exact(entry) {
+        let (tag, value) = (h.addr(e, 0, 0), h.addr(e, 8, 4));
+        match tag {
+            DT_NULL => break,
+            DT_NEEDED => needed.push(value),
+            DT_STRTAB => strtab = Some(value),
+            DT_STRSZ => strsz = Some(value),
+            _ => {}
+        }
+    }
+    if needed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (Some(strtab), Some(strsz)) = (strtab, strsz) else {
+        return Err(ElfError::Malformed("DT_NEEDED without a string table"));
+    };
+    if strsz > 64 << 20 {
+        return Err(ElfError::Malformed("string table too large"));
+    }
+    let load = segs
+        .iter()
+        .find(|s| {
+            s.kind == PT_LOAD
+                && s.vaddr <= strtab
+                && strtab
+                    .checked_add(strsz)
+                    .is_some_and(|end| end <= s.vaddr.saturating_add(s.filesz))
+        })
+        .ok_or(ElfError::Malformed(
+            "dynamic string table outside the loaded segments",
+        ))?;
+    let strings = src.read_at(load.offset + (strtab - load.vaddr), strsz as usize)?;
+    needed
+        .into_iter()
+        .map(|at| {
+            let at =
+                u32::try_from(at).map_err(|_| ElfError::Malformed("string offset too large"))?;
+            c_string(&strings, at)
+        })
+        .collect()
+}
+
 /// The highest `GLIBC_x.y` among `versions`.
 pub fn max_glibc<'a, I: IntoIterator<Item = &'a str>>(versions: I) -> Option<GlibcVersion> {
     versions
@@ -564,22 +658,13 @@ pub fn max_glibc<'a, I: IntoIterator<Item = &'a str>>(versions: I) -> Option<Gli
         .max()
 }
 
-/// Where images keep libc.so.6 (multiarch, RHEL-style, then plain).
-const LIBC_DIRS: &[&str] = &[
-    "/lib/x86_64-linux-gnu",
-    "/usr/lib/x86_64-linux-gnu",
-    "/lib64",
-    "/usr/lib64",
-    "/lib",
-    "/usr/lib",
-];
-
 /// Classifies the program a container runs: `program` as in the OCI spec's `process.args[0]`
 /// (absolute, relative to `/`, or a bare name searched in `path_env`, the container's `PATH`),
 /// resolved inside `root` (the container's root filesystem on the host). Symbolic links are
 /// resolved as the container would see them (an absolute target stays inside `root`); `#!`
 /// scripts are followed to their interpreter. For glibc programs the image's libc.so.6 is read
-/// to check [`GLIBC_FLOOR`].
+/// to check [`GLIBC_FLOOR`]. [`crate::rootfs::inspect`] does the same through any view of a
+/// root (an image's layers, for one).
 ///
 /// This reads files in a filesystem the container controls. The result decides only whether
 /// berth injects the shim; nothing it reads is trusted beyond that.
@@ -588,202 +673,17 @@ pub fn inspect_in_root(
     program: &str,
     path_env: Option<&str>,
 ) -> Result<Coverage, ElfError> {
-    let mut program = program.to_string();
-    for _ in 0..MAX_SCRIPT_DEPTH {
-        let host = find_program(root, &program, path_env)?;
-        let file = ElfFile::open(&host)?;
-        let head = file
-            .read_at(0, 2)
-            .map_err(|_| ElfError::NotExecutable { path: host.clone() })?;
-        if head == b"#!" {
-            program = shebang_interpreter(&file, &host)?;
-            continue;
-        }
-        let coverage = match classify(&file) {
-            Err(ElfError::NotElf) => return Err(ElfError::NotExecutable { path: host }),
-            other => other?,
-        };
-        return Ok(match coverage {
-            Coverage::Glibc { interpreter, .. } => match image_glibc(root) {
-                Some(v) if v < GLIBC_FLOOR => Coverage::OldGlibc {
-                    interpreter,
-                    glibc: v,
-                },
-                glibc => Coverage::Glibc { interpreter, glibc },
-            },
-            other => other,
-        });
-    }
-    Err(ElfError::TooDeep(program))
+    crate::rootfs::inspect(&crate::rootfs::DirRoot::new(root), program, path_env)
 }
 
-/// The interpreter named on a `#!` line (the first word after `#!`).
-fn shebang_interpreter(file: &ElfFile, host: &Path) -> Result<String, ElfError> {
-    let mut line = Vec::new();
-    for chunk in 0..4u64 {
-        match file.read_at(chunk * 64, 64) {
-            Ok(b) => line.extend_from_slice(&b),
-            Err(ElfError::Malformed(_)) => {
-                // shorter than the chunk: take what is left byte by byte
-                let mut at = chunk * 64;
-                while let Ok(b) = file.read_at(at, 1) {
-                    line.extend_from_slice(&b);
-                    at += 1;
-                }
-                break;
-            }
-            Err(e) => return Err(e),
-        }
-        if line.contains(&b'\n') {
-            break;
-        }
+/// The highest glibc version an x86_64 libc.so.6 defines; `None` for anything else.
+pub(crate) fn libc_version<S: ElfSource + ?Sized>(src: &S) -> Option<GlibcVersion> {
+    let h = read_header(src).ok()?;
+    if h.machine != EM_X86_64 || !h.class64 {
+        return None;
     }
-    let end = line.iter().position(|&c| c == b'\n').unwrap_or(line.len());
-    let text = String::from_utf8_lossy(&line[2..end]).into_owned();
-    text.split_whitespace()
-        .next()
-        .map(str::to_string)
-        .ok_or_else(|| ElfError::NotExecutable {
-            path: host.to_path_buf(),
-        })
-}
-
-/// The host path of `program` inside `root`.
-fn find_program(root: &Path, program: &str, path_env: Option<&str>) -> Result<PathBuf, ElfError> {
-    let candidates: Vec<String> = if program.contains('/') {
-        vec![program.to_string()]
-    } else {
-        path_env
-            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-            .split(':')
-            .filter(|d| d.starts_with('/'))
-            .map(|d| format!("{}/{program}", d.trim_end_matches('/')))
-            .collect()
-    };
-    for c in &candidates {
-        let host = resolve_in_root(root, c)?;
-        if host.is_file() {
-            return Ok(host);
-        }
-    }
-    Err(ElfError::NotFound {
-        program: program.to_string(),
-        searched: candidates.join(", "),
-    })
-}
-
-/// Resolves `path` as a process chrooted at `root` would: `..` stops at the root and absolute
-/// link targets start again from it. A missing component ends resolution (the caller's open
-/// then fails).
-fn resolve_in_root(root: &Path, path: &str) -> Result<PathBuf, ElfError> {
-    let mut pending: Vec<PathBuf> = Path::new(path)
-        .components()
-        .rev()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(PathBuf::from(n)),
-            Component::ParentDir => Some(PathBuf::from("..")),
-            _ => None,
-        })
-        .collect();
-    let mut current = PathBuf::new();
-    let mut hops = 0;
-    while let Some(next) = pending.pop() {
-        if next == Path::new("..") {
-            current.pop();
-            continue;
-        }
-        let candidate = current.join(&next);
-        let host = root.join(&candidate);
-        match std::fs::symlink_metadata(&host) {
-            Ok(m) if m.file_type().is_symlink() => {
-                hops += 1;
-                if hops > MAX_HOPS {
-                    return Err(ElfError::TooDeep(path.to_string()));
-                }
-                let target = std::fs::read_link(&host).map_err(|source| ElfError::Io {
-                    path: host.clone(),
-                    source,
-                })?;
-                if target.is_absolute() {
-                    current = PathBuf::new();
-                }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(n) => pending.push(PathBuf::from(n)),
-                        Component::ParentDir => pending.push(PathBuf::from("..")),
-                        _ => {}
-                    }
-                }
-            }
-            Ok(_) => current = candidate,
-            Err(_) => {
-                current = candidate;
-                while let Some(rest) = pending.pop() {
-                    current.push(rest);
-                }
-            }
-        }
-    }
-    Ok(root.join(current))
-}
-
-/// The image's glibc version: the highest `GLIBC_x.y` its libc.so.6 defines.
-/// glibc 2.34 moved `dlsym` into libc.so.6: from there on the libc-only shim loads.
-pub const LIBC_HAS_DLSYM: GlibcVersion = GlibcVersion {
-    major: 2,
-    minor: 34,
-};
-
-/// Whether `name` (e.g. `libdl.so.2`) is in one of the image's standard library directories.
-pub fn image_has_library(root: &Path, name: &str) -> bool {
-    LIBC_DIRS.iter().any(|dir| {
-        resolve_in_root(root, &format!("{dir}/{name}"))
-            .ok()
-            .and_then(|p| ElfFile::open(&p).ok())
-            .is_some()
-    })
-}
-
-/// [`inspect_in_root`], plus which build of the shim fits the image: `Some` exactly when the
-/// coverage is [`Coverage::Glibc`]. A glibc image without `libdl.so.2` gets the libc-only
-/// build when its glibc is 2.34 or later, and [`Coverage::MissingLibdl`] otherwise (injecting
-/// the shim would make the program fail to start).
-pub fn inspect_for_shim(
-    root: &Path,
-    program: &str,
-    path_env: Option<&str>,
-) -> Result<(Coverage, Option<crate::shim::Variant>), ElfError> {
-    use crate::shim::Variant;
-    let coverage = inspect_in_root(root, program, path_env)?;
-    let Coverage::Glibc { interpreter, glibc } = coverage else {
-        return Ok((coverage, None));
-    };
-    if image_has_library(root, "libdl.so.2") {
-        return Ok((
-            Coverage::Glibc { interpreter, glibc },
-            Some(Variant::WithLibdl),
-        ));
-    }
-    if glibc.is_some_and(|v| v >= LIBC_HAS_DLSYM) {
-        return Ok((
-            Coverage::Glibc { interpreter, glibc },
-            Some(Variant::LibcOnly),
-        ));
-    }
-    Ok((Coverage::MissingLibdl { interpreter, glibc }, None))
-}
-
-fn image_glibc(root: &Path) -> Option<GlibcVersion> {
-    LIBC_DIRS.iter().find_map(|dir| {
-        let host = resolve_in_root(root, &format!("{dir}/libc.so.6")).ok()?;
-        let file = ElfFile::open(&host).ok()?;
-        let h = read_header(&file).ok()?;
-        if h.machine != EM_X86_64 || !h.class64 {
-            return None;
-        }
-        let defs = version_defs(&file).ok()?;
-        max_glibc(defs.iter().map(String::as_str))
-    })
+    let defs = version_defs(src).ok()?;
+    max_glibc(defs.iter().map(String::as_str))
 }
 
 #[cfg(test)]
@@ -943,6 +843,93 @@ mod tests {
     }
 
     #[test]
+    fn needed_libraries_of_real_objects() {
+        // python3 on bookworm: libm, libz, libexpat, libc (readelf -d agrees)
+        let python = ElfFile::open(Path::new("/usr/bin/python3")).unwrap();
+        let needed = needed_libraries(&python).unwrap();
+        assert!(needed.iter().any(|n| n == "libc.so.6"), "{needed:?}");
+        assert!(needed.iter().any(|n| n == "libm.so.6"), "{needed:?}");
+        // a static program needs nothing
+        let busybox = ElfFile::open(Path::new("/bin/busybox")).unwrap();
+        assert!(needed_libraries(&busybox).unwrap().is_empty());
+        // libc.so.6 needs only the loader
+        let libc = ElfFile::open(Path::new("/lib/x86_64-linux-gnu/libc.so.6")).unwrap();
+        assert_eq!(needed_libraries(&libc).unwrap(), ["ld-linux-x86-64.so.2"]);
+    }
+
+    /// x86_64 object with a dynamic segment naming `libs` and a loadable string table.
+    fn with_needed(libs: &[&str], strtab_in_load: bool) -> Vec<u8> {
+        let mut strings = vec![0u8];
+        let mut offsets = Vec::new();
+        for l in libs {
+            offsets.push(strings.len() as u64);
+            strings.extend_from_slice(l.as_bytes());
+            strings.push(0);
+        }
+        let mut b = header(true, true, 62);
+        b[32..40].copy_from_slice(&64u64.to_le_bytes());
+        b[54..56].copy_from_slice(&56u16.to_le_bytes());
+        b[56..58].copy_from_slice(&2u16.to_le_bytes());
+        let dyn_at = 64 + 2 * 56;
+        let dyn_len = (offsets.len() + 3) * 16;
+        let str_at = dyn_at + dyn_len;
+        let total = str_at + strings.len();
+        let ph = |kind: u32, off: u64, vaddr: u64, size: u64| {
+            let mut p = vec![0u8; 56];
+            p[0..4].copy_from_slice(&kind.to_le_bytes());
+            p[8..16].copy_from_slice(&off.to_le_bytes());
+            p[16..24].copy_from_slice(&vaddr.to_le_bytes());
+            p[32..40].copy_from_slice(&size.to_le_bytes());
+            p
+        };
+        // loaded at vaddr 0x1000 + file offset
+        let load_size = if strtab_in_load { total } else { str_at };
+        b.extend(ph(PT_LOAD, 0, 0x1000, load_size as u64));
+        b.extend(ph(
+            PT_DYNAMIC,
+            dyn_at as u64,
+            0x1000 + dyn_at as u64,
+            dyn_len as u64,
+        ));
+        let mut d = |tag: u64, v: u64| {
+            b.extend_from_slice(&tag.to_le_bytes());
+            b.extend_from_slice(&v.to_le_bytes());
+        };
+        for o in &offsets {
+            d(DT_NEEDED, *o);
+        }
+        d(DT_STRTAB, 0x1000 + str_at as u64);
+        d(DT_STRSZ, strings.len() as u64);
+        d(DT_NULL, 0);
+        b.extend_from_slice(&strings);
+        b
+    }
+
+    #[test]
+    fn needed_libraries_of_crafted_objects() {
+        let b = with_needed(&["libc.so.6", "libdl.so.2"], true);
+        assert_eq!(
+            needed_libraries(&b[..]).unwrap(),
+            ["libc.so.6", "libdl.so.2"]
+        );
+        assert!(
+            needed_libraries(&with_needed(&[], true)[..])
+                .unwrap()
+                .is_empty()
+        );
+        assert!(matches!(
+            needed_libraries(&with_needed(&["libc.so.6"], false)[..]),
+            Err(ElfError::Malformed(m)) if m.contains("string table")
+        ));
+        // no program headers at all: nothing needed
+        assert!(
+            needed_libraries(&header(true, true, 62)[..])
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn glibc_version_names() {
         assert_eq!(
             GlibcVersion::from_symbol_version("GLIBC_2.2.5"),
@@ -994,42 +981,6 @@ mod tests {
         symlink("l2", r.join("opt/app/l1")).unwrap();
         symlink("l1", r.join("opt/app/l2")).unwrap();
         root
-    }
-
-    #[test]
-    fn shim_build_follows_libdl_and_the_glibc_version() {
-        use crate::shim::Variant;
-        let root = fake_root();
-        let r = root.path();
-        // host glibc (bookworm 2.36), no libdl.so.2 in the root: the libc-only build
-        let (c, v) = inspect_for_shim(r, "/usr/bin/python3", None).unwrap();
-        assert!(c.is_covered(), "{c:?}");
-        assert_eq!(v, Some(Variant::LibcOnly));
-        // with libdl.so.2: the build that loads everywhere
-        fs::copy(
-            "/lib/x86_64-linux-gnu/libdl.so.2",
-            r.join("lib/x86_64-linux-gnu/libdl.so.2"),
-        )
-        .unwrap();
-        assert!(image_has_library(r, "libdl.so.2"));
-        let (_, v) = inspect_for_shim(r, "/usr/bin/python3", None).unwrap();
-        assert_eq!(v, Some(Variant::WithLibdl));
-        // no libdl and a libc whose version cannot be read: not injected
-        fs::remove_file(r.join("lib/x86_64-linux-gnu/libdl.so.2")).unwrap();
-        fs::remove_file(r.join("lib/x86_64-linux-gnu/libc.so.6")).unwrap();
-        let (c, v) = inspect_for_shim(r, "/usr/bin/python3", None).unwrap();
-        assert!(
-            matches!(c, Coverage::MissingLibdl { glibc: None, .. }),
-            "{c:?}"
-        );
-        assert!(!c.is_covered());
-        assert!(c.reason().contains("libdl.so.2"), "{}", c.reason());
-        assert_eq!(v, None);
-        // uncovered programs get no build
-        assert_eq!(
-            inspect_for_shim(r, "/bin/sh", None).unwrap(),
-            (Coverage::Static, None)
-        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::atomic_write;
+use crate::fsutil::{Durability, atomic_write};
 use crate::offset::{Offset, OffsetError, parse_relative};
 
 /// The file name berth uses inside a container's state directory.
@@ -111,11 +111,14 @@ fn parse_nanos(s: &str) -> Option<i64> {
 }
 
 /// Atomically replaces `path` with the canonical content for `offset` (mode 0644). A running
-/// shim picks it up within its cache duration (1 s by default).
+/// shim picks it up within its cache duration (1 s by default). Not synced to disk: the file
+/// belongs to one running container, which a host crash ends with it.
 pub fn write_timestamp_file(path: &Path, offset: Offset) -> Result<(), FileError> {
-    atomic_write(path, render(offset).as_bytes(), 0o644).map_err(|source| FileError::Write {
-        path: path.to_path_buf(),
-        source,
+    atomic_write(path, render(offset).as_bytes(), 0o644, Durability::Volatile).map_err(|source| {
+        FileError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
     })
 }
 

@@ -6,11 +6,26 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Whether a replaced file must also survive a host crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Synced to disk (file, then directory) before returning.
+    Synced,
+    /// Left to the page cache: for files that describe running containers only, which a host
+    /// crash ends anyway. Each fsync costs milliseconds on a busy disk, on CreateContainer's path.
+    Volatile,
+}
+
 /// Replaces `path` with `bytes` so that a reader sees either the old or the new content:
-/// writes a temporary file in the same directory, syncs it, renames it over `path`, then
-/// syncs the directory. The file gets exactly `mode` (no umask). The temporary file is
-/// removed when anything fails.
-pub(crate) fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+/// writes a temporary file in the same directory, renames it over `path` (with
+/// [`Durability::Synced`], syncs the file first and the directory after). The file gets exactly
+/// `mode` (no umask). The temporary file is removed when anything fails.
+pub(crate) fn atomic_write(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    durability: Durability,
+) -> io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = path
         .parent()
@@ -33,9 +48,14 @@ pub(crate) fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<(
             .open(&tmp)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if durability == Durability::Synced {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        if durability == Durability::Synced {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

@@ -9,8 +9,11 @@
 //! - [`file`]: the timestamp file the shim reads (format, atomic write, read);
 //! - [`env`]: the environment a container needs (`LD_PRELOAD` appended, never replaced);
 //! - [`elf`]: whether the shim can work for a container's entry point at all ([`Coverage`]);
+//! - [`rootfs`]: finding the entry point in a view of the container's root (links, `#!`);
 //! - [`shim`]: the embedded library, [`install_shim`], and the fixed in-container paths;
-//! - [`plan`]: all of the above for one container in one call.
+//! - [`plan`]: all of the above for one container in one call;
+//! - [`vdso`]: shifting static, Go and musl programs by patching the vDSO of the running
+//!   process instead (x86-64).
 //!
 //! A typical container creation in the agent:
 //!
@@ -39,8 +42,10 @@ pub mod file;
 mod fsutil;
 pub mod offset;
 pub mod plan;
+pub mod rootfs;
 pub mod shim;
+pub mod vdso;
 
 pub use elf::Coverage;
 pub use offset::Offset;
-pub use shim::{SHIM, Variant, install_shim, install_shim_variant};
+pub use shim::{SHIM, install_shim};

@@ -17,8 +17,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Check [`crate::elf::inspect_in_root`] first when the container's root filesystem is at hand:
-//! a musl or static entry point must not get the shim.
+//! Check [`crate::elf::inspect_in_root`] (or [`crate::rootfs::inspect`]) first when the
+//! container's root is at hand: the shim loads anywhere, but only a glibc entry point is
+//! shifted by it, so the others are better told than injected.
 
 use std::fs;
 use std::io;

@@ -12,43 +12,18 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::atomic_write;
+use crate::fsutil::{Durability, atomic_write};
 
-/// `libberth-faketime.so`, built by this crate's build script (x86_64, glibc ≥ 2.17).
+/// `libberth-faketime.so`, built by this crate's build script: x86_64, glibc ≥ 2.17, and no
+/// `DT_NEEDED` but `libc.so.6`, so it loads into any glibc image, even one that holds nothing
+/// but the loader and `libc.so.6`.
 pub const SHIM: &[u8] = include_bytes!(env!("BERTH_FAKETIME_SHIM"));
 /// The shim's file name, on the host and in containers.
 pub const SHIM_FILE_NAME: &str = "libberth-faketime.so";
-/// The shim built without libdl.so.2 (needs glibc 2.34 or later), see [`Variant::LibcOnly`].
-pub const SHIM_LIBC_ONLY: &[u8] = include_bytes!(env!("BERTH_FAKETIME_SHIM_LIBC_ONLY"));
-/// Its file name on the host (in containers it is mounted at [`CONTAINER_SHIM_PATH`] too).
-pub const SHIM_LIBC_ONLY_FILE_NAME: &str = "libberth-faketime-libc.so";
+/// The second build earlier berth versions installed beside [`SHIM_FILE_NAME`] (for images
+/// without `libdl.so.2`); [`install_shim`] removes it.
+const OLD_LIBC_ONLY_FILE_NAME: &str = "libberth-faketime-libc.so";
 
-/// The two builds of the shim. They differ only in where `dlsym@GLIBC_2.2.5` comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Variant {
-    /// [`SHIM`]: needs `libdl.so.2` (every glibc image from a distribution has it); loads
-    /// into glibc 2.17 and later.
-    WithLibdl,
-    /// [`SHIM_LIBC_ONLY`]: needs only `libc.so.6` of glibc 2.34 or later; for images that
-    /// carry no `libdl.so.2`.
-    LibcOnly,
-}
-
-impl Variant {
-    pub fn bytes(self) -> &'static [u8] {
-        match self {
-            Variant::WithLibdl => SHIM,
-            Variant::LibcOnly => SHIM_LIBC_ONLY,
-        }
-    }
-
-    pub fn file_name(self) -> &'static str {
-        match self {
-            Variant::WithLibdl => SHIM_FILE_NAME,
-            Variant::LibcOnly => SHIM_LIBC_ONLY_FILE_NAME,
-        }
-    }
-}
 /// Everything berth mounts for faketime lives under this directory in a container.
 pub const CONTAINER_DIR: &str = "/.berth/faketime";
 /// The shim inside a container.
@@ -78,30 +53,26 @@ pub enum InstallError {
 /// Writes [`SHIM`] to `dir/libberth-faketime.so` (creating `dir`), atomically and with mode
 /// 0644, and returns its path. An identical file already there is left alone, so running
 /// containers and repeated agent starts see one stable inode. A different file (an older
-/// berth) is replaced by rename: containers that mounted it keep the old inode.
+/// berth) is replaced by rename: containers that mounted it keep the old inode. The second
+/// build older versions installed is removed the same way (mounted copies stay as they are).
 pub fn install_shim(dir: &Path) -> Result<PathBuf, InstallError> {
-    install_shim_variant(dir, Variant::WithLibdl)
-}
-
-/// [`install_shim`] for either build: writes `dir/<variant's file name>`.
-pub fn install_shim_variant(dir: &Path, variant: Variant) -> Result<PathBuf, InstallError> {
-    let bytes = variant.bytes();
     fs::create_dir_all(dir).map_err(|source| InstallError::CreateDir {
         path: dir.to_path_buf(),
         source,
     })?;
-    let path = dir.join(variant.file_name());
+    let path = dir.join(SHIM_FILE_NAME);
+    let _ = fs::remove_file(dir.join(OLD_LIBC_ONLY_FILE_NAME));
     if let Ok(meta) = fs::symlink_metadata(&path) {
         use std::os::unix::fs::PermissionsExt;
         if meta.is_file()
-            && meta.len() == bytes.len() as u64
+            && meta.len() == SHIM.len() as u64
             && meta.permissions().mode() & 0o7777 == 0o644
-            && fs::read(&path).is_ok_and(|current| current == bytes)
+            && fs::read(&path).is_ok_and(|current| current == SHIM)
         {
             return Ok(path);
         }
     }
-    atomic_write(&path, bytes, 0o644).map_err(|source| InstallError::Write {
+    atomic_write(&path, SHIM, 0o644, Durability::Synced).map_err(|source| InstallError::Write {
         path: path.clone(),
         source,
     })?;
@@ -175,16 +146,15 @@ mod tests {
     }
 
     #[test]
-    fn both_variants_install_side_by_side_and_differ_only_in_libdl() {
+    fn the_second_build_of_older_versions_is_removed() {
         let tmp = tempfile::tempdir().unwrap();
-        let a = install_shim_variant(tmp.path(), Variant::WithLibdl).unwrap();
-        let b = install_shim_variant(tmp.path(), Variant::LibcOnly).unwrap();
-        assert_ne!(a, b);
-        assert_eq!(fs::read(&b).unwrap(), SHIM_LIBC_ONLY);
-        let has = |bytes: &[u8], needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
-        assert!(has(SHIM, b"libdl.so.2"));
-        assert!(!has(SHIM_LIBC_ONLY, b"libdl.so.2"));
-        assert!(has(SHIM_LIBC_ONLY, b"libc.so.6"));
+        fs::write(tmp.path().join(OLD_LIBC_ONLY_FILE_NAME), b"old").unwrap();
+        install_shim(tmp.path()).unwrap();
+        let names: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(SHIM_FILE_NAME)]);
     }
 
     #[test]

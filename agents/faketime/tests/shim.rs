@@ -190,20 +190,10 @@ fn shim_needs_nothing_newer_than_glibc_2_17() {
     let needs = elf::version_needs(SHIM).unwrap();
     assert!(!needs.is_empty(), "the shim has no version needs at all?");
     for n in &needs {
-        assert!(
-            n.file == "libc.so.6" || n.file == "libdl.so.2",
-            "unexpected dependency {n:?}"
-        );
+        assert_eq!(n.file, "libc.so.6", "unexpected dependency {n:?}");
     }
     let max = elf::max_glibc(needs.iter().map(|n| n.version.as_str())).unwrap();
     assert!(max <= GLIBC_FLOOR, "shim needs GLIBC_{max}: {needs:?}");
-    // dlsym/dlvsym must be the GLIBC_2.2.5 versions, not 2.34's
-    assert!(
-        max < GlibcVersion {
-            major: 2,
-            minor: 34
-        }
-    );
     // an independent reader agrees: objdump from binutils (installed with gcc)
     let dir = tempfile::tempdir().unwrap();
     let so = install_shim(dir.path()).unwrap();
@@ -735,26 +725,279 @@ fn clock_reads_in_signal_handlers_during_refreshes() {
     assert!(v["main_reads"] > 100, "{}", f.stdout);
 }
 
-/// The libc-only build (for glibc ≥ 2.34 images without libdl.so.2) shifts the clock and
-/// keeps sleeps real, like the default build, and needs nothing but libc.so.6.
+/// `readelf -d`: the only library the shim needs is libc.so.6, so it loads wherever a glibc
+/// program runs, with or without libdl.so.2, libpthread.so.0 or librt.so.1 in the image.
 #[test]
-fn libc_only_build_shifts_the_clock_without_libdl() {
-    use berth_faketime::shim::{SHIM_LIBC_ONLY, Variant};
-    let needs = elf::version_needs(SHIM_LIBC_ONLY).unwrap();
-    assert!(!needs.is_empty());
-    for n in &needs {
-        assert_eq!(n.file, "libc.so.6", "unexpected dependency {n:?}");
+fn shim_needs_libc_so_6_and_nothing_else() {
+    assert_eq!(elf::needed_libraries(SHIM).unwrap(), ["libc.so.6"]);
+    // readelf (binutils, installed with gcc) reads the same dynamic section
+    let dir = tempfile::tempdir().unwrap();
+    let so = install_shim(dir.path()).unwrap();
+    let mut c = Command::new("readelf");
+    c.arg("-dW").arg(&so);
+    let f = run_ok(c, Duration::from_secs(30));
+    let needed: Vec<&str> = f
+        .stdout
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| l.split('[').nth(1)?.split(']').next())
+        .collect();
+    assert_eq!(needed, ["libc.so.6"], "{}", f.stdout);
+    // and the symbols it imports are glibc's oldest: no dlsym, nothing from libdl
+    let imports = run_ok(
+        {
+            let mut c = Command::new("objdump");
+            c.arg("-T").arg(&so);
+            c
+        },
+        Duration::from_secs(30),
+    );
+    let undefined: Vec<&str> = imports
+        .stdout
+        .lines()
+        .filter(|l| l.contains("*UND*") && l.contains("GLIBC_"))
+        .filter_map(|l| l.split_whitespace().last())
+        .collect();
+    let mut sorted = undefined.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        [
+            "__cxa_finalize",
+            "__errno_location",
+            "dl_iterate_phdr",
+            "getenv"
+        ],
+        "{}",
+        imports.stdout
+    );
+}
+
+/// A root file system that holds the loader, `libc.so.6` and the program's own libraries
+/// (what `ldd` lists, as minimal images are built), for the host's glibc.
+struct MinimalRoot {
+    dir: tempfile::TempDir,
+}
+
+impl MinimalRoot {
+    fn new(programs: &[&str]) -> MinimalRoot {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in [
+            "tmp",
+            "state",
+            "lib64",
+            "lib/x86_64-linux-gnu",
+            "usr/bin",
+            "usr/lib",
+        ] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for p in programs {
+            let real = std::fs::canonicalize(p).unwrap();
+            std::fs::copy(&real, root.join(p.trim_start_matches('/'))).unwrap();
+            let ldd = run_ok(
+                {
+                    let mut c = Command::new("ldd");
+                    c.arg(&real);
+                    c
+                },
+                Duration::from_secs(10),
+            );
+            for lib in ldd.stdout.split_whitespace().filter(|w| w.starts_with('/')) {
+                let target = root.join(lib.trim_start_matches('/'));
+                std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+                if !target.exists() {
+                    std::fs::copy(lib, &target).unwrap();
+                }
+            }
+        }
+        MinimalRoot { dir }
     }
-    let mut bed = Bed::new(Some("+2d\n"));
-    bed.shim = berth_faketime::install_shim_variant(bed._dir.path(), Variant::LibcOnly).unwrap();
-    assert_near("date", date_offset(&bed), 2.0 * DAY, CLOCK_SLACK);
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Every library file in the root, by name.
+    fn libraries(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for d in ["lib64", "lib/x86_64-linux-gnu"] {
+            for e in std::fs::read_dir(self.path().join(d)).unwrap() {
+                out.push(e.unwrap().file_name().to_string_lossy().into_owned());
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// `program args` chrooted into the root with the shim preloaded and `offset` in its
+    /// timestamp file. The chroot happens in the child, so no host program (chroot(8)) runs
+    /// with the root's preload path.
+    fn command(&self, offset: &str, program: &str, args: &[&str], preload: &str) -> Command {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::process::CommandExt;
+        let root = self.path();
+        std::fs::write(root.join("state/offset"), offset).unwrap();
+        let root = std::ffi::CString::new(root.as_os_str().as_bytes()).unwrap();
+        let mut c = Command::new(program);
+        c.args(args)
+            .env_clear()
+            .env("PATH", "/usr/bin")
+            .env("LD_PRELOAD", preload)
+            .env("FAKETIME_TIMESTAMP_FILE", "/state/offset");
+        // SAFETY: chroot and chdir are async-signal-safe; the closure touches only its own
+        // captured, already allocated string.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        c
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// In a root made only of what `ldd` lists for `date` and `python3` (no libdl.so.2, no
+/// libpthread.so.0, no librt.so.1), the shim loads, shifts `date` and Python's clock, and
+/// Python's sleeps and timer waits keep real time. A library that needs libdl.so.2 cannot be
+/// preloaded there (the control: the root really lacks it).
+#[test]
+#[ignore = "needs root (chroot): run by scripts/test"]
+fn minimal_root_without_libdl_loads_the_shim() {
+    assert!(is_root(), "this test needs root (chroot)");
+    let root = MinimalRoot::new(&["/usr/bin/date", "/usr/bin/python3"]);
+    let libs = root.libraries();
+    for absent in ["libdl.so.2", "libpthread.so.0", "librt.so.1"] {
+        assert!(!libs.iter().any(|l| l == absent), "{absent} in {libs:?}");
+    }
+    assert!(libs.iter().any(|l| l == "libc.so.6"), "{libs:?}");
+    // python's standard library, for `import time, threading`
+    let stdlib = std::fs::canonicalize("/usr/bin/python3").unwrap();
+    let stdlib = Path::new("/usr/lib").join(stdlib.file_name().unwrap());
+    run_ok(
+        {
+            let mut c = Command::new("cp");
+            c.arg("-a").arg(&stdlib).arg(root.path().join("usr/lib"));
+            c
+        },
+        Duration::from_secs(60),
+    );
+    let shim = install_shim(&root.path().join("shim")).unwrap();
+    let shim_in_root = Path::new("/").join(shim.strip_prefix(root.path()).unwrap());
+    let shim_in_root = shim_in_root.to_str().unwrap();
+
+    let before = host_now();
     let f = run_ok(
-        bed.command("python3", &["-c", "import time; time.sleep(1)"]),
+        root.command("+2d", "/usr/bin/date", &["+%s"], shim_in_root),
         Duration::from_secs(10),
     );
-    assert!(
-        f.elapsed >= Duration::from_millis(950) && f.elapsed < Duration::from_secs(5),
-        "{:?}",
-        f.elapsed
+    let faked: f64 = f.stdout.trim().parse().unwrap();
+    assert_near(
+        "date in the minimal root",
+        faked - before,
+        2.0 * DAY,
+        CLOCK_SLACK,
     );
+    assert!(f.stderr.is_empty(), "{}", f.stderr);
+
+    let f = run_ok(
+        root.command(
+            "+2d",
+            "/usr/bin/python3",
+            &[
+                "-c",
+                "import threading, time\n\
+                 w = time.time(); t = time.monotonic(); time.sleep(1); s = time.monotonic() - t\n\
+                 e = threading.Event(); t = time.monotonic()\n\
+                 threading.Timer(0.5, e.set).start(); ok = e.wait(3)\n\
+                 print(w, s, ok, time.monotonic() - t)",
+            ],
+            shim_in_root,
+        ),
+        Duration::from_secs(20),
+    );
+    let v: Vec<&str> = f.stdout.split_whitespace().collect();
+    assert_eq!(v.len(), 4, "{}", f.stdout);
+    assert_near(
+        "python time.time()",
+        v[0].parse::<f64>().unwrap() - host_now(),
+        2.0 * DAY,
+        CLOCK_SLACK,
+    );
+    let slept: f64 = v[1].parse().unwrap();
+    assert!((0.95..2.5).contains(&slept), "time.sleep(1) took {slept}s");
+    assert_eq!(v[2], "True", "Event.wait(3) timed out");
+    let waited: f64 = v[3].parse().unwrap();
+    assert!(
+        (0.45..2.0).contains(&waited),
+        "the timer fired after {waited}s"
+    );
+
+    // the control: a preload that needs libdl.so.2 stops the program in this root
+    let needs_libdl = root.path().join("shim/needs-libdl.so");
+    let src = root.path().join("tmp/x.c");
+    std::fs::write(&src, "int berth_test_marker(void) { return 1; }\n").unwrap();
+    run_ok(
+        {
+            let mut c = Command::new("cc");
+            c.args(["-shared", "-fPIC", "-o"])
+                .arg(&needs_libdl)
+                .arg(&src)
+                .args(["-Wl,--no-as-needed", "-l:libdl.so.2"]);
+            c
+        },
+        Duration::from_secs(30),
+    );
+    let f = run(
+        root.command("+2d", "/usr/bin/date", &[], "/shim/needs-libdl.so"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(f.status.code(), Some(127), "{}", f.stderr);
+    assert!(f.stderr.contains("libdl.so.2"), "{}", f.stderr);
+}
+
+/// A dynamically linked musl program that gets the shim (the agent injects it before an entry
+/// point is judged when containerd cannot answer): musl's loader takes `libc.so.6` for itself,
+/// finds the three functions the shim imports, and the program runs with its clock shifted. A
+/// static musl program ignores the preload.
+#[test]
+fn musl_programs_are_never_broken_by_the_shim() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/images/musl-clock.c");
+    for (name, extra) in [("dyn", None), ("static", Some("-static"))] {
+        let out = dir.path().join(name);
+        let mut c = Command::new("musl-gcc");
+        c.arg("-O2").arg("-o").arg(&out).arg(&src).args(extra);
+        let f = run(c, Duration::from_secs(60));
+        assert!(
+            f.status.success(),
+            "musl-gcc failed (scripts/lib/install.sh installs musl-tools): {}",
+            f.stderr
+        );
+        let bed = Bed::new(Some("+2d"));
+        let before = host_now();
+        let f = run_ok(
+            bed.command(out.to_str().unwrap(), &["now"]),
+            Duration::from_secs(10),
+        );
+        assert!(f.stderr.is_empty(), "{name}: {}", f.stderr);
+        let v: Vec<f64> = f
+            .stdout
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        assert_eq!(v.len(), 2, "{name}: {}", f.stdout);
+        let want = if extra.is_some() { 0.0 } else { 2.0 * DAY };
+        for t in v {
+            assert_near(&format!("musl {name}"), t - before, want, CLOCK_SLACK);
+        }
+    }
 }

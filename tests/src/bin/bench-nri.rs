@@ -6,13 +6,17 @@
 //! container (in ABBA order), so both sides see the same machine load at the same moments.
 //! Halfway the agent moves to the other node, so a difference between the nodes themselves
 //! cancels out. Every container asks for file logs, so the agent creates dirs, writes
-//! metadata and answers a mount. Printed: p50/p99 of each side, their differences with a
-//! bootstrap 95% interval, the agent's own handling time (timed inside the plugin), the NRI
-//! requests the runtime sent (count and size per method), and the agent's RSS idle and after
-//! the creations.
+//! metadata and answers a mount. A second kind of container, created in the same ABBA turns,
+//! belongs to a pod annotated `berth.io/faketime: "+2d"` and runs the glibc image: the agent
+//! judges its entry point through containerd's snapshot API (a cached verdict after the
+//! image's first container), writes its timestamp file and answers mounts and env. Printed for
+//! each kind: p50/p99 of each side, their differences with a bootstrap 95% interval, the
+//! agent's own handling time (timed inside the plugin; for faketime, judging and file work
+//! apart), the NRI requests the runtime sent (count and size per method), and the agent's RSS
+//! idle and after the creations.
 //!
 //! Usage: bench-nri [--containers N] [--containerd 2.1|1.7|both] [--baseline-agent PATH]
-//!   N: creations per side (default 2000; half with the agent on each node). A p99 rests on
+//!   N: creations per side and kind (default 2000; half with the agent on each node). A p99 rests on
 //!   its largest 1% of samples: even at 2000 per side its 95% interval was 2.3–5.2 ms wide on
 //!   the 2-core test VM (about 75 s per containerd).
 //!   --baseline-agent: another berth-agent build runs on the other node, so the difference is
@@ -28,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use berth_e2e::bench_report::{BenchReport, Target};
 use berth_e2e::testbed::{Containerd, Node, NodeOptions};
-use berth_e2e::{BUSYBOX_IMAGE, ContainerSpec, CriClient, Pod, PodSpec};
+use berth_e2e::{BUSYBOX_IMAGE, ContainerSpec, CriClient, GLIBC_IMAGE, Pod, PodSpec};
 
 struct Args {
     containers: usize,
@@ -96,7 +100,18 @@ impl Agent {
     fn start(binary: &Path, node: &Node, work: &Path) -> Result<Agent> {
         let log = work.join("agent.log");
         let _ = std::fs::remove_file(&log);
+        // The node's containerd is not at the default path: name it.
+        let config = work.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[faketime]\ncontainerd_address = {:?}\n",
+                node.containerd_socket()
+            ),
+        )?;
         let child = Command::new(binary)
+            .arg("--config")
+            .arg(&config)
             .arg("--nri-socket")
             .arg(node.nri_socket())
             .arg("--log-root")
@@ -195,11 +210,13 @@ impl Drop for Agent {
     }
 }
 
-/// One node of the pair, with its pod and CRI client.
+/// One node of the pair, with its pods and CRI client.
 struct Side {
     node: Node,
     cri: CriClient,
     pod: Pod,
+    /// Annotated for faketime.
+    ft_pod: Pod,
     work: PathBuf,
 }
 
@@ -216,10 +233,14 @@ impl Side {
         std::fs::create_dir_all(&work)?;
         let mut cri = node.cri().await?;
         let pod = cri.run_pod(&PodSpec::new("bench", "nri")).await?;
+        let ft_pod = cri
+            .run_pod(&PodSpec::new("bench", "faketime").annotation("berth.io/faketime", "+2d"))
+            .await?;
         Ok(Side {
             node,
             cri,
             pod,
+            ft_pod,
             work,
         })
     }
@@ -230,6 +251,16 @@ impl Side {
             ContainerSpec::sleeper(tag, BUSYBOX_IMAGE).env("KUBERNETES_FILELOGS", "/app/logs");
         let t = Instant::now();
         let id = self.cri.create_container(&self.pod, &spec).await?;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        self.cri.remove_container(&id).await?;
+        Ok(ms)
+    }
+
+    /// The same for a glibc container of the faketime-annotated pod.
+    async fn create_annotated(&mut self, tag: &str) -> Result<f64> {
+        let spec = ContainerSpec::sleeper(tag, GLIBC_IMAGE);
+        let t = Instant::now();
+        let id = self.cri.create_container(&self.ft_pod, &spec).await?;
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         self.cri.remove_container(&id).await?;
         Ok(ms)
@@ -282,8 +313,16 @@ fn diff_interval(with: &[f64], without: &[f64], p: f64) -> (f64, f64) {
 struct Outcome {
     with: Vec<f64>,
     without: Vec<f64>,
+    /// Faketime-annotated glibc containers.
+    ft_with: Vec<f64>,
+    ft_without: Vec<f64>,
     handling_ms: Vec<f64>,
     fs_ms: Vec<f64>,
+    /// Inside the agent, per annotated container: judging the entry point, then its files.
+    ft_judge_ms: Vec<f64>,
+    ft_prepare_ms: Vec<f64>,
+    /// Annotated containers the agent injected.
+    ft_injected: usize,
     requests: BTreeMap<String, (usize, u64, u64)>,
     rss_idle: u64,
     rss_after: u64,
@@ -307,13 +346,19 @@ async fn measure(
     for i in 0..5 {
         for s in sides.iter_mut() {
             s.create(&format!("warm-{i}")).await?;
+            s.create_annotated(&format!("warm-ft-{i}")).await?;
         }
     }
     let mut o = Outcome {
         with: Vec::new(),
         without: Vec::new(),
+        ft_with: Vec::new(),
+        ft_without: Vec::new(),
         handling_ms: Vec::new(),
         fs_ms: Vec::new(),
+        ft_judge_ms: Vec::new(),
+        ft_prepare_ms: Vec::new(),
+        ft_injected: 0,
         requests: BTreeMap::new(),
         rss_idle: 0,
         rss_after: 0,
@@ -355,6 +400,14 @@ async fn measure(
                     o.without.push(ms);
                 }
             }
+            for s in order {
+                let ms = sides[s].create_annotated(&format!("f{phase}-{i}")).await?;
+                if s == agent_on {
+                    o.ft_with.push(ms);
+                } else {
+                    o.ft_without.push(ms);
+                }
+            }
         }
         o.rss_after = o.rss_after.max(agent.rss_kib());
         o.cpu_ms += agent.cpu_ms() - cpu_before;
@@ -369,6 +422,16 @@ async fn measure(
         o.fs_ms.extend(
             agent
                 .field(&["file logs mounted"], "prepare_us")
+                .into_iter()
+                .map(|us| us as f64 / 1000.0),
+        );
+        let judge = agent.field(&["faketime injected"], "judge_us");
+        o.ft_injected += judge.len();
+        o.ft_judge_ms
+            .extend(judge.into_iter().map(|us| us as f64 / 1000.0));
+        o.ft_prepare_ms.extend(
+            agent
+                .field(&["faketime injected"], "prepare_us")
                 .into_iter()
                 .map(|us| us as f64 / 1000.0),
         );
@@ -496,6 +559,7 @@ fn report(containerd: Containerd, baseline: Option<&Path>, o: &Outcome, out: &mu
     } else {
         println!("  agent's own handling: not found in its log");
     }
+    report_faketime(containerd, &without, added, baseline.is_none(), o, out);
     let reqs: Vec<String> = o
         .requests
         .iter()
@@ -520,6 +584,83 @@ fn report(containerd: Containerd, baseline: Option<&Path>, o: &Outcome, out: &mu
         o.with.len(),
         o.rss_after as f64 / 1024.0
     );
+}
+
+/// The faketime-annotated containers' rows: the same comparison as the file-log ones.
+fn report_faketime(
+    containerd: Containerd,
+    without: &str,
+    added: &str,
+    target: bool,
+    o: &Outcome,
+    out: &mut BenchReport,
+) {
+    let v = containerd.as_str();
+    let (w50, w99) = (pct(&o.ft_without, 0.50), pct(&o.ft_without, 0.99));
+    let (a50, a99) = (pct(&o.ft_with, 0.50), pct(&o.ft_with, 0.99));
+    let (l50, h50) = diff_interval(&o.ft_with, &o.ft_without, 0.50);
+    let (l99, h99) = diff_interval(&o.ft_with, &o.ft_without, 0.99);
+    let plot = format!("CreateContainer, faketime-annotated glibc container, containerd {v}");
+    out.latency(&plot, without, "ms", &o.ft_without);
+    out.latency(&plot, "berth-agent registered", "ms", &o.ft_with);
+    if o.ft_judge_ms.len() >= 2 && o.ft_prepare_ms.len() >= 2 {
+        let plot = format!("faketime handling, containerd {v}");
+        out.latency(
+            &plot,
+            "judging the entry point (containerd, cached verdict)",
+            "ms",
+            &o.ft_judge_ms,
+        );
+        out.latency(&plot, "timestamp file and state", "ms", &o.ft_prepare_ms);
+    }
+    let p99_added = out
+        .figure(
+            &format!("p99 {added}, faketime-annotated, containerd {v}"),
+            a99 - w99,
+            "ms",
+        )
+        .interval(l99, h99);
+    if target {
+        p99_added.target(Target::AtMost(2.0));
+    }
+    out.figure(
+        &format!("p50 {added}, faketime-annotated, containerd {v}"),
+        a50 - w50,
+        "ms",
+    )
+    .interval(l50, h50);
+    out.ratio(
+        &format!("CreateContainer p99 with/without, faketime-annotated, containerd {v}"),
+        "ms",
+        a99,
+        w99,
+    );
+    println!(
+        "  faketime-annotated glibc containers ({} per side; {} injected by the agent):",
+        o.ft_with.len(),
+        o.ft_injected
+    );
+    println!(
+        "    {:<21} p50 {w50:7.2} ms   p99 {w99:7.2} ms",
+        format!("{without}:")
+    );
+    println!("    berth-agent registered: p50 {a50:7.2} ms   p99 {a99:7.2} ms");
+    println!(
+        "    {:<21} p50 {:+7.2} ms [{l50:+.2}, {h50:+.2}]   p99 {:+7.2} ms [{l99:+.2}, {h99:+.2}]   (target: p99 added <= 2 ms)",
+        format!("{added}:"),
+        a50 - w50,
+        a99 - w99
+    );
+    if o.ft_judge_ms.len() >= 2 && o.ft_prepare_ms.len() >= 2 {
+        println!(
+            "    in the agent: judging p50 {:.3} ms p99 {:.3} ms max {:.3} ms; files p50 {:.3} ms p99 {:.3} ms",
+            pct(&o.ft_judge_ms, 0.50),
+            pct(&o.ft_judge_ms, 0.99),
+            pct(&o.ft_judge_ms, 1.0),
+            pct(&o.ft_prepare_ms, 0.50),
+            pct(&o.ft_prepare_ms, 0.99)
+        );
+    }
 }
 
 fn load() -> String {

@@ -52,6 +52,9 @@ pub struct Status {
     /// A sentence: why the clock is (not) shifted.
     pub reason: String,
     pub updated_at: String,
+    /// The container's running processes and how each one's clock is shifted (`get`, `set`
+    /// and `clear` look them up on this node's /proc).
+    pub processes: Vec<super::vdso::ProcessStatus>,
 }
 
 impl Status {
@@ -74,6 +77,7 @@ impl Status {
             checked_at: e.coverage.as_ref().map(|c| c.checked_at),
             reason,
             updated_at: e.updated_at.clone(),
+            processes: Vec::new(),
         }
     }
 }
@@ -91,6 +95,12 @@ pub enum ControlError {
         container_id: String,
         #[source]
         source: file::FileError,
+    },
+    #[error("cannot change the offset in the processes of container {container_id}")]
+    Vdso {
+        container_id: String,
+        #[source]
+        source: berth_faketime::vdso::PatchError,
     },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -119,7 +129,10 @@ impl Control {
         let mut out: Vec<Status> = entries
             .iter()
             .filter(|(_, e)| matches(t, e))
-            .map(|(id, e)| Status::new(id, e))
+            .map(|(id, e)| Status {
+                processes: super::vdso::processes(&self.store, id, e),
+                ..Status::new(id, e)
+            })
             .collect();
         if out.is_empty() {
             return Err(ControlError::NotFound(t.to_string()));
@@ -143,7 +156,8 @@ impl Control {
             let mut changed = 0;
             for id in &ids {
                 let e = m.get_mut(id).expect("listed");
-                if !e.injected || e.coverage.as_ref().is_some_and(|c| !c.covered) {
+                let vdso = super::vdso::is_vdso_entry(e);
+                if !(e.injected || vdso) || e.coverage.as_ref().is_some_and(|c| !c.covered) {
                     continue;
                 }
                 let f = self.store.container_dir(id).join(file::TIMESTAMP_FILE_NAME);
@@ -151,6 +165,15 @@ impl Control {
                     container_id: id.clone(),
                     source,
                 })?;
+                if vdso || super::vdso::patched_at_start(&self.store, id) {
+                    // Under the state lock, like the patch at start: no process is missed.
+                    super::vdso::apply_offset(&self.store, id, offset.as_nanos()).map_err(
+                        |source| ControlError::Vdso {
+                            container_id: id.clone(),
+                            source,
+                        },
+                    )?;
+                }
                 e.offset_ns = offset.as_nanos();
                 e.updated_at = now_rfc3339();
                 changed += 1;

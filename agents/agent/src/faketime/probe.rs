@@ -1,269 +1,356 @@
-//! Finding out whether the shim can work for a container: its entry point judged by
-//! [`berth_faketime::elf::inspect_in_root`] in the container's root filesystem.
+//! Judging whether the shim can shift a container's clock: its entry point, classified by
+//! [`berth_faketime::rootfs::inspect`] in the container's root file system.
 //!
-//! At CreateContainer the root filesystem is not mounted yet (the runtime mounts it when the
-//! task is created), but containerd has already prepared the container's snapshot under the
-//! container's id. [`CtrProbe`] asks containerd for the snapshot's mounts
-//! (`ctr snapshots mounts`), mounts them read-only in a private directory of the agent,
-//! inspects, and unmounts before answering. Without a containerd address ([`NoProbe`]) the entry
-//! point is judged once it runs, from `/proc/<pid>/exe` ([`inspect_process`]).
+//! At CreateContainer the container does not exist yet, not even in containerd's metadata
+//! (containerd asks NRI while it builds the container record), but its snapshot does: CRI
+//! prepares it under the container's id before. [`ContainerdProbe`] asks containerd's snapshot
+//! API, over one persistent connection, for the snapshot's parent (the chain id of the image's
+//! top layer) and, the first time an image + entry point is seen, for its mounts: the upper dir
+//! and the image's layer dirs. Those are read as overlayfs would merge them ([`LayerRoot`]),
+//! without mounting anything. The verdict is cached per image + entry point + `PATH`, so
+//! every later container of the image costs one small request. Once a container runs, its entry
+//! point can also be judged from `/proc/<pid>/exe` ([`inspect_process`]).
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
-use berth_faketime::elf::{ElfError, inspect_for_shim, inspect_in_root};
-use berth_faketime::{Coverage, Variant};
+use berth_faketime::Coverage;
+use berth_faketime::elf::{ElfError, inspect_in_root};
+use berth_faketime::rootfs::{DirRoot, inspect};
 use berth_nri::Container;
+use containerd_client::services::v1::snapshots as snap;
+use containerd_client::types::Mount;
+use tonic::transport::{Channel, Endpoint};
 
-/// How long `ctr snapshots mounts` may take before the probe gives up.
-pub const CTR_TIMEOUT: Duration = Duration::from_millis(800);
+use super::layers::LayerRoot;
+
+/// The longest CreateContainer waits for a judgement (containerd's NRI request timeout is 2 s):
+/// past it the shim is injected anyway and the entry point judged after start.
+pub const JUDGE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Verdicts kept (image + entry point + PATH); the cache starts over when it is full.
+const CACHE_CAPACITY: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error(
-        "no faketime.containerd_address configured: the entry point is judged when the container starts"
-    )]
-    Unavailable,
+    #[error("the entry point was not judged at creation")]
+    NotJudged,
     #[error("the container has no args: nothing to inspect")]
     NoArgs,
-    #[error("cannot run {ctr}: set faketime.ctr to containerd's ctr binary")]
-    Spawn {
-        ctr: PathBuf,
+    #[error("containerd at {address} did not answer {call}")]
+    Rpc {
+        address: PathBuf,
+        call: &'static str,
         #[source]
-        source: io::Error,
+        source: tonic::Status,
     },
-    #[error("ctr snapshots mounts did not answer within {0:?}")]
+    #[error(
+        "containerd has no snapshot {key:?} in snapshotter {snapshotter:?}: set faketime.snapshotter to the one CRI uses"
+    )]
+    NoSnapshot { key: String, snapshotter: String },
+    #[error("containerd did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("ctr snapshots mounts failed: {0}")]
-    Ctr(String),
-    #[error("cannot understand the snapshot mounts {0:?}")]
-    Parse(String),
-    #[error("cannot mount the container's snapshot read-only at {path}")]
-    Mount {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("cannot understand the snapshot's mounts: {0}")]
+    Mounts(String),
     #[error("cannot judge the entry point")]
     Elf(#[from] ElfError),
+    #[error("the inspection thread failed: {0}")]
+    Thread(String),
 }
 
-/// Judges a container's entry point before it is created: its coverage, and which build of
-/// the shim fits the image (`Some` exactly when covered).
+/// A judgement in progress.
+pub type Judging<'a> = Pin<Box<dyn Future<Output = Result<Coverage, ProbeError>> + Send + 'a>>;
+
+/// Judges a container's entry point before it is created.
 pub trait RootfsProbe: Send + Sync {
-    fn inspect(&self, ctr: &Container) -> Result<(Coverage, Option<Variant>), ProbeError>;
+    fn inspect<'a>(&'a self, ctr: &'a Container) -> Judging<'a>;
 }
 
-/// No create-time inspection.
-pub struct NoProbe;
+/// The two questions the probe asks containerd about a container's snapshot: a seam, so the
+/// cache and the mount reading are tested without a containerd.
+pub trait SnapshotApi: Send + Sync {
+    /// The snapshot's parent: the chain id of the image's top layer.
+    fn parent<'a>(&'a self, key: &'a str) -> ApiCall<'a, String>;
+    /// What mounting the snapshot takes.
+    fn mounts<'a>(&'a self, key: &'a str) -> ApiCall<'a, Vec<Mount>>;
+    /// Where containerd's paths are seen from the agent (see [`containerd_root`]).
+    fn host_root(&self) -> PathBuf;
+}
 
-impl RootfsProbe for NoProbe {
-    fn inspect(&self, _ctr: &Container) -> Result<(Coverage, Option<Variant>), ProbeError> {
-        Err(ProbeError::Unavailable)
+pub type ApiCall<'a, T> = Pin<Box<dyn Future<Output = Result<T, ProbeError>> + Send + 'a>>;
+
+/// containerd's snapshot API over its unix socket, one connection for the agent's life (made
+/// on first use, made again by the channel after containerd restarts).
+pub struct Containerd {
+    address: PathBuf,
+    namespace: String,
+    snapshotter: String,
+    channel: OnceLock<Channel>,
+}
+
+impl Containerd {
+    pub fn new(address: PathBuf, namespace: String, snapshotter: String) -> Containerd {
+        Containerd {
+            address,
+            namespace,
+            snapshotter,
+            channel: OnceLock::new(),
+        }
+    }
+
+    /// The connection, created lazily in the caller's runtime (the NRI thread's), so the
+    /// agent starts whether containerd is up or not.
+    fn client(&self) -> snap::snapshots_client::SnapshotsClient<Channel> {
+        let channel = self.channel.get_or_init(|| {
+            let path = self.address.clone();
+            Endpoint::from_static("http://[::]")
+                .connect_timeout(JUDGE_TIMEOUT)
+                .connect_with_connector_lazy(tower::service_fn(move |_: tonic::transport::Uri| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, io::Error>(hyper_util::rt::TokioIo::new(
+                            tokio::net::UnixStream::connect(path).await?,
+                        ))
+                    }
+                }))
+        });
+        snap::snapshots_client::SnapshotsClient::new(channel.clone())
+    }
+
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Ok(ns) = self.namespace.parse() {
+            r.metadata_mut().insert("containerd-namespace", ns);
+        }
+        r
+    }
+
+    fn failed(&self, call: &'static str, key: &str, source: tonic::Status) -> ProbeError {
+        if source.code() == tonic::Code::NotFound {
+            return ProbeError::NoSnapshot {
+                key: key.to_string(),
+                snapshotter: self.snapshotter.clone(),
+            };
+        }
+        ProbeError::Rpc {
+            address: self.address.clone(),
+            call,
+            source,
+        }
     }
 }
 
-/// The container's root as the snapshotter describes it.
+impl SnapshotApi for Containerd {
+    fn parent<'a>(&'a self, key: &'a str) -> ApiCall<'a, String> {
+        Box::pin(async move {
+            let info = self
+                .client()
+                .stat(self.request(snap::StatSnapshotRequest {
+                    snapshotter: self.snapshotter.clone(),
+                    key: key.to_string(),
+                }))
+                .await
+                .map_err(|e| self.failed("Snapshots.Stat", key, e))?
+                .into_inner()
+                .info
+                .unwrap_or_default();
+            Ok(info.parent)
+        })
+    }
+
+    fn mounts<'a>(&'a self, key: &'a str) -> ApiCall<'a, Vec<Mount>> {
+        Box::pin(async move {
+            Ok(self
+                .client()
+                .mounts(self.request(snap::MountsRequest {
+                    snapshotter: self.snapshotter.clone(),
+                    key: key.to_string(),
+                }))
+                .await
+                .map_err(|e| self.failed("Snapshots.Mounts", key, e))?
+                .into_inner()
+                .mounts)
+        })
+    }
+
+    fn host_root(&self) -> PathBuf {
+        containerd_root(&self.address)
+    }
+}
+
+/// Where the paths containerd names are, seen from the agent: `/` when both see the same root
+/// (the agent on the host), else containerd's own root through `/proc/<pid>/root` (the agent
+/// in a container with the host's pid namespace, as the DaemonSet runs it). containerd's pid
+/// comes from the socket's peer credentials.
+pub fn containerd_root(address: &Path) -> PathBuf {
+    let root = PathBuf::from("/");
+    let Ok(sock) = std::os::unix::net::UnixStream::connect(address) else {
+        return root;
+    };
+    let Ok(cred) = rustix::net::sockopt::socket_peercred(&sock) else {
+        return root;
+    };
+    let theirs = PathBuf::from(format!("/proc/{}/root", cred.pid.as_raw_nonzero()));
+    match (std::fs::metadata(&root), std::fs::metadata(&theirs)) {
+        (Ok(a), Ok(b)) if !same_file(&a, &b) => theirs,
+        _ => root,
+    }
+}
+
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+/// The container's root as its snapshot's mounts describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SnapshotRoot {
-    /// A directory that is the root as it is (a bind mount of a single layer).
+    /// A directory that is the root as it is (a bind mount: native snapshotter, one layer).
     Dir(PathBuf),
-    /// Overlay layers, topmost first.
-    Overlay(Vec<PathBuf>),
+    /// overlayfs layers, topmost (the container's upper dir) first.
+    Layers(Vec<PathBuf>),
 }
 
-/// Parses `ctr snapshots mounts <target> <key>` output: one line
-/// `mount -t <type> <source> <target> -o <options>`.
-pub fn parse_ctr_mounts(out: &str) -> Result<SnapshotRoot, ProbeError> {
-    let bad = || ProbeError::Parse(out.trim().chars().take(300).collect());
-    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
-    let [line] = lines.as_slice() else {
-        return Err(bad());
-    };
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let (Some(&"mount"), Some(&"-t")) = (words.first(), words.get(1)) else {
-        return Err(bad());
-    };
-    let fstype = *words.get(2).ok_or_else(bad)?;
-    let source = *words.get(3).ok_or_else(bad)?;
-    let opt_at = words.iter().position(|w| *w == "-o").ok_or_else(bad)?;
-    let options: Vec<&str> = words
-        .get(opt_at + 1)
-        .map(|o| o.split(',').collect())
-        .unwrap_or_default();
-    match fstype {
-        "bind" | "rbind" => {
-            let p = PathBuf::from(source);
-            if !p.is_absolute() {
-                return Err(bad());
-            }
-            Ok(SnapshotRoot::Dir(p))
+impl SnapshotRoot {
+    /// The same root with containerd's paths seen under `host_root`.
+    fn under(self, host_root: &Path) -> SnapshotRoot {
+        let at = |p: PathBuf| host_root.join(p.strip_prefix("/").unwrap_or(&p));
+        match self {
+            SnapshotRoot::Dir(d) => SnapshotRoot::Dir(at(d)),
+            SnapshotRoot::Layers(l) => SnapshotRoot::Layers(l.into_iter().map(at).collect()),
         }
+    }
+}
+
+/// Reads the mounts containerd's snapshotter returns for a container: one `bind` (or `rbind`)
+/// of a directory, or one `overlay` with `upperdir` and `lowerdir` options.
+pub fn snapshot_root(mounts: &[Mount]) -> Result<SnapshotRoot, ProbeError> {
+    let describe = || {
+        mounts
+            .iter()
+            .map(|m| format!("{} {} {}", m.r#type, m.source, m.options.join(",")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let bad = |why: &str| ProbeError::Mounts(format!("{why} ({})", describe()));
+    let [m] = mounts else {
+        return Err(bad("expected exactly one mount"));
+    };
+    let absolute = |p: &str| -> Result<PathBuf, ProbeError> {
+        let p = PathBuf::from(p);
+        if p.is_absolute() {
+            Ok(p)
+        } else {
+            Err(bad("a relative path"))
+        }
+    };
+    match m.r#type.as_str() {
+        "bind" | "rbind" => Ok(SnapshotRoot::Dir(absolute(&m.source)?)),
         "overlay" => {
             let mut layers = Vec::new();
-            for o in &options {
+            for o in &m.options {
                 if let Some(u) = o.strip_prefix("upperdir=") {
-                    layers.insert(0, PathBuf::from(u));
+                    layers.insert(0, absolute(u)?);
                 }
             }
-            for o in &options {
+            for o in &m.options {
                 if let Some(l) = o.strip_prefix("lowerdir=") {
-                    layers.extend(l.split(':').map(PathBuf::from));
+                    for d in l.split(':') {
+                        layers.push(absolute(d)?);
+                    }
                 }
             }
-            if layers.is_empty() || layers.iter().any(|l| !l.is_absolute()) {
-                return Err(bad());
+            if layers.is_empty() {
+                return Err(bad("an overlay without layers"));
             }
-            Ok(SnapshotRoot::Overlay(layers))
+            Ok(SnapshotRoot::Layers(layers))
         }
-        _ => Err(bad()),
+        other => Err(bad(&format!("mount type {other:?} is not one berth reads"))),
     }
 }
 
-/// Asks containerd (through `ctr`) for the container's snapshot and inspects it.
-pub struct CtrProbe {
-    pub ctr: PathBuf,
-    pub address: PathBuf,
-    pub namespace: String,
-    pub snapshotter: String,
-    /// Private directory for temporary read-only mounts.
-    pub work_dir: PathBuf,
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct CacheKey {
+    image: String,
+    program: String,
+    path: Option<String>,
 }
 
-impl CtrProbe {
-    fn snapshot_root(&self, id: &str) -> Result<SnapshotRoot, ProbeError> {
-        let mut child = Command::new(&self.ctr)
-            .arg("--address")
-            .arg(&self.address)
-            .arg("--namespace")
-            .arg(&self.namespace)
-            .arg("snapshots")
-            .arg("--snapshotter")
-            .arg(&self.snapshotter)
-            .arg("mounts")
-            .arg("/berth-probe")
-            .arg(id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| ProbeError::Spawn {
-                ctr: self.ctr.clone(),
-                source,
-            })?;
-        let deadline = Instant::now() + CTR_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(2))
+/// Verdicts by image + entry point + PATH; counts for the logs.
+#[derive(Default)]
+struct Cache {
+    verdicts: HashMap<CacheKey, Coverage>,
+    hits: u64,
+    misses: u64,
+}
+
+/// Judges entry points through containerd's snapshot API (see the module docs).
+pub struct ContainerdProbe<A: SnapshotApi + 'static> {
+    api: Arc<A>,
+    cache: Arc<Mutex<Cache>>,
+}
+
+impl<A: SnapshotApi + 'static> ContainerdProbe<A> {
+    pub fn new(api: A) -> Self {
+        ContainerdProbe {
+            api: Arc::new(api),
+            cache: Arc::default(),
+        }
+    }
+
+    /// (hits, misses) of the verdict cache so far.
+    pub fn cache_counts(&self) -> (u64, u64) {
+        let c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        (c.hits, c.misses)
+    }
+
+    async fn judge(&self, ctr: &Container) -> Result<Coverage, ProbeError> {
+        let program = ctr.args.first().ok_or(ProbeError::NoArgs)?.clone();
+        let path = ctr.env_var("PATH").map(str::to_string);
+        let image = self.api.parent(&ctr.id).await?;
+        let key = (!image.is_empty()).then(|| CacheKey {
+            image,
+            program: program.clone(),
+            path: path.clone(),
+        });
+        if let Some(k) = &key {
+            let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(v) = c.verdicts.get(k).cloned() {
+                c.hits += 1;
+                return Ok(v);
+            }
+            c.misses += 1;
+        }
+        let root = snapshot_root(&self.api.mounts(&ctr.id).await?)?;
+        let (api, cache) = (self.api.clone(), self.cache.clone());
+        // File reads: off the NRI thread. The verdict is cached even when CreateContainer
+        // stopped waiting for it, so the image's next container finds it.
+        tokio::task::spawn_blocking(move || {
+            let verdict = match root.under(&api.host_root()) {
+                SnapshotRoot::Dir(d) => inspect(&DirRoot::new(&d), &program, path.as_deref()),
+                SnapshotRoot::Layers(l) => inspect(&LayerRoot::new(l), &program, path.as_deref()),
+            }?;
+            if let Some(k) = key {
+                let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+                if c.verdicts.len() >= CACHE_CAPACITY {
+                    c.verdicts.clear();
                 }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(ProbeError::Timeout(CTR_TIMEOUT));
-                }
+                c.verdicts.insert(k, verdict.clone());
             }
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|source| ProbeError::Spawn {
-                ctr: self.ctr.clone(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(ProbeError::Ctr(
-                String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            ));
-        }
-        parse_ctr_mounts(&String::from_utf8_lossy(&out.stdout))
+            Ok(verdict)
+        })
+        .await
+        .map_err(|e| ProbeError::Thread(e.to_string()))?
     }
 }
 
-/// A temporary read-only mount, unmounted and removed on drop.
-struct TempMount {
-    path: PathBuf,
-    mounted: bool,
-}
-
-impl Drop for TempMount {
-    fn drop(&mut self) {
-        if self.mounted
-            && let Err(e) = rustix::mount::unmount(&self.path, rustix::mount::UnmountFlags::DETACH)
-        {
-            tracing::error!(path = %self.path.display(), error = %e, "cannot unmount a faketime probe mount");
-            return;
-        }
-        let _ = std::fs::remove_dir(&self.path);
-    }
-}
-
-fn mount_overlay(layers: &[PathBuf], at: &Path) -> Result<TempMount, ProbeError> {
-    let mount_err = |source: io::Error| ProbeError::Mount {
-        path: at.to_path_buf(),
-        source,
-    };
-    std::fs::create_dir_all(at).map_err(mount_err)?;
-    let mut m = TempMount {
-        path: at.to_path_buf(),
-        mounted: false,
-    };
-    let mut lower = String::new();
-    for l in layers {
-        let s = l.to_str().filter(|s| !s.contains([':', ',']));
-        let Some(s) = s else {
-            return Err(ProbeError::Parse(l.display().to_string()));
-        };
-        if !lower.is_empty() {
-            lower.push(':');
-        }
-        lower.push_str(s);
-    }
-    // With a single layer, an overlay needs an upper dir: bind it read-only instead.
-    if layers.len() == 1 {
-        rustix::mount::mount_bind(&layers[0], at).map_err(|e| mount_err(e.into()))?;
-        m.mounted = true;
-        rustix::mount::mount_remount(
-            at,
-            rustix::mount::MountFlags::BIND | rustix::mount::MountFlags::RDONLY,
-            "",
-        )
-        .map_err(|e| mount_err(e.into()))?;
-        return Ok(m);
-    }
-    let data = std::ffi::CString::new(format!("lowerdir={lower}"))
-        .map_err(|_| ProbeError::Parse(lower.clone()))?;
-    rustix::mount::mount(
-        "berth-probe",
-        at,
-        "overlay",
-        rustix::mount::MountFlags::RDONLY
-            | rustix::mount::MountFlags::NOSUID
-            | rustix::mount::MountFlags::NODEV
-            | rustix::mount::MountFlags::NOEXEC,
-        data.as_c_str(),
-    )
-    .map_err(|e| mount_err(e.into()))?;
-    m.mounted = true;
-    Ok(m)
-}
-
-impl RootfsProbe for CtrProbe {
-    fn inspect(&self, ctr: &Container) -> Result<(Coverage, Option<Variant>), ProbeError> {
-        let program = ctr.args.first().ok_or(ProbeError::NoArgs)?;
-        let path = ctr.env_var("PATH");
-        match self.snapshot_root(&ctr.id)? {
-            SnapshotRoot::Dir(d) => Ok(inspect_for_shim(&d, program, path)?),
-            SnapshotRoot::Overlay(layers) => {
-                let at = self.work_dir.join(&ctr.id);
-                let m = mount_overlay(&layers, &at)?;
-                let r = inspect_for_shim(&m.path, program, path);
-                drop(m);
-                Ok(r?)
-            }
-        }
+impl<A: SnapshotApi + 'static> RootfsProbe for ContainerdProbe<A> {
+    fn inspect<'a>(&'a self, ctr: &'a Container) -> Judging<'a> {
+        Box::pin(self.judge(ctr))
     }
 }
 
@@ -284,99 +371,202 @@ pub fn inspect_process(pid: u32) -> Result<Coverage, ProbeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn mount(kind: &str, source: &str, options: &[&str]) -> Mount {
+        Mount {
+            r#type: kind.into(),
+            source: source.into(),
+            target: String::new(),
+            options: options.iter().map(|s| s.to_string()).collect(),
+        }
+    }
 
     #[test]
-    fn parses_overlay_and_bind_mounts() {
-        let out = "mount -t overlay overlay /berth-probe -o index=off,workdir=/s/5/work,upperdir=/s/5/fs,lowerdir=/s/3/fs:/s/1/fs\n";
-        assert_eq!(
-            parse_ctr_mounts(out).unwrap(),
-            SnapshotRoot::Overlay(vec!["/s/5/fs".into(), "/s/3/fs".into(), "/s/1/fs".into()])
+    fn overlay_and_bind_mounts_are_read() {
+        let m = mount(
+            "overlay",
+            "overlay",
+            &[
+                "index=off",
+                "workdir=/s/5/work",
+                "upperdir=/s/5/fs",
+                "lowerdir=/s/3/fs:/s/1/fs",
+            ],
         );
-        let out = "mount -t bind /s/1/fs /berth-probe -o rbind,ro\n";
         assert_eq!(
-            parse_ctr_mounts(out).unwrap(),
+            snapshot_root(&[m]).unwrap(),
+            SnapshotRoot::Layers(vec!["/s/5/fs".into(), "/s/3/fs".into(), "/s/1/fs".into()])
+        );
+        assert_eq!(
+            snapshot_root(&[mount("bind", "/s/1/fs", &["rbind", "ro"])]).unwrap(),
             SnapshotRoot::Dir("/s/1/fs".into())
         );
-    }
-
-    #[test]
-    fn odd_output_is_a_parse_error() {
-        for out in [
-            "",
-            "mount -t tmpfs tmpfs /x -o size=1\n",
-            "mount -t overlay overlay /x -o index=off\n",
-            "mount -t bind rel /x -o rbind\n",
-            "a\nb\n",
-        ] {
-            assert!(
-                matches!(parse_ctr_mounts(out), Err(ProbeError::Parse(_))),
-                "{out:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_missing_ctr_says_which_binary() {
-        let p = CtrProbe {
-            ctr: "/nonexistent/ctr".into(),
-            address: "/x.sock".into(),
-            namespace: "k8s.io".into(),
-            snapshotter: "overlayfs".into(),
-            work_dir: "/tmp".into(),
-        };
-        let ctr = Container {
-            id: "c1".into(),
-            args: vec!["/bin/sh".into()],
-            ..Default::default()
-        };
-        match p.inspect(&ctr) {
-            Err(ProbeError::Spawn { ctr, .. }) => assert_eq!(ctr, Path::new("/nonexistent/ctr")),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    #[ignore = "needs root: run by scripts/test"]
-    fn overlay_of_layers_is_mounted_read_only_judged_and_unmounted() {
-        assert!(
-            rustix::process::geteuid().is_root(),
-            "this test needs root (mount)"
+        // containerd's paths as the DaemonSet's agent sees them
+        assert_eq!(
+            SnapshotRoot::Layers(vec!["/s/5/fs".into()]).under(Path::new("/proc/7/root")),
+            SnapshotRoot::Layers(vec!["/proc/7/root/s/5/fs".into()])
         );
+    }
+
+    #[test]
+    fn mounts_berth_cannot_read_are_errors_that_show_them() {
+        for (mounts, why) in [
+            (vec![], "exactly one"),
+            (
+                vec![mount("bind", "/a", &[]), mount("bind", "/b", &[])],
+                "exactly one",
+            ),
+            (vec![mount("tmpfs", "tmpfs", &["size=1"])], "\"tmpfs\""),
+            (
+                vec![mount("overlay", "overlay", &["index=off"])],
+                "without layers",
+            ),
+            (vec![mount("bind", "rel", &["rbind"])], "relative"),
+            (
+                vec![mount("overlay", "overlay", &["lowerdir=a:/b"])],
+                "relative",
+            ),
+        ] {
+            match snapshot_root(&mounts) {
+                Err(ProbeError::Mounts(m)) => assert!(m.contains(why), "{m}"),
+                other => panic!("{mounts:?}: {other:?}"),
+            }
+        }
+    }
+
+    /// Answers from a directory tree standing for containerd's snapshots; counts the calls.
+    struct FakeApi {
+        parent: String,
+        mounts: Vec<Mount>,
+        parents: AtomicU32,
+        mount_calls: AtomicU32,
+    }
+
+    impl SnapshotApi for FakeApi {
+        fn parent<'a>(&'a self, key: &'a str) -> ApiCall<'a, String> {
+            self.parents.fetch_add(1, Ordering::SeqCst);
+            let r = if key == "gone" {
+                Err(ProbeError::NoSnapshot {
+                    key: key.into(),
+                    snapshotter: "overlayfs".into(),
+                })
+            } else {
+                Ok(self.parent.clone())
+            };
+            Box::pin(async move { r })
+        }
+        fn mounts<'a>(&'a self, _key: &'a str) -> ApiCall<'a, Vec<Mount>> {
+            self.mount_calls.fetch_add(1, Ordering::SeqCst);
+            let m = self.mounts.clone();
+            Box::pin(async move { Ok(m) })
+        }
+        fn host_root(&self) -> PathBuf {
+            PathBuf::from("/")
+        }
+    }
+
+    fn ctr(id: &str, program: &str, path: &str) -> Container {
+        Container {
+            id: id.into(),
+            args: vec![program.into()],
+            env: vec![format!("PATH={path}")],
+            ..Default::default()
+        }
+    }
+
+    fn run<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn verdicts_are_cached_per_image_and_entry_point() {
         let tmp = tempfile::tempdir().unwrap();
         let (upper, lower) = (tmp.path().join("upper"), tmp.path().join("lower"));
         std::fs::create_dir_all(lower.join("bin")).unwrap();
-        std::fs::create_dir_all(upper.join("bin")).unwrap();
+        std::fs::create_dir_all(&upper).unwrap();
         std::fs::copy("/bin/busybox", lower.join("bin/busybox")).unwrap();
-        std::os::unix::fs::symlink("busybox", upper.join("bin/sh")).unwrap();
-        let at = tmp.path().join("probe/c1");
-        let m = mount_overlay(&[upper.clone(), lower.clone()], &at).unwrap();
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let line = mountinfo
-            .lines()
-            .find(|l| l.split(' ').nth(4) == Some(at.to_str().unwrap()))
-            .expect("mounted");
-        assert!(line.split(' ').nth(5).unwrap().starts_with("ro"), "{line}");
-        // the upper layer's link resolves into the lower layer's file
-        let (c, v) = inspect_for_shim(&m.path, "sh", Some("/bin")).unwrap();
-        assert_eq!((c, v), (Coverage::Static, None));
-        assert!(std::fs::write(at.join("x"), b"x").is_err(), "read-only");
-        drop(m);
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(!mountinfo.contains(at.to_str().unwrap()), "left mounted");
-        assert!(!at.exists(), "mount point left behind");
+        std::fs::copy("/usr/bin/python3", lower.join("bin/python3")).unwrap();
+        let probe = ContainerdProbe::new(FakeApi {
+            parent: "sha256:top".into(),
+            mounts: vec![mount(
+                "overlay",
+                "overlay",
+                &[
+                    &format!("upperdir={}", upper.display()),
+                    &format!("lowerdir={}", lower.display()),
+                ],
+            )],
+            parents: AtomicU32::new(0),
+            mount_calls: AtomicU32::new(0),
+        });
+        run(async {
+            let c = probe.inspect(&ctr("c1", "busybox", "/bin")).await.unwrap();
+            assert_eq!(c, Coverage::Static);
+            // the same image and entry point: one Stat, no Mounts, no file read
+            std::fs::remove_file(lower.join("bin/busybox")).unwrap();
+            let c = probe.inspect(&ctr("c2", "busybox", "/bin")).await.unwrap();
+            assert_eq!(c, Coverage::Static);
+            assert_eq!(probe.api.mount_calls.load(Ordering::SeqCst), 1);
+            assert_eq!(probe.cache_counts(), (1, 1));
+            // another entry point of the image is judged on its own
+            let c = probe.inspect(&ctr("c3", "python3", "/bin")).await.unwrap();
+            assert!(matches!(c, Coverage::Glibc { .. }), "{c:?}");
+            // PATH is part of the key: a bare name may resolve elsewhere
+            match probe.inspect(&ctr("c4", "busybox", "/usr/bin")).await {
+                Err(ProbeError::Elf(ElfError::NotFound { searched, .. })) => {
+                    assert_eq!(searched, "/usr/bin/busybox")
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(probe.api.parents.load(Ordering::SeqCst), 4);
+            assert_eq!(probe.api.mount_calls.load(Ordering::SeqCst), 3);
+            // errors are not cached, and say what to set
+            match probe.inspect(&ctr("gone", "busybox", "/bin")).await {
+                Err(e @ ProbeError::NoSnapshot { .. }) => {
+                    assert!(e.to_string().contains("faketime.snapshotter"), "{e}")
+                }
+                other => panic!("{other:?}"),
+            }
+            let none = Container {
+                id: "c5".into(),
+                ..Default::default()
+            };
+            assert!(matches!(
+                probe.inspect(&none).await,
+                Err(ProbeError::NoArgs)
+            ));
+        });
+    }
+
+    #[test]
+    fn containerd_that_is_not_there_is_an_error_not_a_hang() {
+        let tmp = tempfile::tempdir().unwrap();
+        let probe = ContainerdProbe::new(Containerd::new(
+            tmp.path().join("containerd.sock"),
+            "k8s.io".into(),
+            "overlayfs".into(),
+        ));
+        let started = std::time::Instant::now();
+        let r = run(async { probe.inspect(&ctr("c1", "/bin/sh", "/bin")).await });
+        match r {
+            Err(e @ ProbeError::Rpc { .. }) => {
+                let text = crate::faketime::service::chain(&e);
+                assert!(text.contains("containerd.sock"), "{text}");
+                assert!(text.contains("Snapshots.Stat"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // no socket: containerd's paths are taken as the agent's own
         assert_eq!(
-            std::fs::read_dir(upper.join("bin")).unwrap().count(),
-            1,
-            "upper untouched"
+            containerd_root(&tmp.path().join("containerd.sock")),
+            Path::new("/")
         );
-        // a single layer is bound read-only instead
-        let m = mount_overlay(std::slice::from_ref(&lower), &at).unwrap();
-        let (c, _) = inspect_for_shim(&m.path, "/bin/busybox", None).unwrap();
-        assert_eq!(c, Coverage::Static);
-        assert!(std::fs::write(at.join("x"), b"x").is_err(), "read-only");
-        drop(m);
-        assert!(!at.exists(), "mount point left behind");
-        assert!(!lower.join("x").exists());
     }
 
     #[test]

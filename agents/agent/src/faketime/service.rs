@@ -1,6 +1,7 @@
-//! Faketime as the NRI handler drives it: decide at CreateContainer, judge the entry point,
-//! prepare the container's timestamp file, answer with mounts and env; check again after
-//! start when the entry point could not be judged before; forget removed containers.
+//! Faketime as the NRI handler drives it: decide at CreateContainer, judge the entry point
+//! (asynchronously, through containerd), prepare the container's timestamp file on a blocking
+//! thread, answer with mounts and env; check again after start when the entry point could not
+//! be judged before; forget removed containers.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -8,11 +9,12 @@ use std::sync::Arc;
 
 use berth_faketime::env::Injection;
 use berth_faketime::shim::CONTAINER_SHIM_PATH;
-use berth_faketime::{Coverage, Offset, Variant, file, install_shim_variant, plan};
+use berth_faketime::{Coverage, Offset, file, install_shim, plan};
 use berth_nri::{Container, HandlerError, KeyValue, Mount, PodSandbox};
 
-use super::probe::{RootfsProbe, inspect_process};
+use super::probe::{JUDGE_TIMEOUT, ProbeError, RootfsProbe, inspect_process};
 use super::store::{CheckedAt, CoverageRecord, Entry, Store, now_rfc3339, valid_container_id};
+use super::vdso::Vdso;
 use crate::config::{FakeTimeConfig, OnUncovered};
 use crate::events::{EventLog, Record};
 use crate::retention::Clock;
@@ -25,14 +27,15 @@ pub struct Injected {
 }
 
 pub struct FakeTime {
-    cfg: FakeTimeConfig,
-    store: Store,
-    /// Host paths of the two shim builds.
-    shim_with_libdl: PathBuf,
-    shim_libc_only: PathBuf,
+    pub(super) cfg: FakeTimeConfig,
+    pub(super) store: Store,
+    /// Host path of the shim.
+    shim: PathBuf,
     probe: Arc<dyn RootfsProbe>,
-    events: Arc<EventLog>,
+    pub(super) events: Arc<EventLog>,
     clock: Arc<dyn Clock>,
+    /// Static, Go and musl entry points: their vDSO is patched after start ([`super::vdso`]).
+    pub(super) vdso: Vdso,
 }
 
 fn ann_value(pod: &PodSandbox, container: &str) -> String {
@@ -48,7 +51,7 @@ fn ann_value(pod: &PodSandbox, container: &str) -> String {
 }
 
 impl FakeTime {
-    /// Installs both builds of the shim in `shim_dir` (unchanged files are left alone).
+    /// Installs the shim in `shim_dir` (an unchanged file is left alone).
     pub fn new(
         cfg: FakeTimeConfig,
         state_dir: &Path,
@@ -57,31 +60,23 @@ impl FakeTime {
         events: Arc<EventLog>,
         clock: Arc<dyn Clock>,
     ) -> Result<FakeTime, berth_faketime::shim::InstallError> {
-        let shim_with_libdl = install_shim_variant(shim_dir, Variant::WithLibdl)?;
-        let shim_libc_only = install_shim_variant(shim_dir, Variant::LibcOnly)?;
+        let shim = install_shim(shim_dir)?;
         Ok(FakeTime {
+            vdso: Vdso::new(cfg.patch_vdso),
             cfg,
             store: Store::new(state_dir),
-            shim_with_libdl,
-            shim_libc_only,
+            shim,
             probe,
             events,
             clock,
         })
     }
 
-    fn host_shim(&self, v: Variant) -> &Path {
-        match v {
-            Variant::WithLibdl => &self.shim_with_libdl,
-            Variant::LibcOnly => &self.shim_libc_only,
-        }
-    }
-
     pub fn store(&self) -> &Store {
         &self.store
     }
 
-    fn record(pod: &PodSandbox, ctr: &Container) -> Record {
+    pub(super) fn record(pod: &PodSandbox, ctr: &Container) -> Record {
         Record {
             namespace: pod.namespace.clone(),
             pod: pod.name.clone(),
@@ -106,7 +101,13 @@ impl FakeTime {
         }
     }
 
-    fn refuse(&self, pod: &PodSandbox, ctr: &Container, value: &str, reason: &str) -> HandlerError {
+    pub(super) fn refuse(
+        &self,
+        pod: &PodSandbox,
+        ctr: &Container,
+        value: &str,
+        reason: &str,
+    ) -> HandlerError {
         tracing::warn!(namespace = %pod.namespace, pod = %pod.name, container = %ctr.name, id = %ctr.id,
             value, reason, "faketime: container refused");
         self.events.emit(Record {
@@ -121,11 +122,9 @@ impl FakeTime {
         ))
     }
 
-    /// CreateContainer: `None` when the container gets no shim (no annotation, or its entry
-    /// point cannot be faked and `on_uncovered = "run-unfaked"`); an error refuses it.
-    /// Whether [`FakeTime::create_container`] has anything to do for `ctr`: a faketime
-    /// annotation of its pod names it (or the whole pod). No I/O, so CreateContainer skips the
-    /// blocking path for every other container.
+    /// Whether [`FakeTime::create`] has anything to do for `ctr`: a faketime annotation of its
+    /// pod names it (or the whole pod). No I/O, so CreateContainer skips the faketime path for
+    /// every other container.
     pub fn applies(&self, pod: &PodSandbox, ctr: &Container) -> bool {
         !ann_value(pod, &ctr.name).is_empty()
             || !matches!(
@@ -140,10 +139,63 @@ impl FakeTime {
             )
     }
 
+    /// Whether the entry point is worth judging: the annotation is valid and asks for faketime.
+    fn wants_judgement(&self, pod: &PodSandbox, ctr: &Container) -> bool {
+        valid_container_id(&ctr.id)
+            && matches!(
+                berth_faketime::offset::offset_from_annotations(
+                    pod.annotations
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                    &ctr.name,
+                    self.clock.now(),
+                ),
+                Ok(Some(_))
+            )
+    }
+
+    /// The entry point's coverage, from the probe, given at most [`JUDGE_TIMEOUT`]. Runs on the
+    /// NRI thread without blocking it: containerd is asked asynchronously, and file reads (first
+    /// container of an image) happen on a blocking thread.
+    pub async fn judge(&self, ctr: &Container) -> Result<Coverage, ProbeError> {
+        match tokio::time::timeout(JUDGE_TIMEOUT, self.probe.inspect(ctr)).await {
+            Ok(r) => r,
+            Err(_) => Err(ProbeError::Timeout(JUDGE_TIMEOUT)),
+        }
+    }
+
+    /// CreateContainer: judges the entry point, then prepares the container on a blocking
+    /// thread (see [`FakeTime::create_container`]).
+    pub async fn create(
+        self: &Arc<Self>,
+        pod: PodSandbox,
+        ctr: Container,
+    ) -> Result<Option<Injected>, HandlerError> {
+        let started = std::time::Instant::now();
+        let judged = if self.wants_judgement(&pod, &ctr) {
+            Some(self.judge(&ctr).await)
+        } else {
+            None
+        };
+        let judge_us = started.elapsed().as_micros() as u64;
+        let ft = self.clone();
+        tokio::task::spawn_blocking(move || ft.create_container(&pod, &ctr, judged, judge_us))
+            .await
+            .map_err(|e| HandlerError::new(format!("faketime handler failed: {e}")))?
+    }
+
+    /// CreateContainer once the entry point was judged (`judged`: `None` when the annotation
+    /// asks for nothing or is invalid; `judge_us`: how long judging took, for the log).
+    /// `None` when the container gets no shim (no annotation, or its entry point cannot be
+    /// shifted and `on_uncovered = "run-unfaked"`); an error refuses it. A judgement that failed
+    /// injects the shim all the same: it loads into any glibc program and is inert elsewhere,
+    /// and the entry point is judged again once it runs.
     pub fn create_container(
         &self,
         pod: &PodSandbox,
         ctr: &Container,
+        judged: Option<Result<Coverage, ProbeError>>,
+        judge_us: u64,
     ) -> Result<Option<Injected>, HandlerError> {
         let value = ann_value(pod, &ctr.name);
         let injection = Injection {
@@ -172,11 +224,7 @@ impl FakeTime {
             Err(e) => return Err(self.refuse(pod, ctr, &value, &chain(&e))),
         }
         let started = std::time::Instant::now();
-        let probed = self.probe.inspect(ctr);
-        let variant = match &probed {
-            Ok((_, Some(v))) => *v,
-            _ => Variant::WithLibdl,
-        };
+        let probed = judged.unwrap_or(Err(ProbeError::NotJudged));
         let planned = plan::plan_with(
             pod.annotations
                 .iter()
@@ -184,7 +232,7 @@ impl FakeTime {
             &ctr.name,
             &ctr.env,
             self.clock.now(),
-            self.host_shim(variant),
+            &self.shim,
             &dir,
             &injection,
         );
@@ -195,8 +243,12 @@ impl FakeTime {
         };
         let mut entry = Self::entry(pod, ctr, p.offset);
         match probed {
-            Ok((cov, _)) => {
+            Ok(cov) => {
                 entry.coverage = Some(CoverageRecord::new(&cov, CheckedAt::Create));
+                if !cov.is_covered() && self.vdso.will_patch(&cov) {
+                    entry.coverage = Some(super::vdso::covered_record(&cov, CheckedAt::Create));
+                    return self.vdso_planned(pod, ctr, &value, entry, &p);
+                }
                 if !cov.is_covered() {
                     return self.uncovered(pod, ctr, &value, entry, &cov);
                 }
@@ -223,7 +275,7 @@ impl FakeTime {
         }
         let prepare_us = started.elapsed().as_micros() as u64;
         tracing::info!(namespace = %pod.namespace, pod = %pod.name, container = %ctr.name, id = %ctr.id,
-            offset = %p.offset, covered = ?entry.coverage.as_ref().map(|c| c.covered), shim = ?variant, prepare_us,
+            offset = %p.offset, covered = ?entry.coverage.as_ref().map(|c| c.covered), judge_us, prepare_us,
             "faketime injected");
         self.events.emit(Record {
             kind: "faketime_injected".into(),
@@ -315,6 +367,7 @@ impl FakeTime {
 
     /// PostStartContainer: judge the entry point now if it was not judged at creation.
     pub fn container_started(&self, ctr: &Container) {
+        self.vdso_started(ctr);
         let Ok(entries) = self.store.read() else {
             return;
         };
@@ -352,7 +405,7 @@ impl FakeTime {
                 tracing::error!(error = %chain(&e), "cannot reset the faketime offset");
             }
             if self.cfg.on_uncovered == OnUncovered::Refuse {
-                tracing::error!(id = %ctr.id, "faketime: on_uncovered = \"refuse\" cannot stop a container that already runs; configure faketime.containerd_address to judge entry points at creation");
+                tracing::error!(id = %ctr.id, "faketime: on_uncovered = \"refuse\" cannot stop a container that already runs; it was not judged at creation because containerd did not answer at faketime.containerd_address (see the container's note)");
             }
         }
         let id = ctr.id.clone();
@@ -464,6 +517,7 @@ impl FakeTime {
         for id in &gone {
             let _ = plan::remove_state_dir(&self.store.container_dir(id));
         }
+        self.vdso_synchronize(containers);
         tracing::info!(
             containers = containers.len(),
             removed = gone.len(),
@@ -493,12 +547,12 @@ mod tests {
 
     /// Answers with a fixed judgement and counts calls.
     struct FakeProbe {
-        answer: Mutex<Option<(Coverage, Option<Variant>)>>,
+        answer: Mutex<Option<Coverage>>,
         calls: Mutex<u32>,
     }
 
     impl FakeProbe {
-        fn new(answer: Option<(Coverage, Option<Variant>)>) -> Arc<FakeProbe> {
+        fn new(answer: Option<Coverage>) -> Arc<FakeProbe> {
             Arc::new(FakeProbe {
                 answer: Mutex::new(answer),
                 calls: Mutex::new(0),
@@ -507,52 +561,87 @@ mod tests {
     }
 
     impl RootfsProbe for FakeProbe {
-        fn inspect(
-            &self,
-            _ctr: &Container,
-        ) -> Result<(Coverage, Option<Variant>), super::super::probe::ProbeError> {
+        fn inspect<'a>(&'a self, _ctr: &'a Container) -> super::super::probe::Judging<'a> {
             *self.calls.lock().unwrap() += 1;
-            self.answer
-                .lock()
-                .unwrap()
-                .clone()
-                .ok_or(super::super::probe::ProbeError::Unavailable)
+            let answer = self.answer.lock().unwrap().clone().ok_or(ProbeError::Rpc {
+                address: "/run/containerd/containerd.sock".into(),
+                call: "Snapshots.Stat",
+                source: tonic::Status::unavailable("connection refused"),
+            });
+            Box::pin(async move { answer })
         }
     }
 
-    fn glibc() -> (Coverage, Option<Variant>) {
-        (
-            Coverage::Glibc {
-                interpreter: "/lib64/ld-linux-x86-64.so.2".into(),
-                glibc: None,
-            },
-            Some(Variant::LibcOnly),
-        )
+    /// Never answers: CreateContainer must stop waiting.
+    struct SilentProbe;
+
+    impl RootfsProbe for SilentProbe {
+        fn inspect<'a>(&'a self, _ctr: &'a Container) -> super::super::probe::Judging<'a> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    fn glibc() -> Coverage {
+        Coverage::Glibc {
+            interpreter: "/lib64/ld-linux-x86-64.so.2".into(),
+            glibc: None,
+        }
     }
 
     struct Bed {
         tmp: tempfile::TempDir,
-        ft: FakeTime,
+        ft: Arc<FakeTime>,
         probe: Arc<FakeProbe>,
     }
 
-    fn bed(answer: Option<(Coverage, Option<Variant>)>, on_uncovered: OnUncovered) -> Bed {
+    impl Bed {
+        /// CreateContainer as the NRI thread runs it: on a current-thread runtime.
+        fn create(
+            &self,
+            pod: &PodSandbox,
+            ctr: &Container,
+        ) -> Result<Option<Injected>, HandlerError> {
+            runtime().block_on(self.ft.create(pod.clone(), ctr.clone()))
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn bed(answer: Option<Coverage>, on_uncovered: OnUncovered) -> Bed {
+        bed_with(answer, on_uncovered, None)
+    }
+
+    fn bed_with(
+        answer: Option<Coverage>,
+        on_uncovered: OnUncovered,
+        probe_override: Option<Arc<dyn RootfsProbe>>,
+    ) -> Bed {
         let tmp = tempfile::tempdir().unwrap();
         let probe = FakeProbe::new(answer);
         let cfg = FakeTimeConfig {
             on_uncovered,
             cache_duration: std::time::Duration::from_secs(3),
+            // the shim's behaviour; the vDSO path has its own tests (super::vdso)
+            patch_vdso: false,
             ..FakeTimeConfig::default()
         };
-        let ft = FakeTime::new(
-            cfg,
-            tmp.path(),
-            &tmp.path().join("faketime"),
-            probe.clone(),
-            Arc::new(EventLog::new(tmp.path())),
-            Arc::new(SystemClock),
-        )
-        .unwrap();
+        let used: Arc<dyn RootfsProbe> = probe_override.unwrap_or_else(|| probe.clone());
+        let ft = Arc::new(
+            FakeTime::new(
+                cfg,
+                tmp.path(),
+                &tmp.path().join("faketime"),
+                used,
+                Arc::new(EventLog::new(tmp.path())),
+                Arc::new(SystemClock),
+            )
+            .unwrap(),
+        );
         Bed { tmp, ft, probe }
     }
 
@@ -601,7 +690,7 @@ mod tests {
             "app",
             &["PATH=/bin", "LD_PRELOAD=/usr/lib/libjemalloc.so"],
         );
-        let inj = b.ft.create_container(&p, &c).unwrap().expect("injected");
+        let inj = b.create(&p, &c).unwrap().expect("injected");
         let env: Vec<(String, String)> = inj
             .env
             .iter()
@@ -627,10 +716,10 @@ mod tests {
             inj.mounts[0].source,
             b.tmp
                 .path()
-                .join("faketime/libberth-faketime-libc.so")
+                .join("faketime/libberth-faketime.so")
                 .display()
                 .to_string(),
-            "the build the probe chose"
+            "the one shim"
         );
         assert_eq!(inj.mounts[1].source, dir.display().to_string());
         assert!(
@@ -647,9 +736,7 @@ mod tests {
         assert_eq!(e.coverage.as_ref().unwrap().checked_at, CheckedAt::Create);
         assert_eq!((e.namespace.as_str(), e.pod.as_str()), ("shop", "web-0"));
         // the container's own annotation wins
-        b.ft.create_container(&p, &ctr("c2", "db", &[]))
-            .unwrap()
-            .unwrap();
+        b.create(&p, &ctr("c2", "db", &[])).unwrap().unwrap();
         assert_eq!(
             file::read_timestamp_file(&b.ft.store().container_dir("c2").join("offset")).unwrap(),
             "-3h".parse().unwrap()
@@ -663,11 +750,7 @@ mod tests {
     #[test]
     fn no_annotation_means_no_probe_and_no_state() {
         let b = bed(Some(glibc()), OnUncovered::RunUnfaked);
-        assert_eq!(
-            b.ft.create_container(&pod(&[]), &ctr("c1", "app", &[]))
-                .unwrap(),
-            None
-        );
+        assert_eq!(b.create(&pod(&[]), &ctr("c1", "app", &[])).unwrap(), None);
         assert_eq!(*b.probe.calls.lock().unwrap(), 0);
         assert!(b.ft.store().read().unwrap().is_empty());
         assert!(!b.ft.store().containers_root().exists());
@@ -675,12 +758,9 @@ mod tests {
 
     #[test]
     fn uncovered_runs_unfaked_and_says_why() {
-        let b = bed(Some((Coverage::Static, None)), OnUncovered::RunUnfaked);
+        let b = bed(Some(Coverage::Static), OnUncovered::RunUnfaked);
         let p = pod(&[("berth.io/faketime", "+2d")]);
-        assert_eq!(
-            b.ft.create_container(&p, &ctr("c1", "bb", &[])).unwrap(),
-            None
-        );
+        assert_eq!(b.create(&p, &ctr("c1", "bb", &[])).unwrap(), None);
         let e = &b.ft.store().read().unwrap()["c1"];
         assert!(!e.injected);
         assert_eq!(e.coverage.as_ref().unwrap().kind, "static");
@@ -692,18 +772,13 @@ mod tests {
     #[test]
     fn uncovered_is_refused_when_configured() {
         let b = bed(
-            Some((
-                Coverage::Musl {
-                    interpreter: "/lib/ld-musl-x86_64.so.1".into(),
-                },
-                None,
-            )),
+            Some(Coverage::Musl {
+                interpreter: "/lib/ld-musl-x86_64.so.1".into(),
+            }),
             OnUncovered::Refuse,
         );
         let p = pod(&[("berth.io/faketime", "+2d")]);
-        let err =
-            b.ft.create_container(&p, &ctr("c1", "app", &[]))
-                .unwrap_err();
+        let err = b.create(&p, &ctr("c1", "app", &[])).unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains("berth refused faketime for container \"app\" in pod shop/web-0"),
@@ -719,10 +794,10 @@ mod tests {
     fn a_bad_annotation_refuses_naming_the_key() {
         let b = bed(Some(glibc()), OnUncovered::RunUnfaked);
         let p = pod(&[("berth.io/faketime.app", "2 days")]);
-        let msg =
-            b.ft.create_container(&p, &ctr("c1", "app", &[]))
-                .unwrap_err()
-                .to_string();
+        let msg = b
+            .create(&p, &ctr("c1", "app", &[]))
+            .unwrap_err()
+            .to_string();
         assert!(
             msg.contains("annotation berth.io/faketime.app is invalid"),
             "{msg}"
@@ -734,17 +809,20 @@ mod tests {
     fn unjudged_container_is_injected_and_removal_cleans_up() {
         let b = bed(None, OnUncovered::RunUnfaked);
         let p = pod(&[("berth.io/faketime", "+1h")]);
-        let inj =
-            b.ft.create_container(&p, &ctr("c1", "app", &[]))
-                .unwrap()
-                .unwrap();
+        let inj = b.create(&p, &ctr("c1", "app", &[])).unwrap().unwrap();
         assert!(
             inj.mounts[0].source.ends_with("/libberth-faketime.so"),
-            "default build"
+            "the one shim, whatever the judgement"
         );
         let e = &b.ft.store().read().unwrap()["c1"];
         assert!(e.injected && e.coverage.is_none());
         assert!(e.note.contains("checked when it starts"), "{}", e.note);
+        assert!(
+            e.note
+                .contains("containerd at /run/containerd/containerd.sock"),
+            "the note says why: {}",
+            e.note
+        );
         // started without a pid: stays unjudged, nothing breaks
         b.ft.container_started(&ctr("c1", "app", &[]));
         assert!(b.ft.store().read().unwrap()["c1"].coverage.is_none());
@@ -752,9 +830,7 @@ mod tests {
         assert!(b.ft.store().read().unwrap().is_empty());
         assert!(!b.ft.store().container_dir("c1").exists());
         // a missed RemoveContainer is caught by RemovePodSandbox
-        b.ft.create_container(&p, &ctr("c2", "app", &[]))
-            .unwrap()
-            .unwrap();
+        b.create(&p, &ctr("c2", "app", &[])).unwrap().unwrap();
         let mut other = pod(&[]);
         other.uid = "uid-other".into();
         b.ft.pod_removed(&other);
@@ -768,11 +844,39 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_that_does_not_answer_is_given_up_and_the_shim_injected() {
+        let b = bed_with(None, OnUncovered::Refuse, Some(Arc::new(SilentProbe)));
+        let p = pod(&[("berth.io/faketime", "+1h")]);
+        let started = std::time::Instant::now();
+        let inj = b.create(&p, &ctr("c1", "app", &[])).unwrap();
+        let took = started.elapsed();
+        assert!(
+            inj.is_some(),
+            "injected: the shim is harmless where it cannot work"
+        );
+        assert!(
+            took >= JUDGE_TIMEOUT && took < JUDGE_TIMEOUT + std::time::Duration::from_secs(2),
+            "{took:?}"
+        );
+        let e = &b.ft.store().read().unwrap()["c1"];
+        assert!(e.injected && e.coverage.is_none());
+        assert!(e.note.contains("did not answer within 500ms"), "{}", e.note);
+    }
+
+    #[test]
+    fn an_invalid_annotation_is_refused_without_asking_containerd() {
+        let b = bed(Some(glibc()), OnUncovered::RunUnfaked);
+        let p = pod(&[("berth.io/faketime", "soon")]);
+        assert!(b.create(&p, &ctr("c1", "app", &[])).is_err());
+        assert_eq!(*b.probe.calls.lock().unwrap(), 0);
+    }
+
+    #[test]
     fn started_container_is_judged_from_proc() {
         let b = bed(None, OnUncovered::RunUnfaked);
         let p = pod(&[("berth.io/faketime", "+1h")]);
         let mut c = ctr("c1", "app", &[]);
-        b.ft.create_container(&p, &c).unwrap().unwrap();
+        b.create(&p, &c).unwrap().unwrap();
         c.pid = std::process::id(); // this test binary: glibc
         b.ft.container_started(&c);
         let e = &b.ft.store().read().unwrap()["c1"];
@@ -790,9 +894,7 @@ mod tests {
         let b = bed(Some(glibc()), OnUncovered::RunUnfaked);
         let p = pod(&[("berth.io/faketime", "+2d")]);
         for id in ["live", "gone"] {
-            b.ft.create_container(&p, &ctr(id, id, &[]))
-                .unwrap()
-                .unwrap();
+            b.create(&p, &ctr(id, id, &[])).unwrap().unwrap();
         }
         // a stray dir nobody knows (state lost while its container went away)
         std::fs::create_dir_all(b.ft.store().container_dir("stray")).unwrap();
@@ -809,10 +911,7 @@ mod tests {
     fn synchronize_readopts_an_injected_container_after_state_loss() {
         let b = bed(Some(glibc()), OnUncovered::RunUnfaked);
         let p = pod(&[("berth.io/faketime", "+2d")]);
-        let inj =
-            b.ft.create_container(&p, &ctr("c1", "app", &[]))
-                .unwrap()
-                .unwrap();
+        let inj = b.create(&p, &ctr("c1", "app", &[])).unwrap().unwrap();
         std::fs::remove_file(b.tmp.path().join(super::super::store::STATE_FILE)).unwrap();
         let mut running = ctr("c1", "app", &[]);
         running.env = inj

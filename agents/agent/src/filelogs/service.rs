@@ -561,14 +561,10 @@ impl berth_nri::Plugin for AgentPlugin {
         pod: PodSandbox,
         ctr: Container,
     ) -> berth_nri::HandlerResult<CreateContainerResponse> {
-        // Faketime first: it may refuse, and its probe (ctr, a short-lived mount) blocks.
+        // Faketime first: it may refuse. It asks containerd without blocking this thread and
+        // writes its files on a blocking one.
         let injected = match &self.faketime {
-            Some(ft) if ft.applies(&pod, &ctr) => {
-                let (ft, p, c) = (ft.clone(), pod.clone(), ctr.clone());
-                tokio::task::spawn_blocking(move || ft.create_container(&p, &c))
-                    .await
-                    .map_err(|e| HandlerError::new(format!("faketime handler failed: {e}")))??
-            }
+            Some(ft) if ft.applies(&pod, &ctr) => ft.create(pod.clone(), ctr.clone()).await?,
             // No annotation: nothing to inject, and no hop to a blocking thread (two thread
             // wake-ups, each a scheduling delay on a busy node) on the CreateContainer path.
             _ => None,
