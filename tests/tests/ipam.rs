@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use berth_e2e::testbed::{Containerd, Node, NodeOptions, etcd_endpoints, plugin_binary};
 use berth_e2e::{BUSYBOX_IMAGE, ContainerSpec, CriClient, PodSpec};
+use berth_ipam_core::store::local::LocalStore;
+use berth_ipam_core::store::{HistoryLimits, Store};
 use serde_json::{Value, json};
 
 fn conflist(index: &str, store: &Path) -> String {
@@ -42,33 +44,19 @@ fn conflist(index: &str, store: &Path) -> String {
     .to_string()
 }
 
-/// The lease states the local store holds: its state file with the journal's lines (leases
-/// put, addresses deleted) replayed over it, as the store reads them.
+/// The lease states the local store holds ("allocated", "held", ...), read through the store
+/// as the plugin reads it (its files are binary).
 fn local_lease_states(store: &Path, network: &str) -> Vec<String> {
-    let text = std::fs::read_to_string(store.join(format!("{network}.json"))).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    let put = |leases: &mut BTreeMap<String, String>, l: &Value| {
-        leases.insert(
-            l["ip"].as_str().unwrap().to_string(),
-            l["state"].as_str().unwrap().to_string(),
-        );
-    };
-    let mut leases = BTreeMap::new();
-    for l in v["leases"].as_array().unwrap() {
-        put(&mut leases, l);
-    }
-    let journal =
-        std::fs::read_to_string(store.join(format!("{network}.journal.jsonl"))).unwrap_or_default();
-    for line in journal.lines() {
-        let entry: Value = serde_json::from_str(line).unwrap();
-        for ip in entry["deletes"].as_array().into_iter().flatten() {
-            leases.remove(ip.as_str().unwrap());
-        }
-        for l in entry["puts"].as_array().into_iter().flatten() {
-            put(&mut leases, l);
-        }
-    }
-    leases.into_values().collect()
+    let store = LocalStore::new(store, HistoryLimits::default());
+    store
+        .read(network)
+        .unwrap()
+        .values()
+        .map(|l| {
+            let v = serde_json::to_value(l).unwrap();
+            v["state"].as_str().unwrap().to_string()
+        })
+        .collect()
 }
 
 async fn run_pod_ip(cri: &mut CriClient, spec: &PodSpec) -> (String, IpAddr) {
@@ -100,7 +88,7 @@ async fn pods_keep_their_address(node_name: &str, containerd: Containerd) {
 
     // containerd reloads the conflist on its own: wait until pods get berth-ipam addresses.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let state = store.join("tb-ipam.json");
+    let state = store.join("tb-ipam.leases");
     let (first_id, first_ip) = loop {
         let (id, ip) = run_pod_ip(&mut cri, &PodSpec::new("default", "web-0")).await;
         if state.exists() {

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 
 use berth_ipam::BerthIpam;
+use berth_ipam_core::store::local::LocalStore;
+use berth_ipam_core::store::{HistoryLimits, Store};
 use serde_json::{Value, json};
 
 struct Call<'a> {
@@ -222,25 +224,23 @@ fn bad_input_maps_to_cni_codes_and_changes_nothing() {
     none.as_object_mut().unwrap().remove("ipam");
     assert_eq!(code_of(&none, "c1", POD), Some(7));
     assert!(
-        !dir.path().join("pnet.json").exists(),
+        !dir.path().join("pnet.leases").exists(),
         "nothing was written by failed calls"
     );
     // Exhausted (110): a /30 with a gateway has one address.
     assert_eq!(add(&c, "c1", "").0, 0);
-    let before = std::fs::read(dir.path().join("pnet.json")).unwrap();
+    let files =
+        || ["pnet.leases", "pnet.journal"].map(|f| std::fs::read(dir.path().join(f)).unwrap());
+    let before = files();
     assert_eq!(code_of(&c, "c2", ""), Some(110));
-    assert_eq!(
-        std::fs::read(dir.path().join("pnet.json")).unwrap(),
-        before,
-        "exhaustion wrote nothing"
-    );
+    assert_eq!(files(), before, "exhaustion wrote nothing");
     // Corrupt store (112), naming the file, and left as it was.
-    std::fs::write(dir.path().join("pnet.json"), b"{garbage").unwrap();
+    std::fs::write(dir.path().join("pnet.leases"), b"{garbage").unwrap();
     let (_, e) = add(&c, "c3", "");
     assert_eq!(e["code"], 112);
-    assert!(e["msg"].as_str().unwrap().contains("pnet.json"), "{e}");
+    assert!(e["msg"].as_str().unwrap().contains("pnet.leases"), "{e}");
     assert_eq!(
-        std::fs::read(dir.path().join("pnet.json")).unwrap(),
+        std::fs::read(dir.path().join("pnet.leases")).unwrap(),
         b"{garbage"
     );
 }
@@ -300,13 +300,12 @@ fn gc_frees_everything_not_in_valid_attachments() {
         ),
         (0, Value::Null)
     );
-    let state: Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("pnet.json")).unwrap()).unwrap();
-    let left: Vec<&str> = state["leases"]
-        .as_array()
+    let store = LocalStore::new(dir.path(), HistoryLimits::default());
+    let left: Vec<String> = store
+        .read("pnet")
         .unwrap()
-        .iter()
-        .map(|l| l["containerID"].as_str().unwrap())
+        .values()
+        .map(|l| l.attachment().unwrap().0.to_string())
         .collect();
     assert_eq!(left, ["keep"]);
 }

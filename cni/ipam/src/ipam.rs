@@ -165,9 +165,10 @@ impl Ipam {
         let mut out = None;
         self.store.transact(network, &mut |leases| {
             self.engine.check_skew(leases, now)?;
+            let all = leases.all()?;
             let plan =
                 self.engine
-                    .reserve(leases, ip, sticky.clone(), r.until, r.note.clone(), now)?;
+                    .reserve(&all, ip, sticky.clone(), r.until, r.note.clone(), now)?;
             out = plan.puts.first().cloned();
             Ok(plan)
         })?;
@@ -179,8 +180,9 @@ impl Ipam {
         let now = self.clock.now();
         let mut was = None;
         self.store.transact(network, &mut |leases| {
-            was = leases.get(&ip).cloned();
-            Ok(self.engine.free(leases, ip, now))
+            let all = leases.all()?;
+            was = all.get(&ip).cloned();
+            Ok(self.engine.free(&all, ip, now))
         })?;
         Ok(was)
     }
@@ -242,7 +244,7 @@ impl Ipam {
             let mut batch = GcReport::default();
             self.store.transact(network, &mut |leases| {
                 self.engine.check_skew(leases, now)?;
-                let mut r = self.engine.gc(leases, keep, now);
+                let mut r = self.engine.gc(&leases.all()?, keep, now);
                 cut = r.plan.truncate_changes(GC_BATCH);
                 let kept: HashSet<IpAddr> = r
                     .plan
@@ -281,7 +283,7 @@ impl Allocator for Ipam {
     fn release(&self, network: &str, container_id: &str, ifname: &str) -> Result<(), IpamError> {
         let now = self.clock.now();
         self.store.transact(network, &mut |leases| {
-            Ok(self.engine.release(leases, container_id, ifname, now))
+            self.engine.release(leases, container_id, ifname, now)
         })
     }
 

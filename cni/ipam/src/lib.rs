@@ -20,6 +20,7 @@ pub mod pool;
 pub mod state;
 pub mod store;
 pub mod testsupport;
+pub mod view;
 
 pub use allocator::{
     AllocateRequest, Allocation, Allocator, Attachment, GcReport, PodIdentity, RouteSpec,
@@ -31,3 +32,4 @@ pub use ipam::{Ipam, Reservation, open, open_store};
 pub use node::NodeInfo;
 pub use state::{Event, EventKind, HistoryQuery, Lease, LeaseState, Sticky};
 pub use store::Store;
+pub use view::LeaseView;

@@ -28,6 +28,7 @@ use crate::error::IpamError;
 use crate::node::NodeInfo;
 use crate::pool::{Pool, Pools, Unusable};
 use crate::state::{Event, EventKind, Lease, LeaseState, Leases, Plan, Sticky};
+use crate::view::LeaseView;
 
 /// Explicit address: `10.1.2.3`, or per interface `eth0=10.1.2.3,eth1=10.2.0.9`.
 pub const ANN_IP: &str = "berth.io/ip";
@@ -58,7 +59,7 @@ impl Engine {
     /// Decides an ADD. `start` spreads concurrent writers over the pool (0: lowest first).
     pub fn allocate(
         &self,
-        leases: &Leases,
+        leases: &dyn LeaseView,
         req: &AllocateRequest,
         now: DateTime<Utc>,
         start: u128,
@@ -75,11 +76,8 @@ impl Engine {
             }
         }
         self.check_skew(leases, now)?;
-        if let Some(l) = leases
-            .values()
-            .find(|l| l.attachment() == Some((&req.container_id, &req.ifname)))
-        {
-            return Ok((Plan::default(), self.allocation_of(l)?));
+        if let Some(l) = leases.attached(&req.container_id, &req.ifname)? {
+            return Ok((Plan::default(), self.allocation_of(&l)?));
         }
         let sticky = self.sticky_of(req)?;
         let explicit = match annotation_for(req, ANN_IP)? {
@@ -105,17 +103,27 @@ impl Engine {
                         Unusable::Reserved(r) => r.to_string(),
                     },
                 })?;
-            if let Some(l) = leases.get(&ip) {
+            let previous = leases.get(ip)?;
+            if let Some(l) = &previous {
                 self.may_take(l, sticky.as_ref(), now)?;
             }
-            return Ok(self.take(leases.get(&ip), pool, ip, req, sticky, now, Take::Requested));
+            return Ok(self.take(
+                previous.as_ref(),
+                pool,
+                ip,
+                req,
+                sticky,
+                now,
+                Take::Requested,
+            ));
         }
 
         if let Some(s) = &sticky {
-            for l in leases.values().filter(|l| {
-                l.sticky.as_ref().is_some_and(|ls| ls.matches(s))
-                    && candidates.iter().any(|p| p.name == l.pool)
-            }) {
+            let stuck = leases.stuck_to(s)?;
+            for l in stuck
+                .iter()
+                .filter(|l| candidates.iter().any(|p| p.name == l.pool))
+            {
                 if let LeaseState::Allocated { container_id, .. } = &l.state {
                     return Err(IpamError::AddressUnavailable {
                         address: l.ip,
@@ -125,11 +133,10 @@ impl Engine {
                     });
                 }
             }
-            let mine = leases.values().find(|l| {
-                l.sticky.as_ref().is_some_and(|ls| ls.matches(s))
-                    && candidates
-                        .iter()
-                        .any(|p| p.name == l.pool && p.check(l.ip).is_ok())
+            let mine = stuck.iter().find(|l| {
+                candidates
+                    .iter()
+                    .any(|p| p.name == l.pool && p.check(l.ip).is_ok())
             });
             if let Some(l) = mine {
                 let pool = candidates
@@ -142,18 +149,17 @@ impl Engine {
 
         for pool in &candidates {
             // Expired holds and reservations are free for anyone; allocations never expire.
-            let taken = |ip: IpAddr| leases.get(&ip).is_some_and(|l| !l.expired(now));
+            let taken = |ip: IpAddr| leases.taken(ip, now);
             if let Some(ip) = pool.find_free(start, &taken) {
-                return Ok(self.take(leases.get(&ip), pool, ip, req, sticky, now, Take::New));
+                let previous = leases.get(ip)?;
+                return Ok(self.take(previous.as_ref(), pool, ip, req, sticky, now, Take::New));
             }
         }
         for pool in &candidates {
-            let oldest_hold = leases
-                .values()
-                .filter(|l| l.pool == pool.name && l.reclaimable() && pool.check(l.ip).is_ok())
-                .min_by_key(|l| (l.since, l.ip));
+            let oldest_hold =
+                leases.oldest_reclaimable(&pool.name, &|ip| pool.check(ip).is_ok())?;
             if let Some(l) = oldest_hold {
-                return Ok(self.take(Some(l), pool, l.ip, req, sticky, now, Take::Reclaimed));
+                return Ok(self.take(Some(&l), pool, l.ip, req, sticky, now, Take::Reclaimed));
             }
         }
         Err(IpamError::Exhausted {
@@ -260,19 +266,16 @@ impl Engine {
     /// Decides a DEL: the attachment's address goes into its hold period (sticky) or is freed.
     pub fn release(
         &self,
-        leases: &Leases,
+        leases: &dyn LeaseView,
         container_id: &str,
         ifname: &str,
         now: DateTime<Utc>,
-    ) -> Plan {
+    ) -> Result<Plan, IpamError> {
         let mut plan = Plan::default();
-        if let Some(l) = leases
-            .values()
-            .find(|l| l.attachment() == Some((container_id, ifname)))
-        {
-            self.release_lease(&mut plan, l, now, false);
+        if let Some(l) = leases.attached(container_id, ifname)? {
+            self.release_lease(&mut plan, &l, now, false);
         }
-        plan
+        Ok(plan)
     }
 
     fn release_lease(&self, plan: &mut Plan, l: &Lease, now: DateTime<Utc>, gc: bool) {
@@ -406,10 +409,8 @@ impl Engine {
     }
 
     /// Refuses to decide when the store holds times from this node's future.
-    pub fn check_skew(&self, leases: &Leases, now: DateTime<Utc>) -> Result<(), IpamError> {
-        if let Some(latest) = leases.values().max_by_key(|l| l.since)
-            && latest.since > now + self.max_skew
-        {
+    pub fn check_skew(&self, leases: &dyn LeaseView, now: DateTime<Utc>) -> Result<(), IpamError> {
+        if let Some(latest) = leases.newest_after(now + self.max_skew)? {
             return Err(IpamError::ClockSkew {
                 writer: latest.node.clone(),
                 record: latest.since,

@@ -68,7 +68,7 @@ fn alloc(
 }
 
 fn release(e: &Engine, leases: &mut Leases, cid: &str, now: DateTime<Utc>) -> Plan {
-    let plan = e.release(leases, cid, "eth0", now);
+    let plan = e.release(leases, cid, "eth0", now).unwrap();
     plan.apply(leases);
     plan
 }
@@ -182,8 +182,8 @@ fn non_sticky_release_frees_at_once() {
     let b = alloc(&e, &mut l, &req("c2", Some(("ns", "y"))), t0()).unwrap();
     assert_eq!(a.address, b.address);
     // Releasing twice, or something unknown, is fine and changes nothing.
-    assert!(e.release(&l, "c1", "eth0", t0()).is_empty());
-    assert!(e.release(&l, "nope", "eth0", t0()).is_empty());
+    assert!(e.release(&l, "c1", "eth0", t0()).unwrap().is_empty());
+    assert!(e.release(&l, "nope", "eth0", t0()).unwrap().is_empty());
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use berth_ipam_core::store::HistoryLimits;
+use berth_ipam_core::store::local::LocalStore;
 use berth_ipam_core::store::memory::MemoryStore;
 use berth_ipam_core::{
     AllocateRequest, Allocator, Attachment, Ipam, IpamConfig, IpamError, LeaseState, ManualClock,
@@ -163,4 +164,58 @@ proptest! {
 
 fn clock_now(c: &ManualClock) -> chrono::DateTime<chrono::Utc> {
     berth_ipam_core::Clock::now(c)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// The local store answers a decision from its headers, decoding only the leases it
+    /// hands out; the memory store scans a map. Fed the same operations, they decide alike:
+    /// same answers, same leases, same history.
+    #[test]
+    fn the_local_store_decides_as_the_memory_store(ops in proptest::collection::vec(op(), 1..80)) {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let (clock_m, clock_l) = (Arc::new(ManualClock::new(t0)), Arc::new(ManualClock::new(t0)));
+        let node = || NodeInfo { node: "n".into(), rack: None };
+        let memory = Ipam::new(&config(), node(), Arc::new(MemoryStore::new(HistoryLimits::default())), clock_m.clone()).unwrap();
+        let local = Ipam::new(&config(), node(), Arc::new(LocalStore::new(dir.path(), HistoryLimits::default())), clock_l.clone()).unwrap();
+        for op in ops {
+            match op {
+                Op::Add { sandbox, pod, explicit } => {
+                    let mut annotations = BTreeMap::new();
+                    if let Some(o) = explicit {
+                        annotations.insert("berth.io/ip".to_string(), format!("10.60.0.{o}"));
+                    }
+                    let req = AllocateRequest {
+                        network: "net".into(),
+                        container_id: format!("sb-{sandbox}"),
+                        ifname: "eth0".into(),
+                        pod: pod.map(pod_of),
+                        annotations,
+                        pool: None,
+                    };
+                    let answer = |i: &Ipam| i.allocate(&req).map_err(|e| e.to_string());
+                    prop_assert_eq!(answer(&memory), answer(&local));
+                }
+                Op::Del { sandbox } => {
+                    memory.release("net", &format!("sb-{sandbox}"), "eth0").unwrap();
+                    local.release("net", &format!("sb-{sandbox}"), "eth0").unwrap();
+                }
+                Op::Gc { keep_mask } => {
+                    let keep: Vec<Attachment> = (0u8..12).filter(|i| keep_mask & (1 << i) != 0)
+                        .map(|i| Attachment { container_id: format!("sb-{i}"), ifname: "eth0".into() }).collect();
+                    let released = |i: &Ipam| i.gc("net", &keep).unwrap().released;
+                    prop_assert_eq!(released(&memory), released(&local));
+                }
+                Op::Advance { minutes } => {
+                    clock_m.advance(chrono::Duration::minutes(minutes as i64));
+                    clock_l.advance(chrono::Duration::minutes(minutes as i64));
+                }
+            }
+            prop_assert_eq!(memory.list("net").unwrap(), local.list("net").unwrap());
+        }
+        let all = berth_ipam_core::HistoryQuery::default();
+        prop_assert_eq!(memory.history("net", &all).unwrap(), local.history("net", &all).unwrap());
+    }
 }

@@ -58,30 +58,13 @@ fn corrupt_state_file_is_refused_naming_it_and_never_reset() {
 }
 
 #[test]
-fn duplicate_address_in_state_file_is_corrupt() {
-    let (_dir, store, ipam) = setup();
-    ipam.allocate(&conformance::req("net1", "c1", None))
-        .unwrap();
-    let path = store.state_path("net1");
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    let first = v["leases"][0].clone();
-    v["leases"].as_array_mut().unwrap().push(first);
-    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
-    let err = store.read("net1").unwrap_err();
-    assert!(
-        matches!(&err, IpamError::CorruptStore { reason, .. } if reason.contains("listed twice")),
-        "{err}"
-    );
-}
-
-#[test]
 fn leftovers_of_a_killed_writer_are_harmless() {
     let (dir, store, ipam) = setup();
     let a = ipam
         .allocate(&conformance::req("net1", "c1", None))
         .unwrap();
     // A writer killed after writing its temp file but before rename, and a torn history line.
-    std::fs::write(dir.path().join(".net1.json.tmp"), b"{\"half").unwrap();
+    std::fs::write(dir.path().join(".net1.leases.tmp"), b"berth-ipam/3\n+ 10.").unwrap();
     let hist = dir.path().join("net1.history.jsonl");
     let mut h = std::fs::read(&hist).unwrap();
     h.extend_from_slice(b"{\"time\":\"2026-");
@@ -135,19 +118,20 @@ fn unwritable_directory_is_an_io_error_naming_it() {
     assert!(matches!(store.status(), Err(IpamError::Io { .. })));
 }
 
+/// The number of leases in the state file (its prefix says).
 fn state_file_leases(store: &LocalStore, net: &str) -> usize {
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(store.state_path(net)).unwrap()).unwrap();
-    v["leases"].as_array().unwrap().len()
+    let bytes = std::fs::read(store.state_path(net)).unwrap();
+    assert!(bytes.starts_with(b"berth-ipam/3\n"), "{bytes:?}");
+    u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize
 }
 
-fn journal_lines(store: &LocalStore, net: &str) -> Vec<serde_json::Value> {
-    match std::fs::read(store.journal_path(net)) {
-        Ok(text) => text
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l).expect("every journal line is whole JSON"))
-            .collect(),
+/// The journal's lines, each a transaction's records joined by tabs.
+fn journal_lines(store: &LocalStore, net: &str) -> Vec<String> {
+    match std::fs::read_to_string(store.journal_path(net)) {
+        Ok(text) => {
+            assert!(text.is_empty() || text.ends_with('\n'), "whole lines");
+            text.lines().map(str::to_string).collect()
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => panic!("{e}"),
     }
@@ -169,11 +153,14 @@ fn journal_holds_changes_until_they_are_folded_into_the_state_file() {
     assert_eq!(state_file_leases(&store, "net1"), 1, "not compacted yet");
     let lines = journal_lines(&store, "net1");
     assert_eq!(lines.len(), 6);
-    assert_eq!(
-        lines[5]["deletes"].as_array().unwrap().len(),
-        1,
-        "{}",
+    assert!(
+        lines[5].starts_with("- 10."),
+        "a DEL without hold deletes: {}",
         lines[5]
+    );
+    assert!(
+        lines[..5].iter().all(|l| l.starts_with("+ 10.")),
+        "{lines:?}"
     );
     assert_eq!(
         store.read("net1").unwrap().len(),
@@ -214,7 +201,7 @@ fn torn_journal_line_is_ignored_and_cut_off() {
     // A writer killed mid-append: its line has no newline and was never acknowledged.
     let path = store.journal_path("net1");
     let mut j = std::fs::read(&path).unwrap();
-    j.extend_from_slice(b"{\"puts\":[{\"ip\":\"10.");
+    j.extend_from_slice(b"+ 10.0.0.9 a 0 17");
     std::fs::write(&path, &j).unwrap();
     assert_eq!(store.read("net1").unwrap().len(), 2);
     ipam.allocate(&conformance::req("net1", "c2", None))
@@ -244,32 +231,78 @@ fn corrupt_journal_line_is_refused_naming_it_and_never_reset() {
 }
 
 #[test]
-fn replaying_journal_lines_the_state_file_already_holds_changes_nothing() {
-    // A compaction killed after renaming the new state file but before emptying the journal
-    // (the state file written as version 1, which is read as it is).
+fn an_earlier_format_is_read_as_it_is_and_migrated_by_the_first_write() {
     let (_dir, store, ipam) = setup();
-    for i in 0..5 {
+    for i in 0..4 {
         ipam.allocate(&conformance::req("net1", &format!("c{i}"), None))
             .unwrap();
     }
     ipam.release("net1", "c1", "eth0").unwrap();
-    ipam.allocate(&conformance::req("net1", "c5", None))
-        .unwrap();
     let before = store.read("net1").unwrap();
-    assert!(journal_lines(&store, "net1").len() >= 6);
-    let state = serde_json::json!({
-        "format": "berth-ipam/1",
-        "leases": before.values().collect::<Vec<_>>(),
-    });
+    // The same leases as a version 2 store: a state file with two of them, and a journal
+    // line that puts the rest and deletes an address the state file lists.
+    let mut in_state: Vec<_> = before.values().take(2).cloned().collect();
+    let stale = berth_ipam_core::Lease {
+        ip: "10.50.99.9".parse().unwrap(),
+        state: berth_ipam_core::LeaseState::Reserved {
+            until: None,
+            note: None,
+        },
+        ..in_state[0].clone()
+    };
+    in_state.push(stale.clone());
+    let in_journal: Vec<_> = before.values().skip(2).cloned().collect();
+    std::fs::remove_file(store.state_path("net1")).unwrap();
+    std::fs::remove_file(store.journal_path("net1")).unwrap();
+    let legacy_state = store.legacy_state_path("net1");
     std::fs::write(
-        store.state_path("net1"),
-        serde_json::to_vec(&state).unwrap(),
+        &legacy_state,
+        serde_json::to_vec(&serde_json::json!({"format": "berth-ipam/2", "leases": in_state}))
+            .unwrap(),
     )
     .unwrap();
+    let mut line =
+        serde_json::to_vec(&serde_json::json!({"puts": in_journal, "deletes": [stale.ip]}))
+            .unwrap();
+    line.push(b'\n');
+    std::fs::write(store.legacy_journal_path("net1"), &line).unwrap();
+
+    // Readers see it as it is, and leave it.
     assert_eq!(store.read("net1").unwrap(), before);
-    // And the next transaction works on it.
+    assert!(!store.state_path("net1").exists());
+    // The first transaction migrates it: the leases in the new files, the old journal gone,
+    // and a state file that a build of the old format refuses.
     let next = ipam
-        .allocate(&conformance::req("net1", "c6", None))
+        .allocate(&conformance::req("net1", "c9", None))
         .unwrap();
     assert!(!before.contains_key(&next.address.addr()));
+    let after = store.read("net1").unwrap();
+    assert_eq!(after.len(), before.len() + 1);
+    assert!(before.iter().all(|(ip, l)| after.get(ip) == Some(l)));
+    assert!(!store.legacy_journal_path("net1").exists());
+    let marker: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&legacy_state).unwrap()).unwrap();
+    assert_eq!(marker["format"], "berth-ipam/3");
+    assert_eq!(marker["leases"], serde_json::json!([]));
+    assert_eq!(store.networks().unwrap(), ["net1"]);
+
+    // The marker without the state file it points to is corrupt, never an empty network.
+    std::fs::remove_file(store.state_path("net1")).unwrap();
+    std::fs::remove_file(store.journal_path("net1")).unwrap();
+    assert_corrupt_names(store.read("net1").unwrap_err(), &store.state_path("net1"));
+    assert_corrupt_names(
+        ipam.allocate(&conformance::req("net1", "c10", None))
+            .unwrap_err(),
+        &store.state_path("net1"),
+    );
+}
+
+#[test]
+fn a_new_network_gets_the_marker_that_old_builds_refuse() {
+    let (_dir, store, ipam) = setup();
+    ipam.allocate(&conformance::req("net1", "c1", None))
+        .unwrap();
+    let marker: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.legacy_state_path("net1")).unwrap()).unwrap();
+    assert_eq!(marker["format"], "berth-ipam/3");
 }

@@ -10,9 +10,10 @@ pub mod memory;
 
 use crate::error::IpamError;
 use crate::state::{Event, Leases, Plan};
+use crate::view::LeaseView;
 
 /// The decision callback of a transaction: snapshot in, plan out.
-pub type Decide<'a> = dyn FnMut(&Leases) -> Result<Plan, IpamError> + 'a;
+pub type Decide<'a> = dyn FnMut(&dyn LeaseView) -> Result<Plan, IpamError> + 'a;
 
 /// A store of leases and history, partitioned by CNI network name.
 pub trait Store: Send + Sync {

@@ -167,7 +167,11 @@ pub fn decisions_see_committed_state(store: &dyn Store) {
     for i in 0..5 {
         store
             .transact("conf-d", &mut |leases| {
-                assert_eq!(leases.len(), i, "the snapshot holds every earlier commit");
+                assert_eq!(
+                    leases.all().unwrap().len(),
+                    i,
+                    "the snapshot holds every earlier commit"
+                );
                 Ok(Plan {
                     puts: vec![lease(&format!("10.50.0.{}", i + 2), &format!("c{i}"))],
                     ..Plan::default()

@@ -1,81 +1,78 @@
-//! The embedded store: per network, a JSON state file plus an append-only journal of the
-//! transactions since it was written.
+//! The embedded store: per network, a state file ([`state_file`]: fixed-size headers in
+//! front of the leases' JSON) plus an append-only journal of the transactions since it was
+//! written (text lines of [`records`]).
 //!
 //! Layout under the configured directory, per network `<net>`:
 //! - `<net>.lock`: never replaced; every transaction holds `flock(LOCK_EX)` on it, readers
 //!   `LOCK_SH`;
-//! - `<net>.json`: the leases as of the last compaction (written as `.<net>.json.tmp`,
+//! - `<net>.leases`: the leases as of the last compaction (written as `.<net>.leases.tmp`,
 //!   fdatasync, rename, fsync(dir));
-//! - `<net>.journal.jsonl`: one line per committed transaction since then (the leases it put,
-//!   the addresses it deleted). A transaction is one `write` of one line under the lock,
-//!   made durable (fdatasync) after the lock is released and before the caller answers. A
-//!   line without its newline was never acknowledged (its writer died mid-write): readers
-//!   ignore it and the next writer cuts it off. Every [`JOURNAL_COMPACT_AFTER`] lines the
-//!   state is folded into `<net>.json` and the journal emptied: the transaction's own line is
+//! - `<net>.journal`: one line per committed transaction since then (the leases it put, the
+//!   addresses it deleted). A transaction is one `write` of one line under the lock, made
+//!   durable (fdatasync) after the lock is released and before the caller answers. A line
+//!   without its newline was never acknowledged (its writer died mid-write): readers ignore it
+//!   and the next writer cuts it off. Every [`JOURNAL_COMPACT_AFTER`] lines the state is
+//!   folded into `<net>.leases` and the journal emptied: the transaction's own line is
 //!   appended and synced first, then the new state file is made durable, then the journal is
 //!   truncated, so a crash in between replays lines the state file already contains, which
 //!   changes nothing (every line sets leases to absolute values). An append costs one small
 //!   write and one fdatasync, where a replaced file costs a new inode, a rename that frees the
 //!   old one, and two syncs;
 //! - `<net>.history.jsonl`: events, one JSON line each, appended after the state is committed,
-//!   compacted (write-temp + rename) when it grows past the retention limits.
+//!   compacted (write-temp + rename) when it grows past the retention limits;
+//! - `<net>.json`: `{"format":"berth-ipam/3"}`, so that a build of the earlier formats
+//!   refuses the store instead of reading it as empty. A store of an earlier format
+//!   ([`legacy`]) is migrated by its first transaction, under the lock.
+//!
+//! A transaction reads the headers, not the leases: it reads and decodes only the leases its
+//! decision looks at, so its cost hardly grows with the network's holds and reservations.
 //!
 //! So a `kill -9` at any point leaves the last committed state, never a mix, and an
 //! acknowledged change is on disk. A state file or a complete journal line that does not
 //! parse is refused with [`IpamError::CorruptStore`] naming the file; it is never reset. The
 //! lock is released by the kernel when a holder dies.
 
-use std::collections::BTreeSet;
+mod index;
+mod legacy;
+mod records;
+mod state_file;
+
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
-use std::net::IpAddr;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use super::{HistoryLimits, Store, check_network_name, prune};
 use crate::error::IpamError;
-use crate::state::{Event, Lease, Leases};
+use crate::state::{Event, Leases, Plan};
+use crate::view::LeaseView;
+use index::Index;
+use legacy::Legacy;
+use state_file::StateFile;
 
-/// The state file's format. Version 2 means "read with the journal": a build that only knows
-/// version 1 (no journal) refuses the store with a clear error instead of reading a state that
-/// misses the journal's changes. Version 1 files (no journal yet) are read as they are.
-const FORMAT: &str = "berth-ipam/2";
-const FORMAT_V1: &str = "berth-ipam/1";
 /// Rough size of one history line, to decide when to compact without counting lines.
 const EVENT_BYTES: u64 = 512;
 
 /// Journal lines a network collects before they are folded into its state file.
 pub const JOURNAL_COMPACT_AFTER: usize = 32;
 
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StateFile {
-    format: String,
-    leases: Vec<Lease>,
+/// A network's files as a transaction read them.
+struct Raw {
+    /// The state file; `None` when the network has none yet.
+    state: Option<StateFile>,
+    /// The journal's bytes.
+    journal: Vec<u8>,
 }
 
-/// One committed transaction in the journal: the leases it put and the addresses it removed.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JournalEntry<'a> {
-    #[serde(default, skip_serializing_if = "<[Lease]>::is_empty")]
-    puts: std::borrow::Cow<'a, [Lease]>,
-    #[serde(default, skip_serializing_if = "<[IpAddr]>::is_empty")]
-    deletes: std::borrow::Cow<'a, [IpAddr]>,
-}
-
-/// A network's state as a transaction found it.
-struct Loaded {
-    leases: Leases,
-    /// Whether the state file exists.
-    has_state_file: bool,
-    /// The journal's complete lines: their byte length and count; and the file's whole length
-    /// (longer when a killed writer left a torn line).
-    journal_end: u64,
-    journal_lines: usize,
-    journal_len: u64,
+impl Raw {
+    /// The length of the journal's complete lines (a killed writer may have left a torn
+    /// line after them).
+    fn journal_end(&self) -> usize {
+        self.journal
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1)
+    }
 }
 
 /// Files under one directory, one set per network.
@@ -96,13 +93,21 @@ impl LocalStore {
 
     /// The state file of a network (for operators and error messages).
     pub fn state_path(&self, network: &str) -> PathBuf {
-        self.dir.join(format!("{network}.json"))
+        self.dir.join(format!("{network}.leases"))
     }
     fn lock_path(&self, network: &str) -> PathBuf {
         self.dir.join(format!("{network}.lock"))
     }
     /// The journal of a network (for operators and error messages).
     pub fn journal_path(&self, network: &str) -> PathBuf {
+        self.dir.join(format!("{network}.journal"))
+    }
+    /// The state file of the earlier formats, a marker after the migration.
+    pub fn legacy_state_path(&self, network: &str) -> PathBuf {
+        self.dir.join(format!("{network}.json"))
+    }
+    /// The journal of the earlier format (version 2).
+    pub fn legacy_journal_path(&self, network: &str) -> PathBuf {
         self.dir.join(format!("{network}.journal.jsonl"))
     }
     fn history_path(&self, network: &str) -> PathBuf {
@@ -173,127 +178,98 @@ impl LocalStore {
         open_read_write(&path).map_err(|source| IpamError::Io { path, source })
     }
 
-    /// The state file and the journal replayed over it (under a lock). `journal`: the
-    /// transaction's open journal; readers pass `None` and the file is opened if it exists.
-    fn load(&self, network: &str, journal: Option<&File>) -> Result<Loaded, IpamError> {
-        let state = self.load_state_file(network)?;
-        let has_state_file = state.is_some();
-        let mut leases = state.unwrap_or_default();
-        let path = self.journal_path(network);
-        let read = match journal {
-            Some(mut f) => {
-                let mut text = Vec::with_capacity(8 << 10);
-                f.read_to_end(&mut text).map(|_| text)
-            }
-            None => std::fs::read(&path),
-        };
-        let text = match read {
-            Ok(t) => t,
-            Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
-            Err(source) => return Err(IpamError::Io { path, source }),
-        };
-        // Only complete lines were committed; a torn last line was never acknowledged.
-        let end = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        let mut lines = 0;
-        for (n, line) in text[..end].split(|b| *b == b'\n').enumerate() {
-            if line.is_empty() {
-                continue;
-            }
-            let entry: JournalEntry =
-                serde_json::from_slice(line).map_err(|e| IpamError::CorruptStore {
-                    path: path.clone(),
-                    reason: format!("line {} is not a journal entry: {e}", n + 1),
-                })?;
-            for ip in entry.deletes.iter() {
-                leases.remove(ip);
-            }
-            for l in entry.puts.into_owned() {
-                leases.insert(l.ip, l);
-            }
-            lines += 1;
-        }
-        if lines > 0 {
-            check_attachments(&leases).map_err(|reason| IpamError::CorruptStore {
-                path: path.clone(),
-                reason,
-            })?;
-        }
-        Ok(Loaded {
-            leases,
-            has_state_file,
-            journal_end: end as u64,
-            journal_lines: lines,
-            journal_len: text.len() as u64,
-        })
+    /// The state file, `None` when it does not exist.
+    fn read_state(&self, network: &str) -> Result<Option<StateFile>, IpamError> {
+        StateFile::open(&self.state_path(network))
     }
 
-    /// The state file's leases; `None` when there is none yet.
-    fn load_state_file(&self, network: &str) -> Result<Option<Leases>, IpamError> {
-        let path = self.state_path(network);
-        let text = match std::fs::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(IpamError::Io { path, source }),
-        };
-        let corrupt = |reason: String| IpamError::CorruptStore {
-            path: path.clone(),
-            reason,
-        };
-        let file: StateFile =
-            serde_json::from_slice(&text).map_err(|e| corrupt(format!("not valid JSON: {e}")))?;
-        if file.format != FORMAT && file.format != FORMAT_V1 {
-            return Err(corrupt(format!(
-                "unknown format {:?}, expected {FORMAT:?}",
-                file.format
-            )));
+    /// A network without a state file: empty, or of an earlier format (its leases).
+    fn read_legacy(&self, network: &str) -> Result<Option<Leases>, IpamError> {
+        match legacy::load(
+            &self.legacy_state_path(network),
+            &self.legacy_journal_path(network),
+        )? {
+            Legacy::Absent => Ok(None),
+            Legacy::Leases(leases) => Ok(Some(leases)),
+            Legacy::Moved => Err(IpamError::CorruptStore {
+                path: self.state_path(network),
+                reason: format!(
+                    "it is missing, and {} says the leases were moved there; restore it from a backup",
+                    self.legacy_state_path(network).display()
+                ),
+            }),
         }
-        let mut leases = Leases::new();
-        for l in file.leases {
-            let ip = l.ip;
-            if leases.insert(ip, l).is_some() {
-                return Err(corrupt(format!("address {ip} is listed twice")));
-            }
-        }
-        check_attachments(&leases).map_err(corrupt)?;
-        Ok(Some(leases))
     }
 
-    /// Writes the whole state to the state file durably (temp file, fdatasync, rename,
-    /// fsync of the directory).
-    fn save(&self, network: &str, leases: &Leases) -> Result<(), IpamError> {
-        let path = self.state_path(network);
+    /// Moves a store of an earlier format to this one (under the transaction's lock): the
+    /// new state file first, then the marker, then the old journal goes. A crash in between
+    /// leaves a state file, which wins from then on. Returns the new state file.
+    fn migrate(&self, network: &str, leases: &Leases) -> Result<StateFile, IpamError> {
+        self.write_state(network, &index::state_of(leases))?;
+        self.write_marker(network)?;
+        let old = self.legacy_journal_path(network);
+        match std::fs::remove_file(&old) {
+            Err(e) if e.kind() != ErrorKind::NotFound => {
+                return Err(IpamError::Io {
+                    path: old,
+                    source: e,
+                });
+            }
+            _ => {}
+        }
+        self.read_state(network)?
+            .ok_or_else(|| IpamError::CorruptStore {
+                path: self.state_path(network),
+                reason: "it vanished right after it was written".into(),
+            })
+    }
+
+    fn write_state(&self, network: &str, bytes: &[u8]) -> Result<(), IpamError> {
+        let tmp = self.dir.join(format!(".{network}.leases.tmp"));
+        write_atomic(&self.dir, &tmp, &self.state_path(network), bytes)
+    }
+
+    fn write_marker(&self, network: &str) -> Result<(), IpamError> {
         let tmp = self.dir.join(format!(".{network}.json.tmp"));
-        let file = StateFile {
-            format: FORMAT.into(),
-            leases: leases.values().cloned().collect(),
-        };
-        let bytes = serde_json::to_vec(&file).expect("leases always serialize");
-        write_atomic(&self.dir, &tmp, &path, &bytes)
+        write_atomic(
+            &self.dir,
+            &tmp,
+            &self.legacy_state_path(network),
+            &legacy::moved_marker(),
+        )
     }
 
-    /// Appends one transaction's line to the journal at its end (after its complete lines,
-    /// cutting off a torn line a killed writer left).
+    /// The index over a network's files, the journal's lines replayed; with the number of
+    /// journal lines.
+    fn index<'a>(
+        raw: &'a Raw,
+        state_path: &'a Path,
+        journal_path: &'a Path,
+    ) -> Result<(Index<'a>, usize), IpamError> {
+        let complete = &raw.journal[..raw.journal_end()];
+        Index::load(raw.state.as_ref(), complete, state_path, journal_path)
+    }
+
+    /// Appends one transaction's line to the journal at the end of its complete lines
+    /// (cutting off a torn line a killed writer left).
     fn append_journal(
         &self,
         network: &str,
         journal: &File,
-        loaded: &Loaded,
-        plan: &crate::state::Plan,
+        raw: &Raw,
+        plan: &Plan,
     ) -> Result<(), IpamError> {
         let io = |source| IpamError::Io {
             path: self.journal_path(network),
             source,
         };
-        let entry = JournalEntry {
-            puts: std::borrow::Cow::Borrowed(&plan.puts),
-            deletes: std::borrow::Cow::Borrowed(&plan.deletes),
-        };
-        let mut line = serde_json::to_vec(&entry).expect("journal entries always serialize");
-        line.push(b'\n');
-        if loaded.journal_len != loaded.journal_end {
-            journal.set_len(loaded.journal_end).map_err(io)?;
+        let end = raw.journal_end() as u64;
+        if raw.journal.len() as u64 != end {
+            journal.set_len(end).map_err(io)?;
         }
-        journal.write_all_at(&line, loaded.journal_end).map_err(io)
+        journal
+            .write_all_at(&records::journal_line(plan), end)
+            .map_err(io)
     }
 
     fn append_history(&self, network: &str, events: &[Event]) -> Result<(), IpamError> {
@@ -373,19 +349,6 @@ impl LocalStore {
     }
 }
 
-/// Refuses a state in which one attachment holds two addresses.
-fn check_attachments(leases: &Leases) -> Result<(), String> {
-    let mut attachments = BTreeSet::new();
-    for l in leases.values() {
-        if let Some(a) = l.attachment()
-            && !attachments.insert(a)
-        {
-            return Err(format!("attachment {}/{} holds two addresses", a.0, a.1));
-        }
-    }
-    Ok(())
-}
-
 /// The length of the file up to and including its last newline (its complete lines), and
 /// its whole length.
 fn complete_len(f: &mut File) -> std::io::Result<(u64, u64)> {
@@ -455,42 +418,81 @@ impl Store for LocalStore {
     fn read(&self, network: &str) -> Result<Leases, IpamError> {
         check_network_name(network)?;
         let _lock = self.lock_shared(network)?;
-        Ok(self.load(network, None)?.leases)
+        let Some(state) = self.read_state(network)? else {
+            if let Some(leases) = self.read_legacy(network)? {
+                return Ok(leases);
+            }
+            // A journal without a state file is never written: nothing yet.
+            return Ok(Leases::new());
+        };
+        let journal_path = self.journal_path(network);
+        let journal = match std::fs::read(&journal_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(IpamError::Io {
+                    path: journal_path,
+                    source,
+                });
+            }
+        };
+        let raw = Raw {
+            state: Some(state),
+            journal,
+        };
+        let state_path = self.state_path(network);
+        let (index, _) = Self::index(&raw, &state_path, &journal_path)?;
+        index.all()
     }
 
     fn transact(&self, network: &str, decide: &mut super::Decide<'_>) -> Result<(), IpamError> {
         check_network_name(network)?;
         let lock = self.lock(network)?;
-        let journal = self.open_journal(network)?;
-        let loaded = self.load(network, Some(&journal))?;
-        let plan = decide(&loaded.leases)?;
+        let state = match self.read_state(network)? {
+            Some(s) => Some(s),
+            None => match self.read_legacy(network)? {
+                Some(leases) => Some(self.migrate(network, &leases)?),
+                None => None,
+            },
+        };
+        let journal_file = self.open_journal(network)?;
+        let mut journal = Vec::with_capacity(16 << 10);
+        (&journal_file)
+            .read_to_end(&mut journal)
+            .map_err(|source| IpamError::Io {
+                path: self.journal_path(network),
+                source,
+            })?;
+        let raw = Raw { state, journal };
+        let (state_path, journal_path) = (self.state_path(network), self.journal_path(network));
+        let (index, lines) = Self::index(&raw, &state_path, &journal_path)?;
+        let plan = decide(&index)?;
         if plan.is_empty() {
             return Ok(());
         }
         let mut appended = false;
         if !plan.puts.is_empty() || !plan.deletes.is_empty() {
-            if loaded.has_state_file && loaded.journal_lines + 1 < JOURNAL_COMPACT_AFTER {
-                self.append_journal(network, &journal, &loaded, &plan)?;
+            if raw.state.is_some() && lines + 1 < JOURNAL_COMPACT_AFTER {
+                self.append_journal(network, &journal_file, &raw, &plan)?;
                 appended = true;
             } else {
                 // Compaction (or the network's first write). The journal first holds this
                 // transaction durably, so that a crash before the truncate below replays
                 // lines the new state file already contains.
-                if loaded.journal_lines > 0 {
-                    self.append_journal(network, &journal, &loaded, &plan)?;
-                    journal.sync_data().map_err(|source| IpamError::Io {
-                        path: self.journal_path(network),
-                        source,
-                    })?;
+                let io = |source| IpamError::Io {
+                    path: journal_path.clone(),
+                    source,
+                };
+                if lines > 0 {
+                    self.append_journal(network, &journal_file, &raw, &plan)?;
+                    journal_file.sync_data().map_err(io)?;
                 }
-                let mut leases = loaded.leases;
-                plan.apply(&mut leases);
-                self.save(network, &leases)?;
-                if loaded.journal_len > 0 {
-                    journal.set_len(0).map_err(|source| IpamError::Io {
-                        path: self.journal_path(network),
-                        source,
-                    })?;
+                self.write_state(network, &index.compacted(&plan)?)?;
+                if raw.state.is_none() {
+                    self.write_marker(network)?;
+                }
+                if !raw.journal.is_empty() {
+                    journal_file.set_len(0).map_err(io)?;
                 }
             }
         }
@@ -502,8 +504,8 @@ impl Store for LocalStore {
         // line; a later line is written after it in the same file, and its writer syncs
         // before answering too.
         if appended {
-            journal.sync_data().map_err(|source| IpamError::Io {
-                path: self.journal_path(network),
+            journal_file.sync_data().map_err(|source| IpamError::Io {
+                path: journal_path,
                 source,
             })?;
         }
@@ -526,16 +528,18 @@ impl Store for LocalStore {
                 });
             }
         };
-        let mut out: Vec<String> = rd
+        // Networks of this format and of earlier ones (not migrated yet).
+        let out: std::collections::BTreeSet<String> = rd
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                let net = name.strip_suffix(".json")?;
+                let net = name
+                    .strip_suffix(".leases")
+                    .or_else(|| name.strip_suffix(".json"))?;
                 (!net.starts_with('.')).then(|| net.to_string())
             })
             .collect();
-        out.sort();
-        Ok(out)
+        Ok(out.into_iter().collect())
     }
 
     fn status(&self) -> Result<(), IpamError> {
@@ -547,5 +551,71 @@ impl Store for LocalStore {
             path: self.dir.clone(),
             source: e.into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Lease, LeaseState};
+
+    fn lease(ip: &str, cid: &str) -> Lease {
+        Lease {
+            ip: ip.parse().unwrap(),
+            pool: "a".into(),
+            state: LeaseState::Allocated {
+                container_id: cid.into(),
+                ifname: "eth0".into(),
+            },
+            sticky: None,
+            pod: None,
+            node: "n1".into(),
+            rack: None,
+            since: "2026-03-01T12:00:00Z".parse().unwrap(),
+            pinned: false,
+        }
+    }
+
+    fn commit(store: &LocalStore, plan: Plan) {
+        store.transact("net1", &mut |_| Ok(plan.clone())).unwrap();
+    }
+
+    #[test]
+    fn replaying_journal_lines_the_state_file_already_holds_changes_nothing() {
+        // A compaction killed after renaming the new state file but before emptying the
+        // journal: the journal's lines are replayed over a state that holds them.
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path(), HistoryLimits::default());
+        for i in 2..8 {
+            commit(
+                &store,
+                Plan {
+                    puts: vec![lease(&format!("10.0.0.{i}"), &format!("c{i}"))],
+                    ..Plan::default()
+                },
+            );
+        }
+        commit(
+            &store,
+            Plan {
+                deletes: vec!["10.0.0.3".parse().unwrap()],
+                ..Plan::default()
+            },
+        );
+        let before = store.read("net1").unwrap();
+        assert_eq!(before.len(), 5);
+        let journal = std::fs::read(store.journal_path("net1")).unwrap();
+        assert!(journal.iter().filter(|b| **b == b'\n').count() >= 6);
+        std::fs::write(store.state_path("net1"), index::state_of(&before)).unwrap();
+        assert_eq!(store.read("net1").unwrap(), before);
+        // And the next transaction works on it.
+        commit(
+            &store,
+            Plan {
+                puts: vec![lease("10.0.0.3", "c9")],
+                ..Plan::default()
+            },
+        );
+        assert_eq!(store.read("net1").unwrap().len(), 6);
     }
 }
