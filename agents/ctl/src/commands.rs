@@ -9,7 +9,10 @@ use berth_proto::v1;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
-use crate::cli::{AuditCmd, CertsCmd, FaketimeCmd, FaketimeTarget, IpamCmd, LogsCmd, NodeCmd};
+use crate::cli::{
+    AuditCmd, CertsCmd, ConfigCmd, ConnArgs, FaketimeCmd, FaketimeTarget, IpamCmd, LogsCmd, NodeCmd,
+};
+use crate::context;
 use crate::output::{self, Format, Table};
 
 /// A gRPC error as one readable line.
@@ -712,6 +715,99 @@ pub fn certs(cmd: CertsCmd, fmt: Format, out: &mut dyn Write) -> Result<()> {
     }
     for f in files {
         writeln!(out, "wrote {}", f.display())?;
+    }
+    Ok(())
+}
+
+/// `berthctl config …`: reads and edits the context file only (no agent is called).
+pub fn config(conn: &ConnArgs, cmd: ConfigCmd, fmt: Format, out: &mut dyn Write) -> Result<()> {
+    let (path, explicit) = crate::context_file(conn);
+    match cmd {
+        ConfigCmd::CurrentContext => {
+            let file = context::load(&path, explicit)?;
+            let Some(name) = file.current_context else {
+                return Err(context::ContextError::NoCurrent(path).into());
+            };
+            writeln!(out, "{name}")?;
+        }
+        ConfigCmd::GetContexts => {
+            let file = context::load(&path, explicit)?;
+            let current = file.current_context.unwrap_or_default();
+            if fmt == Format::Json {
+                #[derive(serde::Serialize)]
+                struct Listed<'a> {
+                    current_context: &'a str,
+                    file: &'a std::path::Path,
+                    contexts: &'a std::collections::BTreeMap<String, context::Context>,
+                }
+                return Ok(output::json(
+                    out,
+                    &Listed {
+                        current_context: &current,
+                        file: &path,
+                        contexts: &file.contexts,
+                    },
+                )?);
+            }
+            let mut t = Table::new(&["CURRENT", "NAME", "ENDPOINT", "CLIENT CERT"]);
+            for (name, c) in &file.contexts {
+                t.row(vec![
+                    if *name == current { "*" } else { "" }.to_string(),
+                    name.clone(),
+                    c.endpoint.clone().unwrap_or_default(),
+                    c.cert
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                ]);
+            }
+            if t.is_empty() {
+                writeln!(
+                    out,
+                    "no contexts in {}: add one with `berthctl --endpoint … config set-context NAME`",
+                    path.display()
+                )?;
+            } else {
+                t.write(out)?;
+            }
+        }
+        ConfigCmd::SetContext { name } => {
+            let ctx = context::Context {
+                endpoint: conn.endpoint.clone(),
+                ca: conn.ca.clone(),
+                cert: conn.cert.clone(),
+                key: conn.key.clone(),
+                server_name: conn.server_name.clone(),
+            };
+            if ctx.endpoint.is_none() {
+                bail!(
+                    "set-context saves the connection flags given with it: pass at least --endpoint (unix:///path/to/api.sock or https://host:port with --ca, --cert, --key)"
+                );
+            }
+            if [&ctx.ca, &ctx.cert, &ctx.key].iter().any(|p| p.is_some())
+                && ![&ctx.ca, &ctx.cert, &ctx.key].iter().all(|p| p.is_some())
+            {
+                bail!("--cert, --key and --ca go together: give all three or none");
+            }
+            context::set_context(&path, &name, &ctx)?;
+            writeln!(out, "context {name:?} written to {}", path.display())?;
+        }
+        ConfigCmd::UseContext { name } => {
+            context::use_context(&path, &name)?;
+            writeln!(out, "current context is now {name:?} ({})", path.display())?;
+        }
+        ConfigCmd::DeleteContext { name } => {
+            let d = context::delete_context(&path, &name)?;
+            match (d.existed, d.was_current) {
+                (false, false) => writeln!(out, "no context {name:?} in {}", path.display())?,
+                (_, true) => writeln!(
+                    out,
+                    "context {name:?} deleted from {}; it was current: no context is current now",
+                    path.display()
+                )?,
+                (true, false) => writeln!(out, "context {name:?} deleted from {}", path.display())?,
+            }
+        }
     }
     Ok(())
 }
