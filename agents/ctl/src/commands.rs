@@ -554,7 +554,17 @@ pub async fn faketime(
     if fmt == Format::Json {
         return Ok(output::json(out, &r)?);
     }
-    let mut t = Table::new(&["CONTAINER", "OFFSET", "INJECTED", "COVERED", "REASON"]);
+    // CLOCK: what the container's wall clock reads now (this machine's clock plus the offset),
+    // for a container whose clock follows the offset; "real" for one that runs unfaked.
+    let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    let mut t = Table::new(&[
+        "CONTAINER",
+        "OFFSET",
+        "CLOCK",
+        "INJECTED",
+        "COVERED",
+        "REASON",
+    ]);
     // How each running process gets its time: the shim, the vDSO patch, or not at all.
     let mut procs = Table::new(&["CONTAINER", "PID", "HOW", "OFFSET", "EXE", "REASON"]);
     let mut any_proc = false;
@@ -581,9 +591,16 @@ pub async fn faketime(
             Some(false) => format!("no ({})", f.coverage),
             None => "not yet judged".to_string(),
         };
+        let follows = f.covered != Some(false) && (f.injected || f.covered == Some(true));
+        let clock = if follows {
+            shifted_clock(now_ns, f.offset_ns)
+        } else {
+            "real".to_string()
+        };
         t.row(vec![
             f.container,
             f.offset,
+            clock,
             if f.injected { "yes" } else { "no" }.into(),
             covered,
             f.reason,
@@ -595,6 +612,12 @@ pub async fn faketime(
         procs.write(out)?;
     }
     Ok(())
+}
+
+/// `now_ns + offset_ns` as a UTC date to the second.
+fn shifted_clock(now_ns: i64, offset_ns: i64) -> String {
+    let t = chrono::DateTime::from_timestamp_nanos(now_ns.saturating_add(offset_ns));
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
 pub async fn audit(ch: Channel, cmd: AuditCmd, fmt: Format, out: &mut dyn Write) -> Result<()> {
@@ -810,4 +833,23 @@ pub fn config(conn: &ConnArgs, cmd: ConfigCmd, fmt: Format, out: &mut dyn Write)
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shifted_clock_adds_the_offset_to_now() {
+        let now = 1_796_300_000 * 1_000_000_000; // 2026-12-03 12:13:20 UTC
+        assert_eq!(shifted_clock(now, 0), "2026-12-03 12:13:20 UTC");
+        assert_eq!(
+            shifted_clock(now, 86_400 * 1_000_000_000),
+            "2026-12-04 12:13:20 UTC"
+        );
+        assert_eq!(
+            shifted_clock(now, -3 * 3_600 * 1_000_000_000),
+            "2026-12-03 09:13:20 UTC"
+        );
+    }
 }
