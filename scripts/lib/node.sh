@@ -152,8 +152,8 @@ start_containerd() {
     cdir=$(fetch_containerd "$version")
     containerd_running "$name" && return 0
     # containerd finds containerd-shim-runc-v2 on PATH; the runc it runs is bookworm's.
-    PATH="$cdir/usr/bin:/usr/sbin:/usr/bin:/sbin:/bin" setsid "$cdir/usr/bin/containerd" \
-        --config "$dir/config.toml" --log-level info >>"$dir/containerd.log" 2>&1 </dev/null &
+    PATH="$cdir/usr/bin:/usr/sbin:/usr/bin:/sbin:/bin" spawn_daemon "$dir/containerd.log" \
+        "$cdir/usr/bin/containerd" --config "$dir/config.toml" --log-level info
     echo $! >"$dir/containerd.pid"
     wait_for 30 "containerd socket" "$cdir/usr/bin/ctr" --address "$dir/containerd.sock" version ||
         die "containerd $version of node $name did not come up; see $dir/containerd.log"
