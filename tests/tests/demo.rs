@@ -45,6 +45,20 @@ struct Demo {
     config: PathBuf,
     port: u16,
     _dir: tempfile::TempDir,
+    /// `demo down` ran (and was checked); otherwise dropping runs it, so a failed test
+    /// leaves no demo behind.
+    down: bool,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if !self.down {
+            let o = self.script("down");
+            if !o.status.success() {
+                eprintln!("scripts/demo down after a failure: {}", text(&o));
+            }
+        }
+    }
 }
 
 impl Demo {
@@ -290,10 +304,11 @@ fn demo_up_tour_and_down_leave_nothing_behind() {
         .local_addr()
         .unwrap()
         .port();
-    let demo = Demo {
+    let mut demo = Demo {
         config: config.clone(),
         port,
         _dir: dir,
+        down: false,
     };
     // A leftover of an aborted run would carry stale pods: start clean.
     if run_dir().exists() || node_dir().exists() {
@@ -512,6 +527,7 @@ fn demo_up_tour_and_down_leave_nothing_behind() {
     );
 
     let down = demo.script("down");
+    demo.down = true;
     assert!(down.status.success(), "demo down failed:\n{}", text(&down));
     // The user's file as it was: their context current again, comments kept, ours gone.
     assert_eq!(std::fs::read_to_string(&config).unwrap(), USER_CONFIG);
