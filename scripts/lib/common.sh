@@ -50,6 +50,24 @@ stop_pid() {
     rm -f "$pidfile"
 }
 
+# spawn_daemon LOG COMMAND... — COMMAND in a session of its own, stdin from /dev/null, output
+# appended to LOG, in the background ($! is its pid). Descriptors above 2 are closed first: a
+# daemon must not keep what its caller holds, such as the test bed's lock when a script runs
+# under `flock /tmp/berth-testbed.lock` (containerd, its shims and the pods would hold it for
+# as long as they live).
+spawn_daemon() {
+    local log=$1
+    shift
+    (
+        local fd
+        for fd in /proc/$BASHPID/fd/*; do
+            fd=${fd##*/}
+            [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null
+        done
+        exec setsid "$@" >>"$log" 2>&1 </dev/null
+    ) &
+}
+
 # wait_for SECONDS DESCRIPTION COMMAND... — poll COMMAND every 100 ms.
 wait_for() {
     local seconds=$1 what=$2 i

@@ -152,17 +152,19 @@ build_clock_image() {
     finish_layout clock --config.cmd /clockprobe-go
 }
 
-# build_images — every test image that is missing from the cache (rebuilt when its recipe changed).
+# build_images [NAME...] — the named test images (default: all) that are missing from the cache
+# (all are rebuilt when a recipe changed).
 build_images() {
     mkdir -p "$IMAGES_DIR"
-    local recipe_hash name
+    local recipe_hash name wanted=("$@")
+    [ ${#wanted[@]} -gt 0 ] || wanted=("${TEST_IMAGES[@]}")
     recipe_hash=$(cat "$BERTH_ROOT/scripts/lib/images.sh" "$BERTH_ROOT/scripts/images/"*.c \
         "$BERTH_ROOT"/agents/faketime/testdata/clockprobe.* | sha256sum | cut -c1-16)
     if [ "$(cat "$IMAGES_DIR/recipe" 2>/dev/null)" != "$recipe_hash" ]; then
         rm -f "$IMAGES_DIR"/*.tar
         echo "$recipe_hash" >"$IMAGES_DIR/recipe"
     fi
-    for name in "${TEST_IMAGES[@]}"; do
+    for name in "${wanted[@]}"; do
         [ -f "$IMAGES_DIR/$name.tar" ] && continue
         log "building image $(image_ref "$name")"
         "build_${name}_image" || die "building image $name failed"

@@ -13,6 +13,14 @@ SYSTEM_PACKAGES=(
     openjdk-17-jre-headless musl-tools golang-go
 )
 
+# What scripts/demo needs of SYSTEM_PACKAGES: containerd's runc, loopback and portmap, the
+# image tools, gcc for the pause image and the faketime shim, protoc for the gRPC crates,
+# python3 (copied into the glibc image), jq, and procps/iproute2 for teardown.
+DEMO_PACKAGES=(
+    runc containernetworking-plugins umoci skopeo busybox-static protobuf-compiler iproute2
+    python3 gcc libc6-dev procps jq
+)
+
 # Debian suite and version prefix for each containerd the test bed can run.
 containerd_suite() {
     case $1 in
@@ -22,9 +30,11 @@ containerd_suite() {
     esac
 }
 
+# install_system_packages [PACKAGE...] — the missing ones of the list (default SYSTEM_PACKAGES).
 install_system_packages() {
-    local missing=() p
-    for p in "${SYSTEM_PACKAGES[@]}"; do
+    local missing=() p wanted=("$@")
+    [ ${#wanted[@]} -gt 0 ] || wanted=("${SYSTEM_PACKAGES[@]}")
+    for p in "${wanted[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
     done
     [ ${#missing[@]} -eq 0 ] && return 0

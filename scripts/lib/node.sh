@@ -152,18 +152,20 @@ start_containerd() {
     cdir=$(fetch_containerd "$version")
     containerd_running "$name" && return 0
     # containerd finds containerd-shim-runc-v2 on PATH; the runc it runs is bookworm's.
-    PATH="$cdir/usr/bin:/usr/sbin:/usr/bin:/sbin:/bin" setsid "$cdir/usr/bin/containerd" \
-        --config "$dir/config.toml" --log-level info >>"$dir/containerd.log" 2>&1 </dev/null &
+    PATH="$cdir/usr/bin:/usr/sbin:/usr/bin:/sbin:/bin" spawn_daemon "$dir/containerd.log" \
+        "$cdir/usr/bin/containerd" --config "$dir/config.toml" --log-level info
     echo $! >"$dir/containerd.pid"
     wait_for 30 "containerd socket" "$cdir/usr/bin/ctr" --address "$dir/containerd.sock" version ||
         die "containerd $version of node $name did not come up; see $dir/containerd.log"
 }
 
-# node_up NAME [--containerd 2.1|1.7] [--conflist FILE] [--nri-config FILE] — idempotent.
-# --nri-config appends FILE to containerd's config right after the NRI table (bare keys land
-# in that table); without it the config is unchanged.
+# node_up NAME [--containerd 2.1|1.7] [--conflist FILE] [--nri-config FILE] [--images "A B"]
+# — idempotent. --nri-config appends FILE to containerd's config right after the NRI table
+# (bare keys land in that table); without it the config is unchanged. --images imports only
+# those test images (default: all of TEST_IMAGES).
 node_up() {
     local name=$1 version=${BERTH_CONTAINERD:-2.1} conflist="" nri_config="" dir index cdir
+    local images=("${TEST_IMAGES[@]}")
     shift
     while [ $# -gt 0 ]; do
         case $1 in
@@ -177,6 +179,10 @@ node_up() {
             ;;
         --nri-config)
             nri_config=$2
+            shift 2
+            ;;
+        --images)
+            read -r -a images <<<"$2"
             shift 2
             ;;
         *) die "node-up: unknown option $1" ;;
@@ -212,7 +218,7 @@ node_up() {
     cdir=$(fetch_containerd "$version")
     local image have
     have=$("$cdir/usr/bin/ctr" --address "$dir/containerd.sock" -n k8s.io images ls -q 2>/dev/null)
-    for image in "${TEST_IMAGES[@]}"; do
+    for image in "${images[@]}"; do
         grep -qx "$(image_ref "$image")" <<<"$have" && continue
         "$cdir/usr/bin/ctr" --address "$dir/containerd.sock" -n k8s.io images import "$IMAGES_DIR/$image.tar" \
             >/dev/null || die "importing $image into node $name failed"

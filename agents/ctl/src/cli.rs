@@ -87,6 +87,10 @@ pub enum Command {
     /// Certificates for a test bed or demo.
     #[command(subcommand)]
     Certs(CertsCmd),
+    /// Contexts in the context file (--config, $BERTH_CONFIG or ~/.config/berth/config.toml):
+    /// which agent berthctl talks to, with which certificate.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Shell completion script.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -300,6 +304,25 @@ pub enum CertsCmd {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Print the current context's name.
+    CurrentContext,
+    /// List the contexts (the current one marked with *).
+    GetContexts,
+    /// Save the connection flags given with it (--endpoint or $BERTH_ENDPOINT, --ca, --cert,
+    /// --key, --server-name) as context NAME, replacing one of that name. Relative paths
+    /// are stored absolute. Other contexts and comments in the file are kept.
+    SetContext {
+        /// The context's name (letters, digits, '.', '_', '-').
+        name: String,
+    },
+    /// Make NAME the current context.
+    UseContext { name: String },
+    /// Remove context NAME (and current-context when it named it).
+    DeleteContext { name: String },
 }
 
 /// Debug profiles (what the caller's roles allow: `debug_profiles` in the policy).

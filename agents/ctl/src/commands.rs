@@ -9,7 +9,10 @@ use berth_proto::v1;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
-use crate::cli::{AuditCmd, CertsCmd, FaketimeCmd, FaketimeTarget, IpamCmd, LogsCmd, NodeCmd};
+use crate::cli::{
+    AuditCmd, CertsCmd, ConfigCmd, ConnArgs, FaketimeCmd, FaketimeTarget, IpamCmd, LogsCmd, NodeCmd,
+};
+use crate::context;
 use crate::output::{self, Format, Table};
 
 /// A gRPC error as one readable line.
@@ -551,7 +554,17 @@ pub async fn faketime(
     if fmt == Format::Json {
         return Ok(output::json(out, &r)?);
     }
-    let mut t = Table::new(&["CONTAINER", "OFFSET", "INJECTED", "COVERED", "REASON"]);
+    // CLOCK: what the container's wall clock reads now (this machine's clock plus the offset),
+    // for a container whose clock follows the offset; "real" for one that runs unfaked.
+    let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    let mut t = Table::new(&[
+        "CONTAINER",
+        "OFFSET",
+        "CLOCK",
+        "INJECTED",
+        "COVERED",
+        "REASON",
+    ]);
     // How each running process gets its time: the shim, the vDSO patch, or not at all.
     let mut procs = Table::new(&["CONTAINER", "PID", "HOW", "OFFSET", "EXE", "REASON"]);
     let mut any_proc = false;
@@ -578,9 +591,16 @@ pub async fn faketime(
             Some(false) => format!("no ({})", f.coverage),
             None => "not yet judged".to_string(),
         };
+        let follows = f.covered != Some(false) && (f.injected || f.covered == Some(true));
+        let clock = if follows {
+            shifted_clock(now_ns, f.offset_ns)
+        } else {
+            "real".to_string()
+        };
         t.row(vec![
             f.container,
             f.offset,
+            clock,
             if f.injected { "yes" } else { "no" }.into(),
             covered,
             f.reason,
@@ -592,6 +612,12 @@ pub async fn faketime(
         procs.write(out)?;
     }
     Ok(())
+}
+
+/// `now_ns + offset_ns` as a UTC date to the second.
+fn shifted_clock(now_ns: i64, offset_ns: i64) -> String {
+    let t = chrono::DateTime::from_timestamp_nanos(now_ns.saturating_add(offset_ns));
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
 pub async fn audit(ch: Channel, cmd: AuditCmd, fmt: Format, out: &mut dyn Write) -> Result<()> {
@@ -714,4 +740,116 @@ pub fn certs(cmd: CertsCmd, fmt: Format, out: &mut dyn Write) -> Result<()> {
         writeln!(out, "wrote {}", f.display())?;
     }
     Ok(())
+}
+
+/// `berthctl config …`: reads and edits the context file only (no agent is called).
+pub fn config(conn: &ConnArgs, cmd: ConfigCmd, fmt: Format, out: &mut dyn Write) -> Result<()> {
+    let (path, explicit) = crate::context_file(conn);
+    match cmd {
+        ConfigCmd::CurrentContext => {
+            let file = context::load(&path, explicit)?;
+            let Some(name) = file.current_context else {
+                return Err(context::ContextError::NoCurrent(path).into());
+            };
+            writeln!(out, "{name}")?;
+        }
+        ConfigCmd::GetContexts => {
+            let file = context::load(&path, explicit)?;
+            let current = file.current_context.unwrap_or_default();
+            if fmt == Format::Json {
+                #[derive(serde::Serialize)]
+                struct Listed<'a> {
+                    current_context: &'a str,
+                    file: &'a std::path::Path,
+                    contexts: &'a std::collections::BTreeMap<String, context::Context>,
+                }
+                return Ok(output::json(
+                    out,
+                    &Listed {
+                        current_context: &current,
+                        file: &path,
+                        contexts: &file.contexts,
+                    },
+                )?);
+            }
+            let mut t = Table::new(&["CURRENT", "NAME", "ENDPOINT", "CLIENT CERT"]);
+            for (name, c) in &file.contexts {
+                t.row(vec![
+                    if *name == current { "*" } else { "" }.to_string(),
+                    name.clone(),
+                    c.endpoint.clone().unwrap_or_default(),
+                    c.cert
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                ]);
+            }
+            if t.is_empty() {
+                writeln!(
+                    out,
+                    "no contexts in {}: add one with `berthctl --endpoint … config set-context NAME`",
+                    path.display()
+                )?;
+            } else {
+                t.write(out)?;
+            }
+        }
+        ConfigCmd::SetContext { name } => {
+            let ctx = context::Context {
+                endpoint: conn.endpoint.clone(),
+                ca: conn.ca.clone(),
+                cert: conn.cert.clone(),
+                key: conn.key.clone(),
+                server_name: conn.server_name.clone(),
+            };
+            if ctx.endpoint.is_none() {
+                bail!(
+                    "set-context saves the connection flags given with it: pass at least --endpoint (unix:///path/to/api.sock or https://host:port with --ca, --cert, --key)"
+                );
+            }
+            if [&ctx.ca, &ctx.cert, &ctx.key].iter().any(|p| p.is_some())
+                && ![&ctx.ca, &ctx.cert, &ctx.key].iter().all(|p| p.is_some())
+            {
+                bail!("--cert, --key and --ca go together: give all three or none");
+            }
+            context::set_context(&path, &name, &ctx)?;
+            writeln!(out, "context {name:?} written to {}", path.display())?;
+        }
+        ConfigCmd::UseContext { name } => {
+            context::use_context(&path, &name)?;
+            writeln!(out, "current context is now {name:?} ({})", path.display())?;
+        }
+        ConfigCmd::DeleteContext { name } => {
+            let d = context::delete_context(&path, &name)?;
+            match (d.existed, d.was_current) {
+                (false, false) => writeln!(out, "no context {name:?} in {}", path.display())?,
+                (_, true) => writeln!(
+                    out,
+                    "context {name:?} deleted from {}; it was current: no context is current now",
+                    path.display()
+                )?,
+                (true, false) => writeln!(out, "context {name:?} deleted from {}", path.display())?,
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shifted_clock_adds_the_offset_to_now() {
+        let now = 1_796_300_000 * 1_000_000_000; // 2026-12-03 12:13:20 UTC
+        assert_eq!(shifted_clock(now, 0), "2026-12-03 12:13:20 UTC");
+        assert_eq!(
+            shifted_clock(now, 86_400 * 1_000_000_000),
+            "2026-12-04 12:13:20 UTC"
+        );
+        assert_eq!(
+            shifted_clock(now, -3 * 3_600 * 1_000_000_000),
+            "2026-12-03 09:13:20 UTC"
+        );
+    }
 }

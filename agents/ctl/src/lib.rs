@@ -25,6 +25,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             return Ok(());
         }
         Command::Certs(c) => return commands::certs(c, fmt, out),
+        Command::Config(c) => return commands::config(&cli.conn, c, fmt, out),
         Command::Audit(c @ cli::AuditCmd::Verify { .. }) => {
             return commands::audit_verify(c, fmt, out);
         }
@@ -42,18 +43,35 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Cp(a) => debug::cp(channel, a, fmt, out).await,
         Command::Sessions(c) => debug::sessions(channel, c, fmt, out).await,
         Command::Grants(c) => debug::grants(channel, c, fmt, out).await,
-        Command::Completions { .. } | Command::Certs(_) => unreachable!("handled above"),
+        Command::Completions { .. } | Command::Certs(_) | Command::Config(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 
-async fn connect(conn: &cli::ConnArgs) -> Result<tonic::transport::Channel> {
-    let (path, explicit) = match &conn.config {
+/// The context file berthctl reads: `--config` (which must exist), else the default path.
+pub fn context_file(conn: &cli::ConnArgs) -> (std::path::PathBuf, bool) {
+    match &conn.config {
         Some(p) => (p.clone(), true),
         None => (
             context::default_path().unwrap_or_else(|| "berth-config.toml".into()),
             false,
         ),
-    };
+    }
+}
+
+/// The agent did not answer where berthctl looked: which endpoint, why that one, what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("no agent answers at {endpoint} ({hint})")]
+pub struct Unreachable {
+    pub endpoint: String,
+    pub hint: String,
+    #[source]
+    pub source: tonic::transport::Error,
+}
+
+async fn connect(conn: &cli::ConnArgs) -> Result<tonic::transport::Channel> {
+    let (path, explicit) = context_file(conn);
     let file = context::load(&path, explicit)?;
     let overrides = context::Overrides {
         context: conn.context.clone(),
@@ -63,6 +81,20 @@ async fn connect(conn: &cli::ConnArgs) -> Result<tonic::transport::Channel> {
         key: conn.key.clone(),
         server_name: conn.server_name.clone(),
     };
-    let (endpoint, tls) = context::resolve(&file, &path, &overrides)?;
-    Ok(berth_api::client::connect(&endpoint, tls.as_ref()).await?)
+    let target = context::resolve(
+        &file,
+        &path,
+        &overrides,
+        std::path::Path::new(context::LOCAL_SOCKET),
+    )?;
+    match berth_api::client::connect(&target.endpoint, target.tls.as_ref()).await {
+        Ok(channel) => Ok(channel),
+        Err(berth_api::client::ClientError::Connect { source, .. }) => Err(Unreachable {
+            endpoint: target.endpoint,
+            hint: target.origin.hint(),
+            source,
+        }
+        .into()),
+        Err(e) => Err(e.into()),
+    }
 }
