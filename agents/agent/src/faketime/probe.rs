@@ -7,12 +7,8 @@
 //! API, over one persistent connection, for the snapshot's parent (the chain id of the image's
 //! top layer) and, the first time an image + entry point is seen, for its mounts: the upper dir
 //! and the image's layer dirs. Those are read as overlayfs would merge them ([`LayerRoot`]),
-//! without mounting anything. The verdict is cached per image + entry point + `PATH`. The
-//! image is named by the image id containerd's CRI puts in the container's annotations
-//! ([`IMAGE_ID_ANNOTATION`]: the digest of the image's config, so exactly one root file
-//! system), which costs no request at all: every later container of the image is judged
-//! from the cache in microseconds. Without that annotation (a runtime that does not set it),
-//! the snapshot's parent names the image, one small request. Once a container runs, its entry
+//! without mounting anything. The verdict is cached per image + entry point + `PATH`, so
+//! every later container of the image costs one small request. Once a container runs, its entry
 //! point can also be judged from `/proc/<pid>/exe` ([`inspect_process`]).
 
 use std::collections::HashMap;
@@ -38,8 +34,6 @@ use super::layers::LayerRoot;
 pub const JUDGE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Verdicts kept (image + entry point + PATH); the cache starts over when it is full.
 const CACHE_CAPACITY: usize = 4096;
-/// The image id (`sha256:` of the image config) containerd's CRI sets on every container.
-pub const IMAGE_ID_ANNOTATION: &str = "io.kubernetes.cri.image-ref";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -317,10 +311,7 @@ impl<A: SnapshotApi + 'static> ContainerdProbe<A> {
     async fn judge(&self, ctr: &Container) -> Result<Coverage, ProbeError> {
         let program = ctr.args.first().ok_or(ProbeError::NoArgs)?.clone();
         let path = ctr.env_var("PATH").map(str::to_string);
-        let image = match ctr.annotations.get(IMAGE_ID_ANNOTATION) {
-            Some(id) if id.starts_with("sha256:") => format!("image {id}"),
-            _ => self.api.parent(&ctr.id).await?,
-        };
+        let image = self.api.parent(&ctr.id).await?;
         let key = (!image.is_empty()).then(|| CacheKey {
             image,
             program: program.clone(),
@@ -549,47 +540,6 @@ mod tests {
                 probe.inspect(&none).await,
                 Err(ProbeError::NoArgs)
             ));
-        });
-    }
-
-    #[test]
-    fn an_image_id_annotation_judges_from_the_cache_without_a_request() {
-        let tmp = tempfile::tempdir().unwrap();
-        let lower = tmp.path().join("lower");
-        std::fs::create_dir_all(lower.join("bin")).unwrap();
-        std::fs::copy("/bin/busybox", lower.join("bin/busybox")).unwrap();
-        let probe = ContainerdProbe::new(FakeApi {
-            parent: "sha256:top".into(),
-            mounts: vec![mount("bind", &lower.display().to_string(), &["rbind"])],
-            parents: AtomicU32::new(0),
-            mount_calls: AtomicU32::new(0),
-        });
-        let of_image = |id: &str, image: &str| {
-            let mut c = ctr(id, "busybox", "/bin");
-            c.annotations
-                .insert(IMAGE_ID_ANNOTATION.into(), image.into());
-            c
-        };
-        run(async {
-            let c = probe.inspect(&of_image("c1", "sha256:aaa")).await.unwrap();
-            assert_eq!(c, Coverage::Static);
-            assert_eq!(
-                probe.inspect(&of_image("c2", "sha256:aaa")).await.unwrap(),
-                c
-            );
-            // no Stat at all, one Mounts for the first container only
-            assert_eq!(probe.api.parents.load(Ordering::SeqCst), 0);
-            assert_eq!(probe.api.mount_calls.load(Ordering::SeqCst), 1);
-            assert_eq!(probe.cache_counts(), (1, 1));
-            // another image id is judged on its own; an annotation that is not an image id
-            // falls back to the snapshot's parent
-            probe.inspect(&of_image("c3", "sha256:bbb")).await.unwrap();
-            assert_eq!(probe.api.mount_calls.load(Ordering::SeqCst), 2);
-            probe
-                .inspect(&of_image("c4", "busybox:latest"))
-                .await
-                .unwrap();
-            assert_eq!(probe.api.parents.load(Ordering::SeqCst), 1);
         });
     }
 
