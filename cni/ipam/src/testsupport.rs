@@ -48,6 +48,11 @@ impl EtcdServer {
 
     /// Starts etcd serving clients over `https://` when `tls` is given.
     pub fn start_with(tls: Option<&ServerTls>) -> Result<EtcdServer, String> {
+        EtcdServer::start_with_args(tls, &[])
+    }
+
+    /// As [`EtcdServer::start_with`], with more command-line flags for etcd.
+    pub fn start_with_args(tls: Option<&ServerTls>, args: &[&str]) -> Result<EtcdServer, String> {
         let bin = etcd_binary();
         if !bin.exists() {
             return Err(format!(
@@ -79,6 +84,7 @@ impl EtcdServer {
             }
         }
         let child = cmd
+            .args(args)
             .arg("--name=berth-test")
             .arg(format!("--data-dir={}", dir.join("data").display()))
             .arg(format!("--listen-client-urls={client}"))

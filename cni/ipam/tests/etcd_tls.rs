@@ -308,7 +308,9 @@ fn failover_serves_from_the_next_endpoint_within_the_timeout() {
 #[ignore = "needs root: run by scripts/test (spawns /usr/bin/etcd)"]
 fn user_and_password_over_tls_and_a_wrong_password_is_clear() {
     let pki = Pki::new();
-    let etcd = start(&pki.server("server"));
+    // Auth tokens live 1 s here (etcd's default is 5 min): the store must log in again.
+    let etcd = EtcdServer::start_with_args(Some(&pki.server("server")), &["--auth-token-ttl=1"])
+        .unwrap_or_else(|e| panic!("cannot start a TLS etcd: {e}"));
     let tls = pki.tls("ca.crt", Some("client"));
     enable_auth(&etcd, &pki, "berth", "s3cret");
     let dir = tempfile::tempdir().unwrap();
@@ -328,6 +330,9 @@ fn user_and_password_over_tls_and_a_wrong_password_is_clear() {
     let right = auth(&write("right", "s3cret\n"));
     try_allocate(store(ep, "/auth", timeout, &tls, Some(&right))).unwrap();
     let s = store(ep, "/auth", timeout, &tls, Some(&right));
+    assert_eq!(s.read("net1").unwrap().len(), 1);
+    // Idle longer than the token lives (as the agent is between calls): still served.
+    std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(s.read("net1").unwrap().len(), 1);
 
     // Wrong password: code 11 naming the endpoint, the user and what to check.

@@ -345,9 +345,10 @@ impl EtcdStore {
     }
 
     fn no_answer(&self, endpoint: &str, budget: Duration) -> Failure {
+        let ms = Duration::from_millis(budget.as_millis() as u64);
         Failure {
             endpoint: endpoint.to_string(),
-            cause: format!("no answer within {budget:?}"),
+            cause: format!("no answer within {ms:?}"),
             fail_over: true,
             relogin: false,
         }
