@@ -1,10 +1,12 @@
-//! The etcd store over TLS with client certificates (`--client-cert-auth`), failover between
+//! The etcd store over TLS with client certificates (`--client-cert-auth`): failover between
 //! endpoints, TLS failures (each CNI code 11, naming the endpoint and the cause, nothing
-//! written) and etcd user authentication. Certificates are made here with rcgen.
+//! written) and etcd user authentication. Certificates: `tls/mod.rs` (rcgen). The conformance
+//! suite over TLS is in `store_conformance.rs`.
 
 mod conformance;
+mod tls;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,90 +14,7 @@ use berth_ipam_core::store::etcd::{EtcdStore, Security};
 use berth_ipam_core::store::{HistoryLimits, Store};
 use berth_ipam_core::testsupport::{EtcdServer, ServerTls};
 use berth_ipam_core::{EtcdAuth, EtcdTls, IpamError, ManualClock};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
-
-/// A CA and the certificates the tests need, as PEM files in a temp dir.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
-        let ca = |cn: &str| {
-            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            p.distinguished_name.push(DnType::CommonName, cn);
-            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
-        };
-        let leaf = |issuer: &CertifiedIssuer<'_, KeyPair>,
-                    name: &str,
-                    sans: &[&str],
-                    cn: &str,
-                    expired: bool| {
-            let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
-            let mut p = CertificateParams::new(sans).unwrap();
-            p.distinguished_name.push(DnType::CommonName, cn);
-            // etcd's own gRPC gateway dials the server with the server certificate: both uses.
-            p.extended_key_usages = vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ];
-            if expired {
-                p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-                p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-            }
-            let key = KeyPair::generate().unwrap();
-            let cert = p.signed_by(&key, issuer).unwrap();
-            write(&format!("{name}.crt"), &cert.pem());
-            write(&format!("{name}.key"), &key.serialize_pem());
-        };
-        let main = ca("berth test CA");
-        let other = ca("some other CA");
-        write("ca.crt", &main.pem());
-        write("other-ca.crt", &other.pem());
-        let here = ["localhost", "127.0.0.1"];
-        leaf(&main, "server", &here, "etcd", false);
-        leaf(&main, "server-expired", &here, "etcd", true);
-        leaf(
-            &main,
-            "server-wrong-name",
-            &["etcd.example.invalid"],
-            "etcd",
-            false,
-        );
-        leaf(&main, "client", &[], "berth-node", false);
-        leaf(&main, "client-expired", &[], "berth-node", true);
-        leaf(&other, "client-other-ca", &[], "berth-node", false);
-        Pki { dir }
-    }
-
-    fn server(&self, name: &str) -> ServerTls {
-        ServerTls {
-            cert: self.path(&format!("{name}.crt")),
-            key: self.path(&format!("{name}.key")),
-            client_ca: Some(self.path("ca.crt")),
-        }
-    }
-
-    /// `store.tls` with this CA file and, when `client` is given, that client certificate.
-    fn tls(&self, ca: &str, client: Option<&str>) -> EtcdTls {
-        EtcdTls {
-            ca: self.path(ca),
-            cert: client.map(|c| self.path(&format!("{c}.crt"))),
-            key: client.map(|c| self.path(&format!("{c}.key"))),
-        }
-    }
-}
+use tls::Pki;
 
 fn start(tls: &ServerTls) -> EtcdServer {
     EtcdServer::start_with(Some(tls)).unwrap_or_else(|e| panic!("cannot start a TLS etcd: {e}"))
@@ -134,32 +53,6 @@ fn assert_unavailable(err: &IpamError, endpoint: &str, words: &[&str]) {
     for w in words {
         assert!(text.contains(w), "says {w:?}: {text}");
     }
-}
-
-#[test]
-#[ignore = "needs root: run by scripts/test (spawns /usr/bin/etcd)"]
-fn etcd_store_conforms_over_mutual_tls() {
-    let pki = Pki::new();
-    let etcd = start(&pki.server("server"));
-    assert!(etcd.endpoint.starts_with("https://"));
-    let tls = pki.tls("ca.crt", Some("client"));
-    let n = std::sync::atomic::AtomicUsize::new(0);
-    conformance::run_all(
-        &|| {
-            let prefix = format!(
-                "/tls-conf-{}",
-                n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-            );
-            Arc::new(store(
-                std::slice::from_ref(&etcd.endpoint),
-                &prefix,
-                Duration::from_secs(5),
-                &tls,
-                None,
-            )) as Arc<dyn Store>
-        },
-        20,
-    );
 }
 
 #[test]
