@@ -7,6 +7,8 @@ SYSTEM_PACKAGES=(
     runc containernetworking-plugins umoci skopeo busybox-static libfaketime faketime
     etcd-server etcd-client protobuf-compiler iproute2 iputils-ping arping tcpdump python3 gcc libc6-dev
     procps kmod jq curl python3-venv systemd
+    # the test bed's etcd runs with TLS and client certificates, made with openssl
+    openssl
     # faketime's tests: a JVM run under the shim (bind-mounted into the glibc test image), musl
     # programs (the musl test image), and the vDSO tests' and the faketime bench's static probes
     # (agents/faketime/testdata)

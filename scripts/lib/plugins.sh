@@ -56,8 +56,9 @@ plugin_dir() {
 }
 
 # build_plugins PROFILE — builds the static plugins; fails with cargo's message. Only the two
-# packages are built, so no C code is compiled for the plugin target (musl needs no C
-# cross-compiler: Rust's target brings musl's own crt and libc).
+# packages are built. Rust's musl target brings musl's own crt and libc; the one piece of C
+# (and assembly) is ring's, the TLS crypto of the etcd store, which cc builds with musl-gcc
+# (musl-tools, installed with the test bed's packages).
 build_plugins() {
     local profile=$1 args=() b
     ensure_plugin_target

@@ -166,14 +166,59 @@ pub fn read_env_file(path: &Path) -> Result<HashMap<String, String>> {
         .collect())
 }
 
-/// The shared test bed (etcd), brought up by `scripts/testbed up`.
-pub fn etcd_endpoints() -> Vec<String> {
+/// The shared test bed's etcd, brought up by `scripts/testbed up`: it serves clients over TLS
+/// and requires client certificates (`--client-cert-auth`), with certificates the test bed made.
+#[derive(Clone, Debug)]
+pub struct TestbedEtcd {
+    pub endpoints: Vec<String>,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestbedEtcd {
+    /// The IPAM config's `store.tls` for this etcd.
+    pub fn tls_json(&self) -> serde_json::Value {
+        serde_json::json!({"ca": self.ca, "cert": self.cert, "key": self.key})
+    }
+
+    /// The IPAM config's `store` for this etcd.
+    pub fn store_json(&self, prefix: &str, timeout: &str) -> serde_json::Value {
+        serde_json::json!({"type": "etcd", "endpoints": self.endpoints, "prefix": prefix,
+                           "timeout": timeout, "tls": self.tls_json()})
+    }
+
+    /// `etcdctl` (v3 API) pointed at this etcd with the client certificate.
+    pub fn etcdctl(&self) -> Command {
+        let mut c = Command::new("etcdctl");
+        c.env("ETCDCTL_API", "3").args([
+            format!("--endpoints={}", self.endpoints.join(",")),
+            format!("--cacert={}", self.ca.display()),
+            format!("--cert={}", self.cert.display()),
+            format!("--key={}", self.key.display()),
+        ]);
+        c
+    }
+}
+
+/// The test bed's etcd.
+pub fn etcd() -> TestbedEtcd {
     let env = read_env_file(&workspace_root().join(".run/testbed/env"))
         .expect("the test bed is not up: run scripts/testbed up (scripts/test does)");
-    env["BERTH_ETCD_ENDPOINTS"]
-        .split(',')
-        .map(str::to_string)
-        .collect()
+    let get = |k: &str| {
+        env.get(k).cloned().unwrap_or_else(|| {
+            panic!("{k} is missing from .run/testbed/env: the test bed is older than this test; run scripts/testbed down && scripts/testbed up")
+        })
+    };
+    TestbedEtcd {
+        endpoints: get("BERTH_ETCD_ENDPOINTS")
+            .split(',')
+            .map(str::to_string)
+            .collect(),
+        ca: get("BERTH_ETCD_CA").into(),
+        cert: get("BERTH_ETCD_CERT").into(),
+        key: get("BERTH_ETCD_KEY").into(),
+    }
 }
 
 /// One running test node; taken down (pods over CRI, then everything it made) on drop.

@@ -107,6 +107,7 @@ fn manifests_validate_and_broken_copies_fail_with_the_reason() {
         "passed for resource configmap/berth-agent against version 1.37",
         "key agent.toml: berth-agent --check-config accepts it",
         "key 10-berth.conflist: berth-cni plugin 0 config and IPAM accepted",
+        "store.tls.key /etc/berth/etcd/tls.key installed by install-cni from Secret berth-etcd-client",
         "key policy.toml: 3 roles, 3 bindings, methods match proto/",
         "all manifests valid",
     ] {
@@ -116,7 +117,7 @@ fn manifests_validate_and_broken_copies_fail_with_the_reason() {
     let scratch = TempDir::new("broken");
     // Each case: which file, how it is broken, what the validator must say.
     type Edit = fn(&str) -> String;
-    let cases: [(&str, &str, Edit, &str); 10] = [
+    let cases: [(&str, &str, Edit, &str); 14] = [
         (
             "schema: a misspelled pod field",
             "daemonset.yaml",
@@ -200,6 +201,44 @@ fn manifests_validate_and_broken_copies_fail_with_the_reason() {
                 )
             },
             "unknown field `gatway`",
+        ),
+        (
+            "rule: the conflist's etcd CA is a file nothing installs",
+            "configmap.yaml",
+            |s| s.replacen("\"/etc/berth/etcd/ca.crt\"", "\"/srv/etcd/ca.crt\"", 1),
+            "store.tls.ca = '/srv/etcd/ca.crt': no init container mounts the host dir of this file",
+        ),
+        (
+            "rule: the etcd client Secret lacks a file the conflist names",
+            "secrets.example.yaml",
+            |s| {
+                s.replacen(
+                    "  tls.key: |\n    -----BEGIN PRIVATE KEY-----\n    REPLACE with the client",
+                    "  client.key: |\n    -----BEGIN PRIVATE KEY-----\n    REPLACE with the client",
+                    1,
+                )
+            },
+            "Secret berth-etcd-client (installed by install-cni) has no key 'tls.key'",
+        ),
+        (
+            "rule: the init step does not mount the etcd client Secret",
+            "daemonset.yaml",
+            |s| {
+                s.replacen(
+                    "            - {name: etcd-client, mountPath: /etc/berth/etcd-client, readOnly: true}\n",
+                    "",
+                    1,
+                )
+            },
+            "init container install-cni installs no Secret",
+        ),
+        (
+            "code: store.tls with an http:// endpoint",
+            "configmap.yaml",
+            |s| {
+                s.replacen("\"https://192.0.2.10:2379\", \"https://192.0.2.11:2379\", \"https://192.0.2.12:2379\"", "\"http://192.0.2.10:2379\"", 1)
+            },
+            "is http://: write it as https://",
         ),
         (
             "policy: a method pattern that matches no RPC",
@@ -362,9 +401,10 @@ async fn berth_image_imports_and_runs_its_binaries_and_init_step_through_cri() {
     sh(
         &mut cri,
         &c,
-        "mkdir -p /etc/berth/config /host/opt/cni/bin /host/etc/cni/net.d /host/etc/berth
+        "mkdir -p /etc/berth/config /etc/berth/etcd-client /host/opt/cni/bin /host/etc/cni/net.d /host/etc/berth
          printf %s \"$1\" > /etc/berth/config/10-berth.conflist
-         printf %s \"$2\" > /etc/berth/config/node.toml",
+         printf %s \"$2\" > /etc/berth/config/node.toml
+         for k in ca.crt tls.crt tls.key; do echo \"secret $k\" > /etc/berth/etcd-client/$k; done",
         &[&conflist, &node_toml],
     )
     .await;
@@ -378,6 +418,30 @@ async fn berth_image_imports_and_runs_its_binaries_and_init_step_through_cri() {
     )
     .await;
     assert!(!listing.contains(".tmp"), "temp files left: {listing}");
+    // The etcd client files from the Secret, where the conflist's store.tls names them,
+    // readable by root only.
+    let etcd_files = sh(
+        &mut cri,
+        &c,
+        "ls -la /host/etc/berth/etcd; for k in ca.crt tls.crt tls.key; do cat /host/etc/berth/etcd/$k; stat -c '%a' /host/etc/berth/etcd/$k; done; stat -c '%a' /host/etc/berth/etcd",
+        &[],
+    )
+    .await;
+    assert!(
+        !etcd_files.contains(".tmp"),
+        "temp files left: {etcd_files}"
+    );
+    for k in ["ca.crt", "tls.crt", "tls.key"] {
+        assert!(
+            etcd_files.contains(&format!("secret {k}\n600\n")),
+            "{k} not installed 0600: {etcd_files}"
+        );
+        assert!(
+            conflist.contains(&format!("/etc/berth/etcd/{k}")),
+            "the conflist does not name /etc/berth/etcd/{k}"
+        );
+    }
+    assert!(etcd_files.trim_end().ends_with("700"), "{etcd_files}");
     let installed = sh(
         &mut cri,
         &c,

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use berth_e2e::testbed::{Containerd, Node, NodeOptions, etcd_endpoints, plugin_binary};
+use berth_e2e::testbed::{Containerd, Node, NodeOptions, TestbedEtcd, etcd, plugin_binary};
 use berth_e2e::{BUSYBOX_IMAGE, ContainerSpec, CriClient, PodSpec};
 use berth_ipam_core::store::local::LocalStore;
 use berth_ipam_core::store::{HistoryLimits, Store};
@@ -157,7 +157,7 @@ const PODS_PER_NODE: usize = 4;
 /// The etcd keys and host bridges of one run of the two-node test, removed when it ends
 /// (also when it fails), so reruns never meet leftovers.
 struct EtcdRun {
-    endpoints: String,
+    etcd: TestbedEtcd,
     /// `<prefix>/` (the store's keys are `<prefix>/<network>/…`).
     prefix: String,
     bridges: Vec<String>,
@@ -167,13 +167,10 @@ impl EtcdRun {
     /// Every key under the run's prefix and network, in key order: `(key suffix, value)`.
     fn keys(&self, network: &str) -> BTreeMap<String, String> {
         let under = format!("{}{network}/", self.prefix);
-        let out = Command::new("etcdctl")
-            .args([
-                &format!("--endpoints={}", self.endpoints),
-                "get",
-                "--prefix",
-                &under,
-            ])
+        let out = self
+            .etcd
+            .etcdctl()
+            .args(["get", "--prefix", &under])
             .output()
             .expect("etcdctl (the etcd-client package) is needed to read the test bed's etcd");
         assert!(
@@ -199,13 +196,10 @@ impl EtcdRun {
 
 impl Drop for EtcdRun {
     fn drop(&mut self) {
-        let _ = Command::new("etcdctl")
-            .args([
-                &format!("--endpoints={}", self.endpoints),
-                "del",
-                "--prefix",
-                &self.prefix,
-            ])
+        let _ = self
+            .etcd
+            .etcdctl()
+            .args(["del", "--prefix", &self.prefix])
             .output();
         for b in &self.bridges {
             let _ = Command::new("ip")
@@ -222,7 +216,7 @@ fn etcd_conflist(
     network: &str,
     bridge: &str,
     node: &str,
-    endpoints: &[String],
+    etcd: &TestbedEtcd,
     prefix: &str,
 ) -> String {
     json!({
@@ -235,7 +229,7 @@ fn etcd_conflist(
             "ipMasq": false,
             "ipam": {
                 "type": "berth-ipam",
-                "store": {"type": "etcd", "endpoints": endpoints, "prefix": prefix, "timeout": "5s"},
+                "store": etcd.store_json(prefix, "5s"),
                 "node": node,
                 "hold": "0s",
                 "pools": [{
@@ -290,7 +284,9 @@ async fn place_pod(node: String, mut cri: CriClient, name: String) -> PlacedPod 
 #[tokio::test]
 #[ignore = "needs root and the test bed: run by scripts/test"]
 async fn two_nodes_on_one_etcd_never_collide() {
-    let endpoints = etcd_endpoints();
+    // Over TLS with client certificates, as the test bed's etcd requires.
+    let etcd = etcd();
+    assert!(etcd.endpoints[0].starts_with("https://"), "{etcd:?}");
     // Unique per run: leftovers of an earlier (killed) run are never read or collided with.
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -300,7 +296,7 @@ async fn two_nodes_on_one_etcd_never_collide() {
     let network = format!("tb-etcd-{run}");
     let prefix = format!("/berth-e2e/ipam-{run}");
     let guard = EtcdRun {
-        endpoints: endpoints.join(","),
+        etcd: etcd.clone(),
         prefix: format!("{prefix}/"),
         bridges: vec![format!("tbe{run}a"), format!("tbe{run}b")],
     };
@@ -310,7 +306,7 @@ async fn two_nodes_on_one_etcd_never_collide() {
     ];
     let mut starting = Vec::new();
     for ((name, containerd), bridge) in nodes.into_iter().zip(guard.bridges.clone()) {
-        let conflist = etcd_conflist(&network, &bridge, &name, &endpoints, &prefix);
+        let conflist = etcd_conflist(&network, &bridge, &name, &etcd, &prefix);
         starting.push(tokio::task::spawn_blocking(move || {
             Node::start(
                 &name,
@@ -420,13 +416,16 @@ async fn two_nodes_on_one_etcd_never_collide() {
 #[test]
 #[ignore = "needs the test bed's etcd: run by scripts/test"]
 fn static_berth_ipam_reaches_etcd_by_host_name() {
-    let endpoint = etcd_endpoints()[0].replace("127.0.0.1", "localhost");
-    assert!(endpoint.contains("localhost"), "{endpoint}");
+    // The server certificate names localhost too, so TLS checks the name as written.
+    let mut etcd = etcd();
+    let endpoint = etcd.endpoints[0].replace("127.0.0.1", "localhost");
+    assert!(endpoint.starts_with("https://localhost:"), "{endpoint}");
+    etcd.endpoints = vec![endpoint];
     let prefix = format!("/e2e-static-{}", std::process::id());
     let conf = json!({
         "cniVersion": "1.0.0", "name": "static-etcd", "type": "bridge",
         "ipam": {"type": "berth-ipam", "node": "e2e",
-                 "store": {"type": "etcd", "endpoints": [endpoint], "prefix": prefix, "timeout": "5s"},
+                 "store": etcd.store_json(&prefix, "5s"),
                  "pools": [{"name": "p", "subnet": "10.98.7.0/24", "gateway": "10.98.7.1"}]}
     })
     .to_string();

@@ -2,13 +2,11 @@
 //! reference bridge get addresses and reach each other, etcd answers, a `kill -9` of
 //! containerd is survived, and taking a node down leaves nothing behind.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use berth_e2e::testbed::{Containerd, Node, NodeOptions, etcd_endpoints};
+use berth_e2e::testbed::{Containerd, Node, NodeOptions, etcd};
 use berth_e2e::{BUSYBOX_IMAGE, ContainerSpec, PodSpec};
 
 async fn two_pods_ping_each_other(node_name: &str, containerd: Containerd) {
@@ -93,38 +91,46 @@ async fn pods_on_containerd_1_7_get_ips_and_ping_each_other() {
 #[test]
 #[ignore = "needs root and the test bed: run by scripts/test"]
 fn etcd_answers_health_and_keeps_a_key() {
-    let endpoint = etcd_endpoints().remove(0);
-    let hostport = endpoint.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(hostport).expect("etcd listens on loopback");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
+    let etcd = etcd();
+    // TLS with client certificates: a client without one is turned away.
+    assert!(etcd.endpoints[0].starts_with("https://"), "{etcd:?}");
+    let health = etcd
+        .etcdctl()
+        .args(["endpoint", "health"])
+        .output()
         .unwrap();
-    write!(stream, "GET /health HTTP/1.0\r\nHost: {hostport}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    assert!(health.status.success(), "etcd health: {health:?}");
+    let anonymous = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            &format!("--endpoints={}", etcd.endpoints[0]),
+            &format!("--cacert={}", etcd.ca.display()),
+            "--dial-timeout=2s",
+            "--command-timeout=3s",
+            "get",
+            "/x",
+        ])
+        .output()
+        .unwrap();
     assert!(
-        response.contains("\"health\":\"true\""),
-        "etcd health: {response}"
+        !anonymous.status.success(),
+        "etcd served a client without a certificate: {anonymous:?}"
     );
 
     let key = format!("/berth-test/{}", std::process::id());
-    let put = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &endpoint, "put", &key, "anchored"])
+    let put = etcd
+        .etcdctl()
+        .args(["put", &key, "anchored"])
         .output()
         .expect("etcdctl runs");
     assert!(put.status.success(), "{put:?}");
-    let get = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &endpoint, "get", "--print-value-only", &key])
+    let get = etcd
+        .etcdctl()
+        .args(["get", "--print-value-only", &key])
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "anchored");
-    Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &endpoint, "del", &key])
-        .output()
-        .unwrap();
+    etcd.etcdctl().args(["del", &key]).output().unwrap();
 }
 
 #[tokio::test]

@@ -89,7 +89,71 @@ pub enum StoreConfig {
             serialize_with = "ser_duration"
         )]
         timeout: Duration,
+        /// TLS for `https://` endpoints: the cluster's CA and, when etcd runs with
+        /// `--client-cert-auth`, this node's client certificate and key (PEM files).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tls: Option<EtcdTls>,
+        /// etcd user authentication (`etcdctl auth enable`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        auth: Option<EtcdAuth>,
     },
+}
+
+/// `store.tls`: PEM files on the node.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdTls {
+    /// The CA that signed the etcd servers' certificates.
+    pub ca: PathBuf,
+    /// This node's client certificate (with `key`), for etcd's `--client-cert-auth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (with `cert`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+/// `store.auth`: an etcd user and a file holding its password (so the password is not in the
+/// network config, which every process on the node may read).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EtcdAuth {
+    pub user: String,
+    /// A file whose content (one trailing newline removed) is the password.
+    #[serde(alias = "password_file")]
+    pub password_file: PathBuf,
+}
+
+impl StoreConfig {
+    /// Checks what can be checked without touching the files: endpoint schemes agree with each
+    /// other and with `tls`, and `tls.cert` comes with `tls.key`.
+    pub fn validate(&self) -> Result<(), IpamError> {
+        let StoreConfig::Etcd {
+            endpoints,
+            tls,
+            auth,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        crate::store::etcd::check_endpoints(endpoints, tls.is_some())?;
+        if let Some(t) = tls
+            && t.cert.is_some() != t.key.is_some()
+        {
+            return Err(IpamError::InvalidConfig(
+                "store.tls.cert and store.tls.key go together: set both (the client certificate and its private key) or neither".into(),
+            ));
+        }
+        if let Some(a) = auth
+            && a.user.is_empty()
+        {
+            return Err(IpamError::InvalidConfig(
+                "store.auth.user is empty: name the etcd user berth logs in as".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for StoreConfig {
@@ -266,13 +330,7 @@ impl IpamConfig {
             }
             pools.push(pool);
         }
-        if let StoreConfig::Etcd { endpoints, .. } = &self.store
-            && endpoints.is_empty()
-        {
-            return Err(IpamError::InvalidConfig(
-                "etcd store needs at least one endpoint".into(),
-            ));
-        }
+        self.store.validate()?;
         if self.history.max_events == 0 {
             return Err(IpamError::InvalidConfig(
                 "history.maxEvents must be at least 1".into(),
@@ -339,7 +397,9 @@ mod tests {
             StoreConfig::Etcd {
                 endpoints: vec!["http://127.0.0.1:2379".into()],
                 prefix: "/berth/ipam".into(),
-                timeout: Duration::from_secs(2)
+                timeout: Duration::from_secs(2),
+                tls: None,
+                auth: None,
             }
         );
         assert_eq!(c.pools().unwrap().iter().count(), 1);
@@ -409,6 +469,82 @@ mod tests {
         }
         assert!(StickyDefault::All.covers("web-7d9f8b6c4d-x2k9z"));
         assert!(!StickyDefault::None.covers("web-0"));
+    }
+
+    #[test]
+    fn etcd_tls_and_auth_parse_and_refuse_contradictions() {
+        let store = |v: serde_json::Value| {
+            IpamConfig::from_json(
+                &json!({"store": v, "pools": [{"name": "a", "subnet": "10.0.0.0/24"}]}),
+            )
+            .and_then(|c| c.pools().map(|_| c.store))
+        };
+        let ok = store(
+            json!({"type": "etcd", "endpoints": ["https://e1:2379", "https://e2:2379"],
+            "tls": {"ca": "/etc/berth/etcd/ca.crt", "cert": "/etc/berth/etcd/client.crt",
+                    "key": "/etc/berth/etcd/client.key"},
+            "auth": {"user": "berth", "passwordFile": "/etc/berth/etcd/password"}}),
+        )
+        .unwrap();
+        let StoreConfig::Etcd { tls, auth, .. } = &ok else {
+            panic!("{ok:?}")
+        };
+        assert_eq!(
+            tls.as_ref().unwrap().key.as_deref(),
+            Some(std::path::Path::new("/etc/berth/etcd/client.key"))
+        );
+        assert_eq!(auth.as_ref().unwrap().user, "berth");
+        // The spelling of the issue (`password_file`) is accepted too.
+        let alias = store(json!({"type": "etcd", "endpoints": ["http://e1:2379"],
+            "auth": {"user": "berth", "password_file": "/p"}}))
+        .unwrap();
+        assert!(matches!(alias, StoreConfig::Etcd { auth: Some(_), .. }));
+
+        let tls = json!({"ca": "/ca.crt"});
+        for (v, says) in [
+            (
+                json!({"type": "etcd", "endpoints": ["http://e1:2379"], "tls": tls}),
+                "store.tls is set but etcd endpoint \"http://e1:2379\" is http://",
+            ),
+            (
+                json!({"type": "etcd", "endpoints": ["https://e1:2379"]}),
+                "set store.tls.ca",
+            ),
+            (
+                json!({"type": "etcd", "endpoints": ["https://e1:2379", "http://e2:2379"], "tls": tls}),
+                "mix http and https",
+            ),
+            (
+                json!({"type": "etcd", "endpoints": ["http://e1:2379", "https://e2:2379"]}),
+                "mix http and https",
+            ),
+            (
+                json!({"type": "etcd", "endpoints": ["unix:///run/etcd.sock"]}),
+                "is not http://host:port or https://host:port",
+            ),
+            (
+                json!({"type": "etcd", "endpoints": ["https://e1:2379"],
+                    "tls": {"ca": "/ca.crt", "cert": "/c.crt"}}),
+                "store.tls.cert and store.tls.key go together",
+            ),
+            (
+                json!({"type": "etcd", "endpoints": ["https://e1:2379"],
+                    "tls": {"ca": "/ca.crt", "certificate": "/c.crt"}}),
+                "unknown field `certificate`",
+            ),
+            (
+                json!({"type": "etcd", "endpoints": ["http://e1:2379"],
+                    "auth": {"user": "", "passwordFile": "/p"}}),
+                "store.auth.user is empty",
+            ),
+        ] {
+            let err = store(v.clone()).unwrap_err();
+            assert_eq!(err.cni_code(), 7, "{v}: {err}");
+            assert!(err.to_string().contains(says), "{v}: {err}");
+        }
+        // Without a scheme an endpoint takes the one store.tls implies.
+        assert!(store(json!({"type": "etcd", "endpoints": ["e1:2379"], "tls": tls})).is_ok());
+        assert!(store(json!({"type": "etcd", "endpoints": ["e1:2379"]})).is_ok());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::error::IpamError;
 use crate::logic::Engine;
 use crate::node::NodeInfo;
 use crate::state::{Event, HistoryQuery, Lease, Sticky};
-use crate::store::etcd::EtcdStore;
+use crate::store::etcd::{EtcdStore, Security};
 use crate::store::local::LocalStore;
 use crate::store::memory::MemoryStore;
 use crate::store::{HistoryLimits, Store};
@@ -37,7 +37,15 @@ pub fn open_store(config: &IpamConfig) -> Result<Arc<dyn Store>, IpamError> {
             endpoints,
             prefix,
             timeout,
-        } => Arc::new(EtcdStore::connect(endpoints, prefix, *timeout, limits)?),
+            tls,
+            auth,
+        } => {
+            config.store.validate()?;
+            let security = Security::load(tls.as_ref(), auth.as_ref())?;
+            Arc::new(EtcdStore::connect_with(
+                endpoints, prefix, *timeout, security, limits,
+            )?)
+        }
     })
 }
 

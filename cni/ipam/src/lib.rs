@@ -26,7 +26,7 @@ pub use allocator::{
     AllocateRequest, Allocation, Allocator, Attachment, GcReport, PodIdentity, RouteSpec,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{IpamConfig, PoolConfig, StickyDefault, StoreConfig};
+pub use config::{EtcdAuth, EtcdTls, IpamConfig, PoolConfig, StickyDefault, StoreConfig};
 pub use error::IpamError;
 pub use ipam::{Ipam, Reservation, open, open_store};
 pub use node::NodeInfo;

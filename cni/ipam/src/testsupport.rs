@@ -2,12 +2,23 @@
 //!
 //! Not used by the allocator itself. [`EtcdServer::start`] spawns `/usr/bin/etcd` (or
 //! `$BERTH_ETCD`) on 127.0.0.1 with free ports and a private data dir; dropping it kills the
-//! process and removes the dir.
+//! process and removes the dir. [`EtcdServer::start_with`] serves clients over TLS (and
+//! requires client certificates) with certificates the caller made.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// TLS for the client port of a test etcd: PEM files the caller made.
+#[derive(Clone, Debug, Default)]
+pub struct ServerTls {
+    /// The server's certificate and key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, etcd runs with `--client-cert-auth` and trusts client certificates of this CA.
+    pub client_ca: Option<PathBuf>,
+}
 
 /// A running etcd, killed and deleted on drop.
 #[derive(Debug)]
@@ -32,6 +43,16 @@ pub fn etcd_binary() -> PathBuf {
 impl EtcdServer {
     /// Starts etcd and waits until it accepts connections (at most 15 s).
     pub fn start() -> Result<EtcdServer, String> {
+        EtcdServer::start_with(None)
+    }
+
+    /// Starts etcd serving clients over `https://` when `tls` is given.
+    pub fn start_with(tls: Option<&ServerTls>) -> Result<EtcdServer, String> {
+        EtcdServer::start_with_args(tls, &[])
+    }
+
+    /// As [`EtcdServer::start_with`], with more command-line flags for etcd.
+    pub fn start_with_args(tls: Option<&ServerTls>, args: &[&str]) -> Result<EtcdServer, String> {
         let bin = etcd_binary();
         if !bin.exists() {
             return Err(format!(
@@ -49,10 +70,21 @@ impl EtcdServer {
             free_port().map_err(|e| e.to_string())?,
             free_port().map_err(|e| e.to_string())?,
         );
-        let client = format!("http://127.0.0.1:{cp}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{cp}");
         let peer = format!("http://127.0.0.1:{pp}");
         let log = std::fs::File::create(dir.join("etcd.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        if let Some(t) = tls {
+            cmd.arg(format!("--cert-file={}", t.cert.display()))
+                .arg(format!("--key-file={}", t.key.display()));
+            if let Some(ca) = &t.client_ca {
+                cmd.arg("--client-cert-auth")
+                    .arg(format!("--trusted-ca-file={}", ca.display()));
+            }
+        }
+        let child = cmd
+            .args(args)
             .arg("--name=berth-test")
             .arg(format!("--data-dir={}", dir.join("data").display()))
             .arg(format!("--listen-client-urls={client}"))

@@ -1,5 +1,7 @@
 //! etcd-store specifics on a real etcd: unreachable or hung server → code 11, nothing
-//! half-written; corrupt values refused naming the key.
+//! half-written; corrupt values refused naming the key; TLS and password files that cannot be
+//! used are invalid config (code 7) before anything is sent. (TLS on a real etcd:
+//! `tests/etcd_tls.rs`.)
 
 mod conformance;
 
@@ -135,4 +137,65 @@ fn corrupt_etcd_value_is_refused_naming_the_key() {
         "{err}"
     );
     assert_eq!(s.read("net1").unwrap_err().cni_code(), 112);
+}
+
+#[test]
+fn unusable_tls_and_password_files_are_invalid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let garbage = file("garbage.crt", "not a certificate\n");
+    let key_as_cert = file(
+        "key.pem",
+        "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n-----END PRIVATE KEY-----\n",
+    );
+    let empty = file("empty", "");
+    let missing = dir.path().join("missing.crt").display().to_string();
+    let open = |store: serde_json::Value| {
+        let config = berth_ipam_core::IpamConfig::from_json(&serde_json::json!({
+            "store": store,
+            "pools": [{"name": "a", "subnet": "10.50.0.0/24"}]
+        }))
+        .unwrap();
+        berth_ipam_core::open_store(&config)
+            .map(|_| ())
+            .unwrap_err()
+    };
+    let https = |tls: serde_json::Value| serde_json::json!({"type": "etcd", "endpoints": ["https://127.0.0.1:1"], "tls": tls});
+    for (store, says) in [
+        (
+            https(serde_json::json!({"ca": missing})),
+            format!("store.tls.ca {missing}: cannot read it"),
+        ),
+        (
+            https(serde_json::json!({"ca": garbage})),
+            format!("store.tls.ca {garbage}: holds no PEM certificate"),
+        ),
+        (
+            https(serde_json::json!({"ca": key_as_cert})),
+            "holds no PEM certificate".to_string(),
+        ),
+        (
+            https(serde_json::json!({"ca": key_as_cert, "cert": garbage, "key": key_as_cert})),
+            "store.tls.ca".to_string(),
+        ),
+        (
+            serde_json::json!({"type": "etcd", "endpoints": ["http://127.0.0.1:1"],
+                "auth": {"user": "berth", "passwordFile": missing}}),
+            format!("store.auth.passwordFile {missing}: cannot read it"),
+        ),
+        (
+            serde_json::json!({"type": "etcd", "endpoints": ["http://127.0.0.1:1"],
+                "auth": {"user": "berth", "passwordFile": empty}}),
+            "is empty".to_string(),
+        ),
+    ] {
+        let err = open(store.clone());
+        assert_eq!(err.cni_code(), 7, "{store}: {err}");
+        assert!(matches!(err, IpamError::InvalidConfig(_)), "{err:?}");
+        assert!(err.to_string().contains(&says), "{store}: {err}");
+    }
 }
