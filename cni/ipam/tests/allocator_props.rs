@@ -63,6 +63,27 @@ fn pod_of(pod: u8) -> PodIdentity {
     }
 }
 
+/// The address an `Op::Add` asks for by `berth.io/ip`.
+fn explicit_address(offset: u8) -> String {
+    format!("10.60.0.{offset}")
+}
+
+/// The ADD of sandbox `sb-<sandbox>` for pod `pod-<pod>`, with `berth.io/ip` when `explicit`.
+fn add_request(sandbox: u8, pod: Option<u8>, explicit: Option<u8>) -> AllocateRequest {
+    let annotations = explicit
+        .map(|o| ("berth.io/ip".to_string(), explicit_address(o)))
+        .into_iter()
+        .collect();
+    AllocateRequest {
+        network: "net".into(),
+        container_id: format!("sb-{sandbox}"),
+        ifname: "eth0".into(),
+        pod: pod.map(pod_of),
+        annotations,
+        pool: None,
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
@@ -78,21 +99,10 @@ proptest! {
             let before = ipam.list("net").unwrap();
             match op {
                 Op::Add { sandbox, pod, explicit } => {
-                    let mut annotations = BTreeMap::new();
-                    let explicit_ip: Option<IpAddr> = explicit.map(|o| format!("10.60.0.{o}").parse().unwrap());
-                    if let Some(ip) = explicit_ip {
-                        annotations.insert("berth.io/ip".to_string(), ip.to_string());
-                    }
+                    let explicit_ip: Option<IpAddr> = explicit.map(|o| explicit_address(o).parse().unwrap());
                     // A sandbox index keeps one pod: re-using it for another pod is not a thing.
                     let pod = live.get(&sandbox).map(|(_, p)| *p).unwrap_or(pod);
-                    let req = AllocateRequest {
-                        network: "net".into(),
-                        container_id: format!("sb-{sandbox}"),
-                        ifname: "eth0".into(),
-                        pod: pod.map(pod_of),
-                        annotations,
-                        pool: None,
-                    };
+                    let req = add_request(sandbox, pod, explicit);
                     match ipam.allocate(&req) {
                         Ok(a) => {
                             let ip = a.address.addr();
@@ -183,18 +193,7 @@ proptest! {
         for op in ops {
             match op {
                 Op::Add { sandbox, pod, explicit } => {
-                    let mut annotations = BTreeMap::new();
-                    if let Some(o) = explicit {
-                        annotations.insert("berth.io/ip".to_string(), format!("10.60.0.{o}"));
-                    }
-                    let req = AllocateRequest {
-                        network: "net".into(),
-                        container_id: format!("sb-{sandbox}"),
-                        ifname: "eth0".into(),
-                        pod: pod.map(pod_of),
-                        annotations,
-                        pool: None,
-                    };
+                    let req = add_request(sandbox, pod, explicit);
                     let answer = |i: &Ipam| i.allocate(&req).map_err(|e| e.to_string());
                     prop_assert_eq!(answer(&memory), answer(&local));
                 }
