@@ -9,6 +9,7 @@ pub mod agent;
 pub mod bench_args;
 pub mod bench_report;
 pub mod cri;
+pub mod faketime_api;
 pub mod netns;
 pub mod testbed;
 

@@ -25,6 +25,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_e2e::agent::AgentProcess;
+use berth_e2e::faketime_api::{berthctl_faketime, berthctl_faketime_json, clock_api_section};
 use berth_e2e::testbed::{Containerd, Node, NodeOptions, binary};
 use berth_e2e::{
     BUSYBOX_IMAGE, ContainerSpec, CriClient, GLIBC_IMAGE, MUSL_IMAGE, PRELOAD_IMAGE, PodSpec,
@@ -133,53 +134,6 @@ fn ctl(state: &Path, args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
-}
-
-/// `berthctl --endpoint unix://<socket> -o json faketime <args>`: (exit ok, stdout+stderr).
-fn berthctl(socket: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new(binary("berthctl"))
-        .arg("--endpoint")
-        .arg(format!("unix://{}", socket.display()))
-        .args(["-o", "json", "faketime"])
-        .args(args)
-        .env_remove("BERTH_ENDPOINT")
-        .env("HOME", "/nonexistent")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-/// The containers `berthctl faketime …` reports; the call must succeed.
-fn berthctl_json(socket: &Path, args: &[&str]) -> Vec<serde_json::Value> {
-    let (ok, text) = berthctl(socket, args);
-    assert!(ok, "berthctl faketime {args:?} failed: {text}");
-    let v: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-    v["containers"].as_array().cloned().unwrap_or_default()
-}
-
-/// The agent's `[api]`: a root-only unix socket; uid 0 may use FakeTime in namespace `clock`
-/// only, so a call for another namespace is denied (and audited).
-fn api_section(work: &Path) -> String {
-    let policy = work.join("policy.toml");
-    std::fs::write(
-        &policy,
-        "[roles.clock]\nmethods = [\"berth.v1.FakeTime/*\"]\nnamespaces = [\"clock\"]\n\
-         [[bindings]]\nrole = \"clock\"\nidentities = [\"unix:uid:0\"]\n",
-    )
-    .unwrap();
-    format!(
-        "[api]\nunix_socket = {:?}\npolicy = {:?}\n[api.audit]\npath = {:?}\n",
-        work.join("api.sock"),
-        policy,
-        work.join("audit.jsonl"),
-    )
 }
 
 fn ctl_json(state: &Path, args: &[&str]) -> Vec<serde_json::Value> {
@@ -340,7 +294,7 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
         &default_config,
         format!(
             "[nri]\nreconnect_max = \"500ms\"\n[faketime]\n{NO_VDSO}{}",
-            api_section(&work)
+            clock_api_section(&work)
         ),
     )
     .unwrap();
@@ -525,7 +479,7 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
     );
 
     // 3. The API: state and coverage of every container, over gRPC and on the node.
-    let st = berthctl_json(&socket, &["get", "clock/shifted"]);
+    let st = berthctl_faketime_json(&socket, &["get", "clock/shifted"]);
     assert_eq!(st.len(), 3, "{st:?}");
     let a = status_of(&st, "app");
     assert_eq!(a["container_id"], app.as_str());
@@ -536,7 +490,7 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
     assert_eq!(a["checked_at"], "create");
     assert!(a["reason"].as_str().unwrap().contains("glibc"), "{a}");
     assert_eq!(status_of(&st, "other")["offset"], "-3h");
-    let (ok, text) = berthctl(&socket, &["get", "clock/plain"]);
+    let (ok, text) = berthctl_faketime(&socket, &["get", "clock/plain"]);
     assert!(
         !ok && text.contains("not found") && text.contains("pod clock/plain"),
         "{text}"
@@ -547,7 +501,7 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
         "{text}"
     );
     // The caller's role covers namespace `clock` only.
-    let (ok, text) = berthctl(&socket, &["set", "elsewhere/shifted", "+1d"]);
+    let (ok, text) = berthctl_faketime(&socket, &["set", "elsewhere/shifted", "+1d"]);
     assert!(
         !ok && text.to_lowercase().contains("permission denied"),
         "{text}"
@@ -568,7 +522,7 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
     };
     tokio::time::sleep(Duration::from_millis(700)).await;
     let set_at = Instant::now();
-    let st = berthctl_json(&socket, &["set", "clock/shifted", "-c", "app", "+10d"]);
+    let st = berthctl_faketime_json(&socket, &["set", "clock/shifted", "-c", "app", "+10d"]);
     assert_eq!(st.len(), 1, "{st:?}");
     assert_eq!(st[0]["offset"], "+10d");
     let (launched, finished, out) = watcher.await.unwrap();
@@ -592,21 +546,21 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
         -3 * 3600,
         "other after set",
     );
-    let st = berthctl_json(&socket, &["clear", "clock/shifted", "-c", "app"]);
+    let st = berthctl_faketime_json(&socket, &["clear", "clock/shifted", "-c", "app"]);
     assert_eq!(st[0]["offset"], "0");
     let took = wait_offset(&mut cri, &app, 0, Duration::from_secs(2)).await;
     eprintln!("clear seen after {took:?}");
     // A negative offset is a value, not a flag; an absolute start becomes a running offset.
-    let st = berthctl_json(&socket, &["set", "clock/shifted", "-c", "app", "-3h"]);
+    let st = berthctl_faketime_json(&socket, &["set", "clock/shifted", "-c", "app", "-3h"]);
     assert_eq!(st[0]["offset"], "-3h");
     wait_offset(&mut cri, &app, -3 * 3600, Duration::from_secs(2)).await;
-    berthctl_json(
+    berthctl_faketime_json(
         &socket,
         &["set", "clock/shifted", "-c", "app", "@2035-06-01"],
     );
     let want = 2_064_268_800 - host_now(); // 2035-06-01T00:00:00Z
     wait_offset(&mut cri, &app, want, Duration::from_secs(2)).await;
-    berthctl_json(&socket, &["clear", "clock/shifted", "-c", "app"]);
+    berthctl_faketime_json(&socket, &["clear", "clock/shifted", "-c", "app"]);
     wait_offset(&mut cri, &app, 0, Duration::from_secs(2)).await;
     // Every call is in the audit log with who made it and what it targeted.
     let audit_text = std::fs::read_to_string(&audit).unwrap();
@@ -714,7 +668,7 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
         let status = cri.container_status(&id).await.unwrap();
         assert_eq!(status.state, 1, "{name} runs: {status:?}");
     }
-    let (ok, text) = berthctl(&socket, &["set", "clock/static", "+1d"]);
+    let (ok, text) = berthctl_faketime(&socket, &["set", "clock/static", "+1d"]);
     assert!(
         !ok && text.to_lowercase().contains("failed precondition")
             && text.contains("no container has the shim"),
@@ -799,9 +753,9 @@ async fn faketime_end_to_end(node_name: &str, containerd: Containerd) {
         assert!(Instant::now() < deadline, "the JVM watcher never started");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    berthctl_json(&socket, &["set", "clock/jvm", "+10d"]);
+    berthctl_faketime_json(&socket, &["set", "clock/jvm", "+10d"]);
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    berthctl_json(&socket, &["clear", "clock/jvm"]);
+    berthctl_faketime_json(&socket, &["clear", "clock/jvm"]);
     let out = watcher.await.unwrap().ok().unwrap();
     let words: Vec<&str> = out.split_whitespace().collect();
     assert!(

@@ -17,12 +17,11 @@
 //!   injected, the vDSO is patched at start.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_e2e::agent::AgentProcess;
-use berth_e2e::testbed::{Containerd, Node, NodeOptions, binary};
+use berth_e2e::faketime_api::{berthctl_faketime_json, clock_api_section};
+use berth_e2e::testbed::{Containerd, Node, NodeOptions};
 use berth_e2e::{BUSYBOX_IMAGE, CLOCK_IMAGE, ContainerSpec, CriClient, PodSpec};
 
 const T: Duration = Duration::from_secs(10);
@@ -122,43 +121,6 @@ fn assert_slept_one_second(s: &HashMap<String, i64>) {
     );
 }
 
-/// `berthctl --endpoint unix://<socket> -o json faketime <args>`: its containers.
-fn berthctl(socket: &Path, args: &[&str]) -> Vec<serde_json::Value> {
-    let out = Command::new(binary("berthctl"))
-        .arg("--endpoint")
-        .arg(format!("unix://{}", socket.display()))
-        .args(["-o", "json", "faketime"])
-        .args(args)
-        .env_remove("BERTH_ENDPOINT")
-        .env("HOME", "/nonexistent")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "berthctl faketime {args:?}: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["containers"].as_array().cloned().unwrap_or_default()
-}
-
-fn api_section(work: &Path) -> String {
-    let policy = work.join("policy.toml");
-    std::fs::write(
-        &policy,
-        "[roles.clock]\nmethods = [\"berth.v1.FakeTime/*\"]\nnamespaces = [\"clock\"]\n\
-         [[bindings]]\nrole = \"clock\"\nidentities = [\"unix:uid:0\"]\n",
-    )
-    .unwrap();
-    format!(
-        "[api]\nunix_socket = {:?}\npolicy = {:?}\n[api.audit]\npath = {:?}\n",
-        work.join("api.sock"),
-        policy,
-        work.join("audit.jsonl"),
-    )
-}
-
 fn probe(name: &str, program: &str) -> ContainerSpec {
     ContainerSpec::sleeper(name, CLOCK_IMAGE).command(&[program, "serve", "/tmp/clock"])
 }
@@ -179,7 +141,10 @@ async fn static_entry_points(node_name: &str, containerd: Containerd) {
     let config = work.join("agent.toml");
     std::fs::write(
         &config,
-        format!("[nri]\nreconnect_max = \"500ms\"\n{}", api_section(&work)),
+        format!(
+            "[nri]\nreconnect_max = \"500ms\"\n{}",
+            clock_api_section(&work)
+        ),
     )
     .unwrap();
     let agent_log = work.join("agent.log");
@@ -206,7 +171,7 @@ async fn static_entry_points(node_name: &str, containerd: Containerd) {
         near(s["since"] - s["syssince"], 0, SEC / 20),
         "the monotonic clock is untouched: {s:?}"
     );
-    let st = berthctl(&socket, &["get", "clock/go"]);
+    let st = berthctl_faketime_json(&socket, &["get", "clock/go"]);
     let c = &st[0];
     assert_eq!(c["covered"], true, "{c}");
     assert_eq!(c["coverage"], "static", "{c}");
@@ -219,7 +184,7 @@ async fn static_entry_points(node_name: &str, containerd: Containerd) {
     assert_eq!(entry["offset"], "+2d", "{entry}");
     // A live change reaches the running process within cache_duration (1 s) + a line.
     let set_at = Instant::now();
-    let st = berthctl(&socket, &["set", "clock/go", "+10d"]);
+    let st = berthctl_faketime_json(&socket, &["set", "clock/go", "+10d"]);
     assert_eq!(st[0]["offset"], "+10d");
     let s = wait_offset(&mut cri, &go, 10 * DAY, s["seq"], Duration::from_secs(3)).await;
     eprintln!(
@@ -228,9 +193,9 @@ async fn static_entry_points(node_name: &str, containerd: Containerd) {
     );
     let s = next_line(&mut cri, &go, &s).await;
     assert_slept_one_second(&s);
-    berthctl(&socket, &["clear", "clock/go"]);
+    berthctl_faketime_json(&socket, &["clear", "clock/go"]);
     let s = wait_offset(&mut cri, &go, 0, s["seq"], Duration::from_secs(3)).await;
-    berthctl(&socket, &["set", "clock/go", "+2d"]);
+    berthctl_faketime_json(&socket, &["set", "clock/go", "+2d"]);
     wait_offset(&mut cri, &go, 2 * DAY, s["seq"], Duration::from_secs(3)).await;
 
     // 2. A static musl program, and a child it forks.
@@ -250,7 +215,7 @@ async fn static_entry_points(node_name: &str, containerd: Containerd) {
     );
     assert!(near(s["mono"] - s["sysmono"], 0, SEC / 20), "{s:?}");
     assert_slept_one_second(&s);
-    let st = berthctl(&socket, &["set", "clock/musl", "-3h"]);
+    let st = berthctl_faketime_json(&socket, &["set", "clock/musl", "-3h"]);
     assert_eq!(st[0]["offset"], "-3h");
     let s = wait_offset(
         &mut cri,
@@ -305,7 +270,7 @@ async fn static_entry_points(node_name: &str, containerd: Containerd) {
         (exec_date - host_now_s()).abs() <= 3,
         "a program started by CRI exec is not reached (documented): {exec_date}"
     );
-    let st = berthctl(&socket, &["get", "clock/busybox"]);
+    let st = berthctl_faketime_json(&socket, &["get", "clock/busybox"]);
     assert_eq!(st[0]["covered"], true, "{}", st[0]);
     assert!(
         st[0]["processes"]
@@ -335,7 +300,7 @@ async fn static_entry_points(node_name: &str, containerd: Containerd) {
         format!(
             "[nri]\nreconnect_max = \"500ms\"\n[faketime]\ncontainerd_address = {:?}\n{}",
             node.containerd_socket(),
-            api_section(&work),
+            clock_api_section(&work),
         ),
     )
     .unwrap();
@@ -350,7 +315,7 @@ async fn static_entry_points(node_name: &str, containerd: Containerd) {
         .await
         .unwrap();
     wait_offset(&mut cri, &judged, 2 * DAY, -1, Duration::from_secs(5)).await;
-    let st = berthctl(&socket, &["get", "clock/judged"]);
+    let st = berthctl_faketime_json(&socket, &["get", "clock/judged"]);
     assert_eq!(st[0]["injected"], false, "no shim: {}", st[0]);
     assert_eq!(st[0]["covered"], true);
     assert_eq!(st[0]["checked_at"], "create");
@@ -360,7 +325,7 @@ async fn static_entry_points(node_name: &str, containerd: Containerd) {
         st[0]
     );
     // The state survived the restart: the Go container above still follows set.
-    let st = berthctl(&socket, &["set", "clock/go", "+1d"]);
+    let st = berthctl_faketime_json(&socket, &["set", "clock/go", "+1d"]);
     assert_eq!(st[0]["offset"], "+1d");
     wait_offset(&mut cri, &go, DAY, -1, Duration::from_secs(3)).await;
 
