@@ -106,15 +106,16 @@ impl<'a> Index<'a> {
     /// Refuses a state in which one attachment holds two addresses (decoding only the
     /// leases whose attachment keys collide).
     fn check_attachments(&self) -> Result<(), IpamError> {
-        let mut seen: BTreeMap<u64, Vec<IpAddr>> = BTreeMap::new();
-        for (ip, r) in &self.records {
-            if let Some(k) = r.fields.attachment {
-                seen.entry(k).or_default().push(*ip);
-            }
-        }
-        for ips in seen.values().filter(|ips| ips.len() > 1) {
+        // Every transaction runs this: sorted keys, no allocation per lease.
+        let mut keys: Vec<(u64, IpAddr)> = self
+            .records
+            .iter()
+            .filter_map(|(ip, r)| r.fields.attachment.map(|k| (k, *ip)))
+            .collect();
+        keys.sort_unstable();
+        for run in keys.chunk_by(|a, b| a.0 == b.0).filter(|run| run.len() > 1) {
             let mut attachments = std::collections::BTreeSet::new();
-            for ip in ips {
+            for (_, ip) in run {
                 let (r, l) = self.decode_at(*ip)?;
                 if let Some((c, i)) = l.attachment()
                     && !attachments.insert((c.to_string(), i.to_string()))
@@ -528,6 +529,22 @@ mod tests {
         let err = f.index(b"").get("10.0.0.2".parse().unwrap()).unwrap_err();
         assert!(
             matches!(&err, IpamError::CorruptStore { path, reason } if path == &f.state_path && reason.contains("does not match")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn one_attachment_on_two_addresses_is_corrupt() {
+        let mut leases = sample();
+        let mut twin = leases[&"10.0.0.2".parse().unwrap()].clone();
+        twin.ip = "10.0.0.9".parse().unwrap();
+        leases.insert(twin.ip, twin);
+        let f = fixture(&state_of(&leases));
+        let err = Index::load(Some(&f.state), b"", &f.state_path, &f.journal_path)
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(&err, IpamError::CorruptStore { reason, .. } if reason.contains("c1/eth0 holds two addresses")),
             "{err}"
         );
     }
