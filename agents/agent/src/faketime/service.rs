@@ -122,36 +122,31 @@ impl FakeTime {
         ))
     }
 
+    /// The offset the pod's faketime annotations ask for `ctr` (`None`: none names it).
+    fn wanted_offset(
+        &self,
+        pod: &PodSandbox,
+        ctr: &Container,
+    ) -> Result<Option<Offset>, berth_faketime::offset::OffsetError> {
+        berth_faketime::offset::offset_from_annotations(
+            pod.annotations
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+            &ctr.name,
+            self.clock.now(),
+        )
+    }
+
     /// Whether [`FakeTime::create`] has anything to do for `ctr`: a faketime annotation of its
     /// pod names it (or the whole pod). No I/O, so CreateContainer skips the faketime path for
     /// every other container.
     pub fn applies(&self, pod: &PodSandbox, ctr: &Container) -> bool {
-        !ann_value(pod, &ctr.name).is_empty()
-            || !matches!(
-                berth_faketime::offset::offset_from_annotations(
-                    pod.annotations
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str())),
-                    &ctr.name,
-                    self.clock.now(),
-                ),
-                Ok(None)
-            )
+        !ann_value(pod, &ctr.name).is_empty() || !matches!(self.wanted_offset(pod, ctr), Ok(None))
     }
 
     /// Whether the entry point is worth judging: the annotation is valid and asks for faketime.
     fn wants_judgement(&self, pod: &PodSandbox, ctr: &Container) -> bool {
-        valid_container_id(&ctr.id)
-            && matches!(
-                berth_faketime::offset::offset_from_annotations(
-                    pod.annotations
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str())),
-                    &ctr.name,
-                    self.clock.now(),
-                ),
-                Ok(Some(_))
-            )
+        valid_container_id(&ctr.id) && matches!(self.wanted_offset(pod, ctr), Ok(Some(_)))
     }
 
     /// The entry point's coverage, from the probe, given at most [`JUDGE_TIMEOUT`]. Runs on the
@@ -211,13 +206,7 @@ impl FakeTime {
         }
         let dir = self.store.container_dir(&ctr.id);
         // Cheap first: does an annotation apply at all?
-        let wanted = berth_faketime::offset::offset_from_annotations(
-            pod.annotations
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-            &ctr.name,
-            self.clock.now(),
-        );
+        let wanted = self.wanted_offset(pod, ctr);
         match wanted {
             Ok(None) => return Ok(None),
             Ok(Some(_)) => {}

@@ -356,6 +356,20 @@ impl EtcdStore {
 
     /// Runs one request on the endpoint in use, moving on to the next endpoints when it fails
     /// for reasons another endpoint may not share, all within `store.timeout`.
+    /// One range read of the keys under `prefix` (`opts` adds the prefix flag), through
+    /// [`Self::run`]'s failover.
+    fn get_prefix(
+        &self,
+        what: &str,
+        prefix: &str,
+        opts: GetOptions,
+    ) -> Result<etcd_client::GetResponse, IpamError> {
+        self.run(what, |c| {
+            let (prefix, opts) = (prefix.to_string(), opts.clone().with_prefix());
+            async move { c.kv_client().get(prefix, Some(opts)).await }
+        })
+    }
+
     fn run<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, IpamError>
     where
         T: Send,
@@ -597,17 +611,7 @@ impl EtcdStore {
         let prefix = self.key(network, "leases/");
         // A serializable (local) read is enough: the commit compares every touched key's
         // revision, so a stale snapshot only costs a retry, never a wrong commit.
-        let resp = self.run("read", |c| {
-            let prefix = prefix.clone();
-            async move {
-                c.kv_client()
-                    .get(
-                        prefix,
-                        Some(GetOptions::new().with_prefix().with_serializable()),
-                    )
-                    .await
-            }
-        })?;
+        let resp = self.get_prefix("read", &prefix, GetOptions::new().with_serializable())?;
         let mut leases = Leases::new();
         let mut revs = BTreeMap::new();
         for item in resp.kvs() {
@@ -650,17 +654,7 @@ impl EtcdStore {
         })?;
         // Count bound: drop the oldest beyond max_events.
         let prefix = self.key(network, "history/");
-        let resp = self.run("count history", |c| {
-            let prefix = prefix.clone();
-            async move {
-                c.kv_client()
-                    .get(
-                        prefix,
-                        Some(GetOptions::new().with_prefix().with_keys_only()),
-                    )
-                    .await
-            }
-        })?;
+        let resp = self.get_prefix("count history", &prefix, GetOptions::new().with_keys_only())?;
         let keys = resp.kvs();
         if keys.len() > self.limits.max_events {
             let last_dropped = keys[keys.len() - self.limits.max_events - 1].key().to_vec();
@@ -878,14 +872,7 @@ impl Store for EtcdStore {
     fn history(&self, network: &str) -> Result<Vec<Event>, IpamError> {
         check_network_name(network)?;
         let prefix = self.key(network, "history/");
-        let resp = self.run("read history", |c| {
-            let prefix = prefix.clone();
-            async move {
-                c.kv_client()
-                    .get(prefix, Some(GetOptions::new().with_prefix()))
-                    .await
-            }
-        })?;
+        let resp = self.get_prefix("read history", &prefix, GetOptions::new())?;
         // Commit order (create revision), then the event's index inside its commit.
         let mut items: Vec<&etcd_client::KeyValue> = resp.kvs().iter().collect();
         items.sort_by(|a, b| (a.create_revision(), a.key()).cmp(&(b.create_revision(), b.key())));
@@ -906,17 +893,7 @@ impl Store for EtcdStore {
 
     fn networks(&self) -> Result<Vec<String>, IpamError> {
         let prefix = format!("{}/", self.prefix);
-        let resp = self.run("list", |c| {
-            let prefix = prefix.clone();
-            async move {
-                c.kv_client()
-                    .get(
-                        prefix,
-                        Some(GetOptions::new().with_prefix().with_keys_only()),
-                    )
-                    .await
-            }
-        })?;
+        let resp = self.get_prefix("list", &prefix, GetOptions::new().with_keys_only())?;
         let mut set = BTreeSet::new();
         for item in resp.kvs() {
             let k = String::from_utf8_lossy(item.key());
