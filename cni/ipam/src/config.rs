@@ -96,6 +96,10 @@ pub enum StoreConfig {
         /// etcd user authentication (`etcdctl auth enable`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         auth: Option<EtcdAuth>,
+        /// Addresses per node-affine block (a power of two, 4 to 256; default 64): a node
+        /// searches its own blocks of a pool and claims another when they are full.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        block_addresses: Option<u32>,
     },
 }
 
@@ -132,12 +136,16 @@ impl StoreConfig {
             endpoints,
             tls,
             auth,
+            block_addresses,
             ..
         } = self
         else {
             return Ok(());
         };
         crate::store::etcd::check_endpoints(endpoints, tls.is_some())?;
+        if let Some(n) = block_addresses {
+            crate::store::etcd::check_block_addresses(*n)?;
+        }
         if let Some(t) = tls
             && t.cert.is_some() != t.key.is_some()
         {
@@ -400,6 +408,7 @@ mod tests {
                 timeout: Duration::from_secs(2),
                 tls: None,
                 auth: None,
+                block_addresses: None,
             }
         );
         assert_eq!(c.pools().unwrap().iter().count(), 1);

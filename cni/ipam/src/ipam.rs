@@ -39,12 +39,15 @@ pub fn open_store(config: &IpamConfig) -> Result<Arc<dyn Store>, IpamError> {
             timeout,
             tls,
             auth,
+            block_addresses,
         } => {
             config.store.validate()?;
             let security = Security::load(tls.as_ref(), auth.as_ref())?;
-            Arc::new(EtcdStore::connect_with(
-                endpoints, prefix, *timeout, security, limits,
-            )?)
+            let store = EtcdStore::connect_with(endpoints, prefix, *timeout, security, limits)?;
+            Arc::new(match block_addresses {
+                Some(n) => store.with_block_addresses(*n)?,
+                None => store,
+            })
         }
     })
 }
@@ -280,7 +283,8 @@ impl Allocator for Ipam {
         let now = self.clock.now();
         let start = self.start();
         let mut out = None;
-        self.store.transact(&request.network, &mut |leases| {
+        let node = &self.engine.node.node;
+        self.store.transact_on(node, &request.network, &mut |leases| {
             let (plan, alloc) = self.engine.allocate(leases, request, now, start)?;
             out = Some(alloc);
             Ok(plan)
@@ -290,9 +294,10 @@ impl Allocator for Ipam {
 
     fn release(&self, network: &str, container_id: &str, ifname: &str) -> Result<(), IpamError> {
         let now = self.clock.now();
-        self.store.transact(network, &mut |leases| {
-            self.engine.release(leases, container_id, ifname, now)
-        })
+        self.store
+            .transact_on(&self.engine.node.node, network, &mut |leases| {
+                self.engine.release(leases, container_id, ifname, now)
+            })
     }
 
     fn lookup(
@@ -301,11 +306,9 @@ impl Allocator for Ipam {
         container_id: &str,
         ifname: &str,
     ) -> Result<Option<Allocation>, IpamError> {
-        let leases = self.store.read(network)?;
-        leases
-            .values()
-            .find(|l| l.attachment() == Some((container_id, ifname)))
-            .map(|l| self.engine.allocation_of(l))
+        self.store
+            .attached_on(&self.engine.node.node, network, container_id, ifname)?
+            .map(|l| self.engine.allocation_of(&l))
             .transpose()
     }
 

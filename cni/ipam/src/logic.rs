@@ -75,7 +75,20 @@ impl Engine {
                 )));
             }
         }
+        let decided = self.decide_add(leases, req, now, start);
+        // After the decision: a store that reads lazily has by now read every lease the
+        // decision looked at, which are the ones whose times matter.
         self.check_skew(leases, now)?;
+        decided
+    }
+
+    fn decide_add(
+        &self,
+        leases: &dyn LeaseView,
+        req: &AllocateRequest,
+        now: DateTime<Utc>,
+        start: u128,
+    ) -> Result<(Plan, Allocation), IpamError> {
         if let Some(l) = leases.attached(&req.container_id, &req.ifname)? {
             return Ok((Plan::default(), self.allocation_of(&l)?));
         }
@@ -149,8 +162,7 @@ impl Engine {
 
         for pool in &candidates {
             // Expired holds and reservations are free for anyone; allocations never expire.
-            let taken = |ip: IpAddr| leases.taken(ip, now);
-            if let Some(ip) = pool.find_free(start, &taken) {
+            if let Some(ip) = leases.find_free(pool, start, now)? {
                 let previous = leases.get(ip)?;
                 return Ok(self.take(previous.as_ref(), pool, ip, req, sticky, now, Take::New));
             }

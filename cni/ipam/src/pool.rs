@@ -277,6 +277,55 @@ impl Pool {
     pub fn with_prefix(&self, ip: IpAddr) -> IpNet {
         IpNet::new(ip, self.subnet.prefix_len()).expect("prefix length comes from the subnet")
     }
+
+    /// The block size a store that hands out blocks of `size` addresses uses in this pool:
+    /// `size` rounded up to a power of two, at most the subnet.
+    pub fn block_size(&self, size: u128) -> u128 {
+        let (lo, hi) = span_of(&self.subnet);
+        size.max(1)
+            .checked_next_power_of_two()
+            .unwrap_or(u128::MAX)
+            .min((hi - lo).saturating_add(1))
+    }
+
+    /// The first address of the block of `size` ([`Pool::block_size`]) addresses that holds
+    /// `ip`: blocks are aligned on multiples of their size inside the subnet.
+    pub fn block_of(&self, ip: IpAddr, size: u128) -> IpAddr {
+        let size = self.block_size(size);
+        self.addr(num(ip) - num(ip) % size)
+    }
+
+    /// The blocks that hold a usable address, by position among the subnet's blocks:
+    /// `(first, last)` positions (inclusive) between which they all lie.
+    pub fn block_positions(&self, size: u128) -> (u128, u128) {
+        let size = self.block_size(size);
+        let base = span_of(&self.subnet).0 / size;
+        let first = self.ranges.first().map_or(0, |r| r.0 / size - base);
+        let last = self.ranges.last().map_or(0, |r| r.1 / size - base);
+        (first, last)
+    }
+
+    /// The first address of the block at `position` among the subnet's blocks.
+    pub fn block_at(&self, position: u128, size: u128) -> IpAddr {
+        let size = self.block_size(size);
+        self.addr(span_of(&self.subnet).0 + position * size)
+    }
+
+    /// The usable addresses of the block that starts at `block`, starting at its `offset`-th
+    /// address and wrapping around (so concurrent writers spread over the block).
+    pub fn usable_in_block(&self, block: IpAddr, size: u128, offset: u128) -> Vec<IpAddr> {
+        let size = self.block_size(size);
+        let lo = num(block);
+        let mut out = Vec::new();
+        for i in 0..size {
+            let n = lo + (offset + i) % size;
+            let ip = self.addr(n);
+            if self.check(ip).is_ok() {
+                out.push(ip);
+            }
+        }
+        out
+    }
 }
 
 /// The validated pools of one config, in preference order.

@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 
 use crate::error::IpamError;
+use crate::pool::Pool;
 use crate::state::{Lease, Leases, Sticky};
 
 /// A consistent snapshot of one network's leases, as a transaction sees it.
@@ -27,6 +28,18 @@ pub trait LeaseView {
     fn stuck_to(&self, sticky: &Sticky) -> Result<Vec<Lease>, IpamError>;
     /// Whether `ip` has a lease that has not run out at `now` (allocations never do).
     fn taken(&self, ip: IpAddr, now: DateTime<Utc>) -> bool;
+    /// A free address of `pool` ([`Pool::find_free`] from `start`), if the pool has one.
+    ///
+    /// A store that searches only part of a pool (the etcd store's node-affine blocks) may
+    /// instead fail and widen its view before it asks the decision again.
+    fn find_free(
+        &self,
+        pool: &Pool,
+        start: u128,
+        now: DateTime<Utc>,
+    ) -> Result<Option<IpAddr>, IpamError> {
+        Ok(pool.find_free(start, &|ip| self.taken(ip, now)))
+    }
     /// The [reclaimable](Lease::reclaimable) hold of pool `pool` with the smallest
     /// `(since, ip)` among the addresses `usable` accepts.
     fn oldest_reclaimable(

@@ -114,8 +114,10 @@ fn corrupt_etcd_value_is_refused_naming_the_key() {
     let etcd = EtcdServer::start().unwrap_or_else(|e| panic!("{e}"));
     let s = store(&etcd.endpoint, "/corrupt");
     let ipam = conformance::ipam(s.clone(), Arc::new(ManualClock::new(conformance::t0())));
-    ipam.allocate(&conformance::req("net1", "c1", None))
+    let a = ipam
+        .allocate(&conformance::req("net1", "c1", None))
         .unwrap();
+    let key = format!("/corrupt/net1/leases/{}", a.address.addr());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -124,18 +126,19 @@ fn corrupt_etcd_value_is_refused_naming_the_key() {
         let mut c = etcd_client::Client::connect([etcd.endpoint.clone()], None)
             .await
             .unwrap();
-        c.put("/corrupt/net1/leases/10.50.0.9", "{nope", None)
-            .await
-            .unwrap();
+        c.put(key.as_str(), "{nope", None).await.unwrap();
     });
-    let err = ipam
-        .allocate(&conformance::req("net1", "c2", None))
+    // An ADD reads only the leases it decides about (its node's block): the sandbox whose
+    // lease is damaged meets the damage, on ADD again, DEL and CHECK alike.
+    let again = ipam
+        .allocate(&conformance::req("net1", "c1", None))
         .unwrap_err();
-    assert_eq!(err.cni_code(), 112);
-    assert!(
-        err.to_string().contains("/corrupt/net1/leases/10.50.0.9"),
-        "{err}"
-    );
+    let del = ipam.release("net1", "c1", "eth0").unwrap_err();
+    let check = ipam.lookup("net1", "c1", "eth0").unwrap_err();
+    for err in [again, del, check] {
+        assert_eq!(err.cni_code(), 112, "{err}");
+        assert!(err.to_string().contains(&key), "{err}");
+    }
     assert_eq!(s.read("net1").unwrap_err().cni_code(), 112);
 }
 

@@ -9,7 +9,7 @@ pub mod local;
 pub mod memory;
 
 use crate::error::IpamError;
-use crate::state::{Event, Leases, Plan};
+use crate::state::{Event, Lease, Leases, Plan};
 use crate::view::LeaseView;
 
 /// The decision callback of a transaction: snapshot in, plan out.
@@ -23,6 +23,29 @@ pub trait Store: Send + Sync {
     /// change the store may call `decide` again with a fresh snapshot. An error from `decide`
     /// aborts without writing.
     fn transact(&self, network: &str, decide: &mut Decide<'_>) -> Result<(), IpamError>;
+    /// [`Store::transact`] for a decision made on `node` about one pod (ADD, DEL, CHECK): a
+    /// store that gives nodes blocks of addresses (etcd) reads only what such a decision
+    /// needs — the node's blocks and the pod's own leases — instead of the whole network.
+    fn transact_on(
+        &self,
+        node: &str,
+        network: &str,
+        decide: &mut Decide<'_>,
+    ) -> Result<(), IpamError> {
+        let _ = node;
+        self.transact(network, decide)
+    }
+    /// The lease of an attachment (CNI CHECK), read as [`Store::transact_on`] reads.
+    fn attached_on(
+        &self,
+        node: &str,
+        network: &str,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<Lease>, IpamError> {
+        let _ = node;
+        self.read(network)?.attached(container_id, ifname)
+    }
     /// The network's retained history, oldest first.
     fn history(&self, network: &str) -> Result<Vec<Event>, IpamError>;
     /// The networks the store holds anything for.

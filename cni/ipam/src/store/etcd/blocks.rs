@@ -1,0 +1,104 @@
+//! Node-affine blocks: a node claims an aligned block of a pool (64 addresses by default) with
+//! one compare-and-swap and looks for free addresses in its own blocks first.
+//!
+//! Blocks steer where a node looks; they do not decide who may hold an address. Every lease
+//! is still created with a compare on its own key, so two nodes that both believe they own a
+//! block (or one that borrows from another's block) can never take the same address. That is
+//! why borrowing is safe and simple here: berth's pools are L2 subnets behind the rack's
+//! switch, not routed per block, so an address of another node's block works on this node
+//! as well. A sticky pod that comes back on another node of its rack therefore keeps its
+//! address wherever it lies, and a node whose blocks are full while no block is left to
+//! claim decides from the whole pool (it borrows).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::EtcdStore;
+use super::keys::Keys;
+use crate::error::IpamError;
+use crate::pool::Pool;
+
+/// A pool with more blocks than this is searched by random picks instead of in full.
+const ENUMERATE_UP_TO: u128 = 1 << 14;
+
+/// Random picks in a pool too large to enumerate.
+const RANDOM_PICKS: usize = 64;
+
+/// The value of a block claim.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Claim {
+    pub node: String,
+    pub since: chrono::DateTime<chrono::Utc>,
+}
+
+impl EtcdStore {
+    /// Claims a block of `pool` for `node`. `Ok(false)`: every block of the pool with a usable
+    /// address is claimed already.
+    pub(super) fn claim_block(
+        &self,
+        network: &str,
+        node: &str,
+        pool: &Pool,
+    ) -> Result<bool, IpamError> {
+        let keys = self.keys(network);
+        let size = self.block_addresses;
+        let claimed: BTreeSet<IpAddr> = self
+            .get_prefix(
+                "read block claims",
+                &keys.pool_blocks(&pool.name),
+                GetOptions::new().with_keys_only(),
+            )?
+            .kvs()
+            .iter()
+            .filter_map(|kv| Keys::trailing_ip(kv.key()))
+            .collect();
+        let (first, last) = pool.block_positions(size);
+        let count = last - first + 1;
+        let mut rng = rand::rng();
+        let offset = rng.random_range(0..count);
+        let positions: Box<dyn Iterator<Item = u128>> = if count <= ENUMERATE_UP_TO {
+            // From a random block, so nodes that claim at the same time rarely collide.
+            Box::new((0..count).map(move |k| first + (offset + k) % count))
+        } else {
+            let picks: Vec<u128> = (0..RANDOM_PICKS)
+                .map(|_| first + rng.random_range(0..count))
+                .collect();
+            Box::new(picks.into_iter())
+        };
+        for position in positions {
+            let block = pool.block_at(position, size);
+            if claimed.contains(&block) || pool.usable_in_block(block, size, 0).is_empty() {
+                continue;
+            }
+            if self.claim(&keys, node, pool, block)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// One compare-and-swap: the claim key must not exist.
+    fn claim(&self, keys: &Keys, node: &str, pool: &Pool, block: IpAddr) -> Result<bool, IpamError> {
+        let key = keys.block(&pool.name, block);
+        let claim = Claim {
+            node: node.to_string(),
+            since: chrono::Utc::now(),
+        };
+        let value = serde_json::to_vec(&claim).expect("claims always serialize");
+        let txn = Txn::new()
+            .when(vec![Compare::version(key.clone(), CompareOp::Equal, 0)])
+            .and_then(vec![
+                TxnOp::put(key, value, None),
+                TxnOp::put(keys.node_block(node, &pool.name, block), "", None),
+            ]);
+        let resp = self.run("claim a block", |c| {
+            let txn = txn.clone();
+            async move { c.kv_client().txn(txn).await }
+        })?;
+        Ok(resp.succeeded())
+    }
+}
