@@ -284,11 +284,12 @@ impl Allocator for Ipam {
         let start = self.start();
         let mut out = None;
         let node = &self.engine.node.node;
-        self.store.transact_on(node, &request.network, &mut |leases| {
-            let (plan, alloc) = self.engine.allocate(leases, request, now, start)?;
-            out = Some(alloc);
-            Ok(plan)
-        })?;
+        self.store
+            .transact_on(node, &request.network, &mut |leases| {
+                let (plan, alloc) = self.engine.allocate(leases, request, now, start)?;
+                out = Some(alloc);
+                Ok(plan)
+            })?;
         Ok(out.expect("allocate decided"))
     }
 

@@ -82,7 +82,13 @@ impl EtcdStore {
     }
 
     /// One compare-and-swap: the claim key must not exist.
-    fn claim(&self, keys: &Keys, node: &str, pool: &Pool, block: IpAddr) -> Result<bool, IpamError> {
+    fn claim(
+        &self,
+        keys: &Keys,
+        node: &str,
+        pool: &Pool,
+        block: IpAddr,
+    ) -> Result<bool, IpamError> {
         let key = keys.block(&pool.name, block);
         let claim = Claim {
             node: node.to_string(),

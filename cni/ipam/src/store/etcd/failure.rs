@@ -189,7 +189,6 @@ impl EtcdStore {
             (_, false) => format!("TLS: the server ended the connection (alert {alert})"),
         })
     }
-
 }
 
 /// The error of a call that no endpoint served.

@@ -56,7 +56,10 @@ impl Keys {
     }
 
     pub fn sticky(&self, sticky: &Sticky, ip: IpAddr) -> String {
-        format!("{}{ip}", self.sticky_prefix(&sticky.namespace, &sticky.name))
+        format!(
+            "{}{ip}",
+            self.sticky_prefix(&sticky.namespace, &sticky.name)
+        )
     }
 
     pub fn pool_blocks(&self, pool: &str) -> String {
@@ -120,8 +123,14 @@ mod tests {
             name: "web-0".into(),
             ifname: Some("eth0".into()),
         };
-        assert_eq!(k.sticky(&s, ip), "/berth/ipam/net1/sticky/ns/web-0/10.1.0.5");
-        assert!(k.sticky(&s, ip).starts_with(&k.sticky_prefix("ns", "web-0")));
+        assert_eq!(
+            k.sticky(&s, ip),
+            "/berth/ipam/net1/sticky/ns/web-0/10.1.0.5"
+        );
+        assert!(
+            k.sticky(&s, ip)
+                .starts_with(&k.sticky_prefix("ns", "web-0"))
+        );
         assert!(!k.sticky(&s, ip).starts_with(&k.sticky_prefix("ns", "web")));
         let v6: IpAddr = "fd00::40".parse().unwrap();
         let nb = k.node_block("n1", "a", v6);

@@ -41,11 +41,11 @@ mod view;
 
 pub use security::{Security, check_endpoints};
 
-use failure::{Failure, unavailable};
 use super::{HistoryLimits, Store, check_network_name};
 use crate::error::IpamError;
 use crate::state::{Event, Lease, Leases};
 use crate::view::LeaseView;
+use failure::{Failure, unavailable};
 
 /// How often a transaction is retried after losing a compare-and-swap race.
 const MAX_ATTEMPTS: u32 = 64;
@@ -58,7 +58,6 @@ const MAX_CLAIMS: u32 = 4;
 
 /// etcd's default `--max-txn-ops`: reads are sent in transactions of at most this many.
 const MAX_TXN_OPS: usize = 128;
-
 
 /// etcd-backed store. Owns a private single-threaded tokio runtime so the synchronous
 /// [`Store`] API can be called from plain threads and from inside other runtimes alike.
@@ -89,7 +88,6 @@ impl std::fmt::Debug for EtcdStore {
             .finish()
     }
 }
-
 
 impl EtcdStore {
     /// Plain `http://` endpoints without authentication. Connects lazily: an unreachable
@@ -369,7 +367,12 @@ impl EtcdStore {
         if plan.is_empty() {
             return Ok(true);
         }
-        let read = |ip: IpAddr| Some((leases.get(&ip).cloned(), revs.get(&ip).copied().unwrap_or(0)));
+        let read = |ip: IpAddr| {
+            Some((
+                leases.get(&ip).cloned(),
+                revs.get(&ip).copied().unwrap_or(0),
+            ))
+        };
         self.commit(network, &read, &plan)
     }
 
@@ -415,7 +418,6 @@ impl EtcdStore {
         Ok(())
     }
 }
-
 
 fn nanos(t: chrono::DateTime<chrono::Utc>) -> u64 {
     t.timestamp_nanos_opt().unwrap_or(0).max(0) as u64

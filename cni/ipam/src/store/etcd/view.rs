@@ -240,10 +240,10 @@ impl LeaseView for NodeView<'_> {
             let block = blocks[((start + k) % n.max(1)) as usize];
             let usable = pool.usable_in_block(block, size, start / n.max(1));
             self.load(&usable)?;
-            if let Some(ip) = usable.into_iter().find(|ip| {
-                self.lease(*ip)
-                    .is_none_or(|l: Lease| l.expired(now))
-            }) {
+            if let Some(ip) = usable
+                .into_iter()
+                .find(|ip| self.lease(*ip).is_none_or(|l: Lease| l.expired(now)))
+            {
                 return Ok(Some(ip));
             }
         }
