@@ -30,12 +30,55 @@ const RANDOM_PICKS: usize = 64;
 
 /// The value of a block claim.
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) struct Claim {
+struct Claim {
+    node: String,
+    since: chrono::DateTime<chrono::Utc>,
+}
+
+/// A block of a pool and the node it was given to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockClaim {
+    pub pool: String,
+    pub first: IpAddr,
     pub node: String,
     pub since: chrono::DateTime<chrono::Utc>,
 }
 
 impl EtcdStore {
+    /// Every block claim of `network` (`berthctl ipam`, tests).
+    pub fn block_claims(&self, network: &str) -> Result<Vec<BlockClaim>, IpamError> {
+        super::check_network_name(network)?;
+        let keys = self.keys(network);
+        let prefix = keys.pool_blocks("");
+        let prefix = prefix.trim_end_matches('/');
+        let resp = self.get_prefix("read block claims", prefix, GetOptions::new())?;
+        let mut out = Vec::new();
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let corrupt = |reason: String| IpamError::CorruptStore {
+                path: key.clone().into(),
+                reason,
+            };
+            let rest = key
+                .strip_prefix(prefix)
+                .unwrap_or(&key)
+                .trim_start_matches('/');
+            let (pool, first) = rest
+                .split_once('/')
+                .and_then(|(p, ip)| Some((p.to_string(), ip.parse().ok()?)))
+                .ok_or_else(|| corrupt("not blocks/<pool>/<first address>".into()))?;
+            let claim: Claim = serde_json::from_slice(kv.value())
+                .map_err(|e| corrupt(format!("etcd value is not a block claim: {e}")))?;
+            out.push(BlockClaim {
+                pool,
+                first,
+                node: claim.node,
+                since: claim.since,
+            });
+        }
+        Ok(out)
+    }
+
     /// Claims a block of `pool` for `node`. `Ok(false)`: every block of the pool with a usable
     /// address is claimed already.
     pub(super) fn claim_block(

@@ -39,6 +39,7 @@ mod migrate;
 mod security;
 mod view;
 
+pub use blocks::BlockClaim;
 pub use security::{Security, check_endpoints};
 
 use super::{HistoryLimits, Store, check_network_name};
