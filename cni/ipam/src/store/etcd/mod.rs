@@ -1,17 +1,13 @@
-//! The cluster-wide store on etcd v3.
+//! The cluster-wide store on etcd v3. Key layout: `keys.rs`.
 //!
-//! Keys under `<prefix>/<network>/`:
-//! - `leases/<ip>`: one lease (JSON);
-//! - `attachments/<containerID>/<ifname>`: the address of an attachment, so one attachment
-//!   can never hold two addresses even when two writers race;
-//! - `history/<unix-nanos>-<random>`: one event (JSON); keys sort by time, so pruning is one
-//!   range delete.
-//!
-//! A transaction reads the network's leases (one range read at revision R), lets the caller
-//! decide, then commits in one etcd `Txn` that compares every touched lease key's
-//! `mod_revision` with what was read (version 0 for "absent") and every new attachment key's
-//! absence. If any compare fails, nothing is written and the decision is retried with a fresh
-//! snapshot. So two nodes never take the same address, and a timeout leaves nothing half
+//! A decision about one pod on one node (ADD, DEL, CHECK: [`Store::transact_on`]) reads lazily
+//! only what it asks (`view.rs`): the attachment's lease, the pod's sticky leases through their
+//! index, and free addresses in this node's blocks (`blocks.rs`). Other decisions (GC,
+//! reservations, listings, and an ADD that must borrow or reclaim) read the network's leases in
+//! one range read. Either way the commit is one etcd `Txn` (`commit.rs`) that compares every
+//! touched lease key's `mod_revision` with what was read (version 0 for "absent") and every
+//! new attachment key's absence. If any compare fails, nothing is written and the decision is
+//! made again. So two nodes never take the same address, and a timeout leaves nothing half
 //! written: a Txn is all or nothing.
 //!
 //! Connections: `https://` endpoints use rustls with the CA (and client certificate) of
