@@ -47,6 +47,9 @@ use failure::{Failure, unavailable};
 /// How often a transaction is retried after losing a compare-and-swap race.
 const MAX_ATTEMPTS: u32 = 64;
 
+/// A value read from etcd and its key's mod revision.
+type Versioned = (Vec<u8>, i64);
+
 /// Addresses per node-affine block: a /26 of IPv4, a /122 of IPv6.
 pub const DEFAULT_BLOCK_ADDRESSES: u32 = 64;
 
@@ -247,7 +250,7 @@ impl EtcdStore {
         &self,
         what: &str,
         keys: &[String],
-    ) -> Result<Vec<Option<(Vec<u8>, i64)>>, IpamError> {
+    ) -> Result<Vec<Option<Versioned>>, IpamError> {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(MAX_TXN_OPS) {
             let reads = chunk
