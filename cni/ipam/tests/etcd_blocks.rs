@@ -102,12 +102,12 @@ fn an_add_costs_the_same_requests_whatever_the_network_holds() {
     let here = ipam(s.clone(), "here", "10.60.0.0/16");
     here.allocate(&req("warm", None)).unwrap(); // claims this node's first block
     let empty = requests_per_add_and_del(&s, &here, "empty");
-    // 3,000 leases of 30 other nodes.
-    let writers: Vec<_> = (0..6)
+    // 1,500 leases of 15 other nodes.
+    let writers: Vec<_> = (0..5)
         .map(|t| {
             let s = s.clone();
             std::thread::spawn(move || {
-                for n in 0..5 {
+                for n in 0..3 {
                     let other = ipam(s.clone(), &format!("other-{t}-{n}"), "10.60.0.0/16");
                     for i in 0..100 {
                         other
@@ -121,13 +121,13 @@ fn an_add_costs_the_same_requests_whatever_the_network_holds() {
     for w in writers {
         w.join().unwrap();
     }
-    assert_eq!(s.read("net1").unwrap().len(), 3001);
+    assert_eq!(s.read("net1").unwrap().len(), 1501);
     let full = requests_per_add_and_del(&s, &here, "full");
     assert_eq!(
         empty, full,
         "(ADD, DEL) requests in an empty vs a full network"
     );
-    assert!(empty.0 <= 4 && empty.1 <= 3, "{empty:?}");
+    assert!(empty.0 <= 3 && empty.1 <= 3, "(ADD, DEL) requests: {empty:?}");
 }
 
 #[test]

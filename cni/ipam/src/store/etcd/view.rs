@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
+use etcd_client::{GetOptions, TxnOp};
 
 use super::EtcdStore;
 use super::commit::Read;
@@ -110,24 +111,38 @@ impl<'s> NodeView<'s> {
         self.read.borrow().get(&ip).and_then(|(l, _)| l.clone())
     }
 
+    /// The read of this node's block list (small: keys only), to send with another read.
+    fn node_blocks_read(&self) -> TxnOp {
+        TxnOp::get(
+            self.keys.node_blocks(self.node),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_serializable(),
+            ),
+        )
+    }
+
+    fn keep_node_blocks(&self, resp: &etcd_client::GetResponse) {
+        let mut by_pool: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+        for kv in resp.kvs() {
+            if let Some((p, first)) = self.keys.node_block_of(self.node, kv.key()) {
+                by_pool.entry(p).or_default().push(first);
+            }
+        }
+        *self.blocks.borrow_mut() = Some(by_pool);
+    }
+
     /// This node's blocks of `pool`, read once per view.
     fn node_blocks(&self, pool: &str) -> Result<Vec<IpAddr>, IpamError> {
         if self.blocks.borrow().is_none() {
-            let prefix = self.keys.node_blocks(self.node);
-            let resp = self.store.get_prefix(
-                "read",
-                &prefix,
-                etcd_client::GetOptions::new()
-                    .with_keys_only()
-                    .with_serializable(),
-            )?;
-            let mut by_pool: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
-            for kv in resp.kvs() {
-                if let Some((p, first)) = self.keys.node_block_of(self.node, kv.key()) {
-                    by_pool.entry(p).or_default().push(first);
-                }
+            let answers = self
+                .store
+                .read_together("read", vec![self.node_blocks_read()])?;
+            if let Some(resp) = answers.first() {
+                self.keep_node_blocks(resp);
             }
-            *self.blocks.borrow_mut() = Some(by_pool);
         }
         Ok(self
             .blocks
@@ -146,11 +161,24 @@ impl LeaseView for NodeView<'_> {
 
     fn attached(&self, container_id: &str, ifname: &str) -> Result<Option<Lease>, IpamError> {
         let key = self.keys.attachment((container_id, ifname));
-        let Some((value, _)) = self
-            .store
-            .get_keys("read", std::slice::from_ref(&key))?
-            .pop()
-            .flatten()
+        // Every ADD asks this first, and a new pod's ADD then needs this node's blocks: one
+        // request reads both.
+        let mut reads = vec![TxnOp::get(
+            key.clone(),
+            Some(GetOptions::new().with_serializable()),
+        )];
+        let with_blocks = self.blocks.borrow().is_none();
+        if with_blocks {
+            reads.push(self.node_blocks_read());
+        }
+        let answers = self.store.read_together("read", reads)?;
+        if with_blocks && let Some(resp) = answers.get(1) {
+            self.keep_node_blocks(resp);
+        }
+        let Some(value) = answers
+            .first()
+            .and_then(|g| g.kvs().first())
+            .map(|kv| kv.value().to_vec())
         else {
             return Ok(None);
         };
@@ -176,14 +204,14 @@ impl LeaseView for NodeView<'_> {
         let answers = self.store.read_together(
             "read",
             vec![
-                etcd_client::TxnOp::get(
+                TxnOp::get(
                     self.keys.layout(),
-                    Some(etcd_client::GetOptions::new().with_serializable()),
+                    Some(GetOptions::new().with_serializable()),
                 ),
-                etcd_client::TxnOp::get(
+                TxnOp::get(
                     prefix,
                     Some(
-                        etcd_client::GetOptions::new()
+                        GetOptions::new()
                             .with_prefix()
                             .with_keys_only()
                             .with_serializable(),
