@@ -96,7 +96,7 @@ pub enum StoreConfig {
         /// etcd user authentication (`etcdctl auth enable`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         auth: Option<EtcdAuth>,
-        /// Addresses per node-affine block (a power of two, 4 to 256; default 64): a node
+        /// Addresses per node-affine block (a power of two, 4 to 64; default 64): a node
         /// searches its own blocks of a pool and claims another when they are full.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         block_addresses: Option<u32>,
@@ -412,6 +412,29 @@ mod tests {
             }
         );
         assert_eq!(c.pools().unwrap().iter().count(), 1);
+    }
+
+    #[test]
+    fn block_addresses_must_be_a_power_of_two_up_to_64() {
+        for bad in [0, 3, 48, 128] {
+            let c = IpamConfig::from_json(&json!({
+                "store": {"type": "etcd", "endpoints": ["http://127.0.0.1:2379"], "blockAddresses": bad},
+                "pools": [{"name": "a", "subnet": "10.0.0.0/24"}]
+            }))
+            .unwrap();
+            let err = c.store.validate().unwrap_err();
+            assert_eq!(err.cni_code(), 7, "{err}");
+            assert!(
+                err.to_string().contains("power of two from 4 to 64"),
+                "{err}"
+            );
+        }
+        let ok = IpamConfig::from_json(&json!({
+            "store": {"type": "etcd", "endpoints": ["http://127.0.0.1:2379"], "blockAddresses": 16},
+            "pools": [{"name": "a", "subnet": "10.0.0.0/24"}]
+        }))
+        .unwrap();
+        ok.store.validate().unwrap();
     }
 
     #[test]

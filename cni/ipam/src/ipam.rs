@@ -272,6 +272,9 @@ impl Ipam {
             report.released.extend(batch.released);
             report.collected.extend(batch.collected);
             if !cut {
+                // What GC freed may have emptied blocks; giving them back is best effort and
+                // retried by the next GC, so its failure does not fail this one.
+                let _ = self.store.tidy(network, now);
                 return Ok(report);
             }
         }

@@ -127,7 +127,10 @@ fn an_add_costs_the_same_requests_whatever_the_network_holds() {
         empty, full,
         "(ADD, DEL) requests in an empty vs a full network"
     );
-    assert!(empty.0 <= 3 && empty.1 <= 3, "(ADD, DEL) requests: {empty:?}");
+    assert!(
+        empty.0 <= 3 && empty.1 <= 3,
+        "(ADD, DEL) requests: {empty:?}"
+    );
 }
 
 #[test]
@@ -320,4 +323,80 @@ fn a_network_of_the_first_etcd_store_is_read_and_indexed_once() {
         11,
         "a /28 less network, gateway, broadcast and the two"
     );
+}
+
+/// Nodes come and go (autoscaling, replacements): a block that has held nothing for a while
+/// is given back by a GC, so the pool does not end up claimed by nodes that are gone, while a
+/// block that still holds an allocation or a hold stays with its node.
+#[test]
+#[ignore = "needs root: run by scripts/test (spawns /usr/bin/etcd)"]
+fn garbage_collection_gives_back_blocks_that_stay_empty() {
+    let etcd = EtcdServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let s = store(&etcd, "/tidy", 16);
+    let config = |node: &str| {
+        let c = IpamConfig::from_json(&json!({
+            "hold": "1h",
+            "pools": [{"name": "a", "subnet": "10.64.0.0/26", "gateway": "10.64.0.1"}]
+        }))
+        .unwrap();
+        let n = NodeInfo {
+            node: node.into(),
+            rack: None,
+        };
+        (c, n)
+    };
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let open = |node: &str| {
+        let (c, n) = config(node);
+        Ipam::new(&c, n, s.clone(), clock.clone()).unwrap()
+    };
+    // A new network: indexed at once, so the sticky pod below is placed in its node's block.
+    assert!(s.migrate("net1", "test").unwrap());
+    let gone = open("gone");
+    let stays = open("stays");
+    gone.allocate(&req("gone-1", None)).unwrap();
+    gone.release("net1", "gone-1", "eth0").unwrap();
+    stays.allocate(&req("stays-1", None)).unwrap();
+    let sticky = open("sticky");
+    sticky.allocate(&req("sticky-1", Some("db-0"))).unwrap();
+    sticky.release("net1", "sticky-1", "eth0").unwrap(); // a hold: its block is not empty
+    let owners = |s: &EtcdStore| {
+        s.block_claims("net1")
+            .unwrap()
+            .into_iter()
+            .map(|c| c.node)
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(
+        owners(&s),
+        ["gone", "stays", "sticky"].map(String::from).into()
+    );
+    // Within the grace nothing is given back.
+    stays
+        .gc(
+            "net1",
+            &[berth_ipam_core::Attachment {
+                container_id: "stays-1".into(),
+                ifname: "eth0".into(),
+            }],
+        )
+        .unwrap();
+    assert_eq!(owners(&s).len(), 3);
+    clock.advance(chrono::Duration::minutes(11));
+    stays
+        .gc(
+            "net1",
+            &[berth_ipam_core::Attachment {
+                container_id: "stays-1".into(),
+                ifname: "eth0".into(),
+            }],
+        )
+        .unwrap();
+    assert_eq!(owners(&s), ["stays", "sticky"].map(String::from).into());
+    // The node that is gone has no block left in its list either; another node claims it.
+    let new = open("new");
+    for i in 0..3 {
+        new.allocate(&req(&format!("new-{i}"), None)).unwrap();
+    }
+    assert!(owners(&s).contains("new"));
 }

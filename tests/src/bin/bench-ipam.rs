@@ -570,7 +570,15 @@ fn main() -> Result<()> {
     }
     let scale = etcd_scale(&berth, &etcd.endpoint)?;
     println!("duplicates in all runs: {total_dups}");
-    bench_report(&a, &berth_build, &rows, (b, h), (ch, cf), &scale, total_dups)?;
+    bench_report(
+        &a,
+        &berth_build,
+        &rows,
+        (b, h),
+        (ch, cf),
+        &scale,
+        total_dups,
+    )?;
     if total_dups > 0 {
         bail!("{total_dups} duplicate address assignments");
     }
@@ -607,7 +615,9 @@ fn etcd_scale(plugin: &Path, endpoint: &str) -> Result<Vec<(usize, Vec<f64>)>> {
                       "ipam": ipam("bench-node")})
     .to_string()
     .into_bytes();
-    println!("etcd ADD latency by network size (one process at a time, {SCALE_SAMPLES} ADDs each):");
+    println!(
+        "etcd ADD latency by network size (one process at a time, {SCALE_SAMPLES} ADDs each):"
+    );
     let mut held = 0;
     let mut out = Vec::new();
     for (row, size) in sizes.into_iter().enumerate() {

@@ -35,6 +35,13 @@ pub trait Store: Send + Sync {
         let _ = node;
         self.transact(network, decide)
     }
+    /// Housekeeping after a garbage collection at `now` (the etcd store gives back blocks that
+    /// have been empty for a while, so the blocks of nodes that left return to the pool).
+    /// Returns how many things it tidied.
+    fn tidy(&self, network: &str, now: chrono::DateTime<chrono::Utc>) -> Result<usize, IpamError> {
+        let _ = (network, now);
+        Ok(0)
+    }
     /// The lease of an attachment (CNI CHECK), read as [`Store::transact_on`] reads.
     fn attached_on(
         &self,

@@ -28,6 +28,11 @@ const ENUMERATE_UP_TO: u128 = 1 << 14;
 /// Random picks in a pool too large to enumerate.
 const RANDOM_PICKS: usize = 64;
 
+/// How long a block stays claimed with nothing in it before a GC gives it back: longer than
+/// any ADD between its claim and its commit, and long enough that a node's usual churn does
+/// not give back and claim again the same block.
+const EMPTY_BLOCK_GRACE: chrono::Duration = chrono::Duration::minutes(10);
+
 /// The value of a block claim.
 #[derive(Debug, Serialize, Deserialize)]
 struct Claim {
@@ -124,6 +129,71 @@ impl EtcdStore {
         Ok(false)
     }
 
+    /// Gives back the blocks of `network` that hold no lease and were claimed more than
+    /// [`EMPTY_BLOCK_GRACE`] before `now`: each with one transaction that compares the claim's
+    /// revision and the absence of every lease key of the block, so a block in which any node
+    /// allocated meanwhile stays claimed. Returns how many were given back.
+    pub(super) fn release_empty_blocks(
+        &self,
+        network: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize, IpamError> {
+        let keys = self.keys(network);
+        let prefix = keys.pool_blocks("");
+        let claims = self.get_prefix(
+            "read block claims",
+            prefix.trim_end_matches('/'),
+            GetOptions::new(),
+        )?;
+        let mut stale = Vec::new();
+        for kv in claims.kvs() {
+            let Ok(claim) = serde_json::from_slice::<Claim>(kv.value()) else {
+                continue;
+            };
+            let Some(first) = Keys::trailing_ip(kv.key()) else {
+                continue;
+            };
+            if claim.since + EMPTY_BLOCK_GRACE < now {
+                stale.push((kv.key().to_vec(), kv.mod_revision(), first, claim.node));
+            }
+        }
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        let (leases, _) = self.snapshot(network)?;
+        let size = self.block_addresses;
+        let mut released = 0;
+        for (key, rev, first, node) in stale {
+            let addresses: Vec<IpAddr> = (0..size).filter_map(|i| offset(first, i)).collect();
+            if addresses.iter().any(|ip| leases.contains_key(ip)) {
+                continue;
+            }
+            let pool = String::from_utf8_lossy(&key)
+                .strip_prefix(prefix.as_str())
+                .and_then(|rest| rest.split_once('/'))
+                .map(|(pool, _)| pool.to_string())
+                .unwrap_or_default();
+            let mut compares = vec![Compare::mod_revision(key.clone(), CompareOp::Equal, rev)];
+            compares.extend(
+                addresses
+                    .iter()
+                    .map(|ip| Compare::version(keys.lease(*ip), CompareOp::Equal, 0)),
+            );
+            let txn = Txn::new().when(compares).and_then(vec![
+                TxnOp::delete(key, None),
+                TxnOp::delete(keys.node_block(&node, &pool, first), None),
+            ]);
+            let done = self
+                .run("give back a block", |c| {
+                    let txn = txn.clone();
+                    async move { c.kv_client().txn(txn).await }
+                })?
+                .succeeded();
+            released += usize::from(done);
+        }
+        Ok(released)
+    }
+
     /// One compare-and-swap: the claim key must not exist.
     fn claim(
         &self,
@@ -149,5 +219,15 @@ impl EtcdStore {
             async move { c.kv_client().txn(txn).await }
         })?;
         Ok(resp.succeeded())
+    }
+}
+
+/// The address `n` after `ip`, if there is one.
+fn offset(ip: IpAddr, n: u128) -> Option<IpAddr> {
+    match ip {
+        IpAddr::V4(a) => u32::try_from(u32::from(a) as u128 + n)
+            .ok()
+            .map(|x| IpAddr::V4(x.into())),
+        IpAddr::V6(a) => u128::from(a).checked_add(n).map(|x| IpAddr::V6(x.into())),
     }
 }

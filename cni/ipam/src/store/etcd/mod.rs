@@ -144,7 +144,7 @@ impl EtcdStore {
         })
     }
 
-    /// Sets the addresses per node-affine block (a power of two, 4 to 256; see
+    /// Sets the addresses per node-affine block (a power of two, 4 to 64; see
     /// [`crate::config::StoreConfig`]).
     pub fn with_block_addresses(mut self, n: u32) -> Result<EtcdStore, IpamError> {
         check_block_addresses(n)?;
@@ -246,11 +246,7 @@ impl EtcdStore {
 
     /// The values and mod revisions of `keys` (`None`: absent), read [`MAX_TXN_OPS`] at a
     /// time.
-    fn get_keys(
-        &self,
-        what: &str,
-        keys: &[String],
-    ) -> Result<Vec<Option<Versioned>>, IpamError> {
+    fn get_keys(&self, what: &str, keys: &[String]) -> Result<Vec<Option<Versioned>>, IpamError> {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(MAX_TXN_OPS) {
             let reads = chunk
@@ -425,11 +421,11 @@ fn nanos(t: chrono::DateTime<chrono::Utc>) -> u64 {
 
 /// Checks `store.blockAddresses`.
 pub fn check_block_addresses(n: u32) -> Result<(), IpamError> {
-    if (4..=256).contains(&n) && n.is_power_of_two() {
+    if (4..=64).contains(&n) && n.is_power_of_two() {
         Ok(())
     } else {
         Err(IpamError::InvalidConfig(format!(
-            "store.blockAddresses {n}: use a power of two from 4 to 256 (64 is a /26 of IPv4 or a /122 of IPv6)"
+            "store.blockAddresses {n}: use a power of two from 4 to 64 (64 is a /26 of IPv4 or a /122 of IPv6; a block is given back with one transaction that checks each of its addresses, and etcd allows 128 checks)"
         )))
     }
 }
@@ -559,6 +555,11 @@ impl Store for EtcdStore {
             backoff.sleep();
         }
         Err(lost_races(network))
+    }
+
+    fn tidy(&self, network: &str, now: chrono::DateTime<chrono::Utc>) -> Result<usize, IpamError> {
+        check_network_name(network)?;
+        self.release_empty_blocks(network, now)
     }
 
     fn attached_on(
