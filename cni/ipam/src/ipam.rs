@@ -276,7 +276,7 @@ impl Ipam {
 }
 
 impl Allocator for Ipam {
-    fn allocate(&self, request: &AllocateRequest) -> Result<Allocation, IpamError> {
+    fn allocate(&self, request: &AllocateRequest) -> Result<Vec<Allocation>, IpamError> {
         let now = self.clock.now();
         let start = self.start();
         let mut out = None;
@@ -300,13 +300,14 @@ impl Allocator for Ipam {
         network: &str,
         container_id: &str,
         ifname: &str,
-    ) -> Result<Option<Allocation>, IpamError> {
+    ) -> Result<Vec<Allocation>, IpamError> {
+        // Leases are keyed by address, so IPv4 comes first.
         let leases = self.store.read(network)?;
         leases
             .values()
-            .find(|l| l.attachment() == Some((container_id, ifname)))
+            .filter(|l| l.attachment() == Some((container_id, ifname)))
             .map(|l| self.engine.allocation_of(l))
-            .transpose()
+            .collect()
     }
 
     fn gc(&self, network: &str, valid: &[Attachment]) -> Result<GcReport, IpamError> {

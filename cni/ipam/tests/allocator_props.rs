@@ -80,7 +80,7 @@ fn add_request(sandbox: u8, pod: Option<u8>, explicit: Option<u8>) -> AllocateRe
         ifname: "eth0".into(),
         pod: pod.map(pod_of),
         annotations,
-        pool: None,
+        pools: vec![],
     }
 }
 
@@ -104,7 +104,9 @@ proptest! {
                     let pod = live.get(&sandbox).map(|(_, p)| *p).unwrap_or(pod);
                     let req = add_request(sandbox, pod, explicit);
                     match ipam.allocate(&req) {
-                        Ok(a) => {
+                        Ok(all) => {
+                            prop_assert_eq!(all.len(), 1, "an IPv4-only network gives one address");
+                            let a = &all[0];
                             let ip = a.address.addr();
                             prop_assert!(pool.check(ip).is_ok(), "{ip} is usable");
                             if let Some((prev, _)) = live.get(&sandbox) {

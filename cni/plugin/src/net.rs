@@ -2,7 +2,7 @@
 //! in the host or the pod namespace. [`crate::netlink::RealNet`] does them over netlink and
 //! raw sockets; tests use a recording fake.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -138,7 +138,9 @@ pub trait NetOps {
     ) -> Result<(), NetError>;
     /// Turns on hairpin mode of a bridge port (host namespace).
     fn set_hairpin(&mut self, index: u32) -> Result<(), NetError>;
-    /// Adds an address; `Ok(false)` if the link had it already.
+    /// Adds an address; `Ok(false)` if the link had it already. IPv6 addresses are added
+    /// without the kernel's duplicate address detection (usable at once, never `tentative`):
+    /// [`NetOps::arp_probe`] is berth's guard against duplicates.
     fn add_address(&mut self, ns: Ns, index: u32, addr: IpNet) -> Result<bool, NetError>;
     fn addresses(&mut self, ns: Ns, index: u32) -> Result<Vec<IpNet>, NetError>;
     /// Adds a route through link `index` (existing identical routes are fine).
@@ -150,22 +152,25 @@ pub trait NetOps {
     fn enable_ip_forward(&mut self) -> Result<(), NetError>;
     /// Waits until a link can pass frames (bounded by `timeout`).
     fn wait_oper_up(&mut self, ns: Ns, name: &str, timeout: Duration) -> Result<(), NetError>;
-    /// RFC 5227 probe for `ip` from pod link `index`: the MAC of whoever claims it, if anyone.
+    /// Probe for `ip` from pod link `index` before it is used: an RFC 5227 ARP probe for
+    /// IPv4, a neighbour solicitation from `::` (RFC 4862 DAD, sent by berth) for IPv6. The
+    /// MAC of whoever claims the address, if anyone.
     fn arp_probe(
         &mut self,
         index: u32,
         mac: [u8; 6],
-        ip: Ipv4Addr,
+        ip: IpAddr,
         count: u32,
         timeout: Duration,
     ) -> Result<Option<[u8; 6]>, NetError>;
-    /// Gratuitous ARP announcements of `ip` from pod link `index`: the first now, the rest
-    /// `interval` apart without making the caller wait.
+    /// Announcements of `ip` from pod link `index` (gratuitous ARP for IPv4, unsolicited
+    /// neighbour advertisements for IPv6): the first now, the rest `interval` apart without
+    /// making the caller wait.
     fn announce(
         &mut self,
         index: u32,
         mac: [u8; 6],
-        ip: Ipv4Addr,
+        ip: IpAddr,
         count: u32,
         interval: Duration,
     ) -> Result<(), NetError>;

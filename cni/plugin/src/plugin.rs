@@ -67,7 +67,7 @@ impl<N: NetOpener, I: IpamOpener> BerthCni<N, I> {
         self.ipam.open(ctx, ipam)
     }
 
-    fn request(ctx: &Context, ifname: &str, pool: Option<&String>) -> AllocateRequest {
+    fn request(ctx: &Context, ifname: &str, pools: &[String]) -> AllocateRequest {
         let a = &ctx.env.args;
         let pod = a.pod().map(|(ns, name)| PodIdentity {
             namespace: ns.to_string(),
@@ -92,7 +92,7 @@ impl<N: NetOpener, I: IpamOpener> BerthCni<N, I> {
             ifname: ifname.to_string(),
             pod,
             annotations,
-            pool: pool.cloned(),
+            pools: pools.to_vec(),
         }
     }
 
@@ -139,9 +139,9 @@ impl<N: NetOpener, I: IpamOpener> Plugin for BerthCni<N, I> {
         trace::mark("ADD: preflight");
         let alloc = self.allocator(ctx, &spec)?;
         trace::mark("ADD: IPAM opened");
-        let mut allocations: Vec<Allocation> = Vec::with_capacity(spec.interfaces.len());
+        let mut allocations: Vec<Vec<Allocation>> = Vec::with_capacity(spec.interfaces.len());
         for iface in &spec.interfaces {
-            match alloc.allocate(&Self::request(ctx, &iface.name, iface.pool.as_ref())) {
+            match alloc.allocate(&Self::request(ctx, &iface.name, &iface.pools)) {
                 Ok(a) => allocations.push(a),
                 Err(e) => {
                     let failures = Self::release_all(alloc.as_ref(), ctx, &spec);
@@ -255,7 +255,8 @@ impl<N: NetOpener, I: IpamOpener> Plugin for BerthCni<N, I> {
                 .lookup(&ctx.config.name, &ctx.env.container_id, &iface.name)
                 .map_err(|e| from_ipam(&e))?;
             if let Some(a) = have
-                && !prev.ips.iter().any(|ip| ip.address == a.address)
+                .iter()
+                .find(|a| !prev.ips.iter().any(|ip| ip.address == a.address))
             {
                 return Err(CniError::new(
                     crate::error::CHECK_MISMATCH,
@@ -468,7 +469,7 @@ mod tests {
         assert_eq!(
             s.requests
                 .iter()
-                .map(|r| r.pool.clone().unwrap())
+                .map(|r| r.pools[0].clone())
                 .collect::<Vec<_>>(),
             ["ext", "int"]
         );

@@ -2,8 +2,9 @@
 //!
 //! Keys under `<prefix>/<network>/`:
 //! - `leases/<ip>`: one lease (JSON);
-//! - `attachments/<containerID>/<ifname>`: the address of an attachment, so one attachment
-//!   can never hold two addresses even when two writers race;
+//! - `attachments/<containerID>/<ifname>` (IPv4) and `attachments/<containerID>/<ifname>/ipv6`:
+//!   the attachment's address of each family, so one attachment can never hold two addresses
+//!   of one family even when two writers race;
 //! - `history/<unix-nanos>-<random>`: one event (JSON); keys sort by time, so pruning is one
 //!   range delete.
 //!
@@ -307,8 +308,13 @@ impl EtcdStore {
         self.key(network, &format!("leases/{ip}"))
     }
 
-    fn attachment_key(&self, network: &str, (c, i): (&str, &str)) -> String {
-        self.key(network, &format!("attachments/{c}/{i}"))
+    /// The guard key of an attachment's address of `ip`'s family (IPv4 keeps the key of
+    /// single-stack berth).
+    fn attachment_key(&self, network: &str, (c, i): (&str, &str), ip: IpAddr) -> String {
+        match ip {
+            IpAddr::V4(_) => self.key(network, &format!("attachments/{c}/{i}")),
+            IpAddr::V6(_) => self.key(network, &format!("attachments/{c}/{i}/ipv6")),
+        }
     }
 
     /// Opens a connection to one endpoint: TCP, TLS handshake, HTTP/2, then the login.
@@ -813,6 +819,8 @@ impl Store for EtcdStore {
             }
             let mut after = leases.clone();
             plan.apply(&mut after);
+            // One op per key: etcd refuses a Txn that names a key twice.
+            let mut unguard = BTreeSet::new();
             for ip in &touched {
                 let old = leases.get(ip).and_then(|l| l.attachment());
                 let new = after.get(ip).and_then(|l| l.attachment());
@@ -820,14 +828,24 @@ impl Store for EtcdStore {
                     continue;
                 }
                 if let Some(a) = old {
-                    ops.push(TxnOp::delete(self.attachment_key(network, a), None));
+                    unguard.insert(self.attachment_key(network, a, *ip));
+                    // An IPv6 attachment written before dual-stack has the IPv4 key: drop it
+                    // too unless the attachment keeps an IPv4 address.
+                    if ip.is_ipv6()
+                        && !after
+                            .values()
+                            .any(|l| l.ip.is_ipv4() && l.attachment() == Some(a))
+                    {
+                        unguard.insert(self.attachment_key(network, a, IpAddr::from([0u8; 4])));
+                    }
                 }
                 if let Some(a) = new {
-                    let key = self.attachment_key(network, a);
+                    let key = self.attachment_key(network, a, *ip);
                     compares.push(Compare::version(key.clone(), CompareOp::Equal, 0));
                     ops.push(TxnOp::put(key, ip.to_string(), None));
                 }
             }
+            ops.extend(unguard.into_iter().map(|k| TxnOp::delete(k, None)));
             for ip in &plan.deletes {
                 if !after.contains_key(ip) {
                     ops.push(TxnOp::delete(self.lease_key(network, *ip), None));
