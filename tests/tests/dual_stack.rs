@@ -44,11 +44,14 @@ fn host_links() -> String {
 }
 
 /// The shipped conflist with what a second node on this machine must change: its bridge,
-/// its subnets and its store dir.
-fn conflist(store: &Path, bridge: &str, octet: u8) -> Value {
+/// its subnets, its store dir, and its network name (CNI GC removes the host veths of every
+/// attachment of the network it is not told about, so two nodes on one host must not share
+/// a network name).
+fn conflist(store: &Path, network: &str, bridge: &str, octet: u8) -> Value {
     let text =
         std::fs::read_to_string(workspace_root().join("cni/examples/dual-stack.conflist")).unwrap();
     let mut list: Value = serde_json::from_str(&text).unwrap();
+    list["name"] = network.into();
     let berth = &mut list["plugins"][0];
     berth["bridge"] = bridge.into();
     berth["ipam"]["store"]["dir"] = store.to_str().unwrap().into();
@@ -93,9 +96,9 @@ fn cni_gc(list: &Value, cni_path: &Path, valid: &[(&str, &str)]) {
     );
 }
 
-fn leases(store: &Path) -> Vec<Lease> {
+fn leases(store: &Path, network: &str) -> Vec<Lease> {
     LocalStore::new(store.to_path_buf(), HistoryLimits::default())
-        .read("berth")
+        .read(network)
         .expect("the store reads")
         .into_values()
         .collect()
@@ -109,7 +112,8 @@ async fn dual_stack_pods(node_name: &str, containerd: Containerd, bridge: &str, 
     let node_dir = workspace_root().join(".run/testbed/nodes").join(node_name);
     let store: PathBuf = node_dir.join("berth-ipam");
     let _bridge = BridgeGuard(bridge.to_string());
-    let list = conflist(&store, bridge, octet);
+    let network = bridge;
+    let list = conflist(&store, network, bridge, octet);
     let node = Node::start(
         node_name,
         NodeOptions {
@@ -220,14 +224,14 @@ async fn dual_stack_pods(node_name: &str, containerd: Containerd, bridge: &str, 
     let cni_path = node.cni_bin_dir();
     cni_gc(&list, &cni_path, &valid);
     cni_gc(&list, &cni_path, &valid);
-    let left = leases(&store);
+    let left = leases(&store, network);
     assert!(
         !left
             .iter()
             .any(|l| ips[2].contains(&l.ip) && l.attachment().is_some()),
         "GC freed both addresses of the job pod: {left:?}"
     );
-    assert!(!host_links().contains(&format!("berth:berth:{}:", pods[2].id)));
+    assert!(!host_links().contains(&format!("berth:{network}:{}:", pods[2].id)));
     for l in left.iter().filter(|l| l.attachment().is_some()) {
         assert!(ips[0].contains(&l.ip) || ips[1].contains(&l.ip), "{l:?}");
     }
@@ -244,14 +248,14 @@ async fn dual_stack_pods(node_name: &str, containerd: Containerd, bridge: &str, 
             .await
             .expect("RemovePodSandbox: second DEL");
         assert!(
-            !host_links().contains(&format!("berth:berth:{}:", pod.id)),
+            !host_links().contains(&format!("berth:{network}:{}:", pod.id)),
             "{} left its veth",
             pod.id
         );
     }
     assert!(cri.list_pods().await.unwrap().is_empty());
     // The sticky pods' addresses are held, both families; nothing is allocated.
-    let left = leases(&store);
+    let left = leases(&store, network);
     assert!(left.iter().all(|l| l.attachment().is_none()), "{left:?}");
     let held: Vec<IpAddr> = left
         .iter()
@@ -269,7 +273,7 @@ async fn dual_stack_pods(node_name: &str, containerd: Containerd, bridge: &str, 
         .unwrap();
     assert_eq!(cri.pod_ips(&again.id).await.unwrap(), ips[0]);
     assert_eq!(cri.teardown_all().await.unwrap(), 1);
-    assert!(!host_links().contains(&format!("berth:berth:{}:", again.id)));
+    assert!(!host_links().contains(&format!("berth:{network}:{}:", again.id)));
 }
 
 #[tokio::test]
