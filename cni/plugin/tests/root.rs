@@ -661,6 +661,53 @@ fn check_passes_on_a_fresh_pod_and_detects_a_removed_route() {
 
 #[test]
 #[ignore = "needs root: run by scripts/test"]
+fn check_covers_both_families_of_a_dual_stack_pod_in_every_version() {
+    let bed = Bed::new();
+    let pools = json!([
+        pool("p", "10.245.4.0/24", "10.245.4.1"),
+        pool("p6", "fd00:245:4::/64", "fd00:245:4::1")
+    ]);
+    for (n, version) in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"].iter().enumerate() {
+        let mut conf = bed.conf(json!({"mode": "bridge", "bridge": "br-c6"}), pools.clone());
+        conf["cniVersion"] = json!(version);
+        let pod = Netns::new("bc6");
+        let cid = format!("c6-{n}");
+        let r = bed.add(&cid, &pod, &conf);
+        assert_eq!(r["cniVersion"], *version);
+        let ips = r["ips"].as_array().unwrap();
+        assert_eq!(ips.len(), 2, "{version}: {r}");
+        if *version < "1.0.0" {
+            assert_eq!(
+                (ips[0]["version"].as_str(), ips[1]["version"].as_str()),
+                (Some("4"), Some("6")),
+                "{r}"
+            );
+        }
+        // CHECK takes the ADD result of its own version; only 0.4.0 and later have CHECK.
+        if *version >= "0.4.0" {
+            let mut chk = conf.clone();
+            chk["prevResult"] = r.clone();
+            assert_eq!(
+                bed.run("CHECK", &cid, Some(&pod), &chk),
+                (0, Value::Null),
+                "{version}"
+            );
+            pod.ip(&["-6", "route", "del", "default"]);
+            let (code, e) = bed.run("CHECK", &cid, Some(&pod), &chk);
+            assert_eq!((code, e["code"].as_i64()), (1, Some(130)), "{version}: {e}");
+            assert!(e["msg"].as_str().unwrap().contains("route to ::/0"), "{e}");
+        }
+        assert_eq!(bed.run("DEL", &cid, Some(&pod), &conf).0, 0);
+        assert_eq!(bed.run("DEL", &cid, None, &conf).0, 0);
+        assert_eq!(
+            leases_of(&conf["ipam"], &bed.network, &cid, "eth0"),
+            Vec::<String>::new()
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: run by scripts/test"]
 fn status_reports_a_broken_store_as_code_50() {
     let bed = Bed::new();
     let conf = bed.conf(

@@ -432,4 +432,32 @@ pub fn dual_stack_round_trip(store: Arc<dyn Store>) {
     want.sort();
     assert_eq!(freed, want);
     assert_eq!(ipam.lookup(net, "c3", "eth0").unwrap(), a);
+    // The admin calls take IPv6 addresses like IPv4 ones.
+    let v6 = a[1].address.addr();
+    assert!(matches!(
+        ipam.show(net, v6).unwrap().map(|l| l.state),
+        Some(LeaseState::Allocated { .. })
+    ));
+    let spare: IpAddr = "fd00:50::99".parse().unwrap();
+    let r = ipam
+        .reserve(
+            net,
+            spare,
+            &berth_ipam_core::Reservation {
+                pod: Some(("ns".into(), "web-9".into())),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(r.pool, "a6");
+    let mut web9 = req(net, "c9", Some("web-9"));
+    web9.annotations.clear();
+    let got = ipam.allocate(&web9).unwrap();
+    assert_eq!(
+        got[1].address.addr(),
+        spare,
+        "the reservation serves its pod"
+    );
+    assert!(ipam.release_ip(net, spare).unwrap().is_some());
+    assert_eq!(ipam.show(net, spare).unwrap(), None);
 }
