@@ -246,25 +246,35 @@ fn apply_steps(
         net.wait_oper_up(Ns::Pod, &iface.name, OPER_UP_TIMEOUT)
             .map_err(|e| from_net(&e))?;
         let timeout = Duration::from_millis(plan.arp.probe_timeout_ms);
-        for a in &iface.addresses {
-            let ip = a.address.addr();
-            if let Some(other) = net
-                .arp_probe(index, applied.macs[i].1, ip, plan.arp.probe_count, timeout)
-                .map_err(|e| from_net(&e))?
-            {
-                return Err(CniError::new(
-                    ADDRESS_CONFLICT,
-                    format!(
-                        "address {ip} for {} is already in use by {} on its network",
-                        iface.name,
-                        mac_string(&other)
-                    ),
-                )
-                .with_details(format!(
-                    "free the address on that host or remove it from pool {}; nothing was configured",
-                    a.pool
-                )));
-            }
+        // Every family's probe goes out at once and shares one wait.
+        let ips: Vec<std::net::IpAddr> = iface.addresses.iter().map(|a| a.address.addr()).collect();
+        if let Some((ip, other)) = net
+            .arp_probe(
+                index,
+                applied.macs[i].1,
+                &ips,
+                plan.arp.probe_count,
+                timeout,
+            )
+            .map_err(|e| from_net(&e))?
+        {
+            let pool = iface
+                .addresses
+                .iter()
+                .find(|a| a.address.addr() == ip)
+                .map(|a| a.pool.as_str())
+                .unwrap_or_default();
+            return Err(CniError::new(
+                ADDRESS_CONFLICT,
+                format!(
+                    "address {ip} for {} is already in use by {} on its network",
+                    iface.name,
+                    mac_string(&other)
+                ),
+            )
+            .with_details(format!(
+                "free the address on that host or remove it from pool {pool}; nothing was configured"
+            )));
         }
         for a in &iface.addresses {
             net.add_address(Ns::Pod, index, a.address)

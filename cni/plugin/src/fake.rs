@@ -321,13 +321,19 @@ impl NetOps for FakeNet {
         &mut self,
         index: u32,
         _mac: [u8; 6],
-        ip: IpAddr,
+        ips: &[IpAddr],
         _count: u32,
         _timeout: Duration,
-    ) -> Result<Option<[u8; 6]>, NetError> {
-        self.record(format!("arp_probe {index} {ip}"))?;
+    ) -> Result<Option<(IpAddr, [u8; 6])>, NetError> {
+        for ip in ips {
+            self.record(format!("arp_probe {index} {ip}"))?;
+        }
         let s = self.state.lock().unwrap();
-        Ok(s.conflict.filter(|_| s.conflict_ip.is_none_or(|c| c == ip)))
+        Ok(s.conflict.and_then(|mac| {
+            ips.iter()
+                .find(|ip| s.conflict_ip.is_none_or(|c| c == **ip))
+                .map(|ip| (*ip, mac))
+        }))
     }
     fn announce(
         &mut self,

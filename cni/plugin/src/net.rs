@@ -152,17 +152,18 @@ pub trait NetOps {
     fn enable_ip_forward(&mut self) -> Result<(), NetError>;
     /// Waits until a link can pass frames (bounded by `timeout`).
     fn wait_oper_up(&mut self, ns: Ns, name: &str, timeout: Duration) -> Result<(), NetError>;
-    /// Probe for `ip` from pod link `index` before it is used: an RFC 5227 ARP probe for
-    /// IPv4, a neighbour solicitation from `::` (RFC 4862 DAD, sent by berth) for IPv6. The
-    /// MAC of whoever claims the address, if anyone.
+    /// Probes for `ips` from pod link `index` before they are used, all at once: an RFC 5227
+    /// ARP probe for IPv4, a neighbour solicitation from `::` (RFC 4862 DAD, sent by berth)
+    /// for IPv6, then one wait of `timeout`. The first address someone claims, with the MAC
+    /// that claims it.
     fn arp_probe(
         &mut self,
         index: u32,
         mac: [u8; 6],
-        ip: IpAddr,
+        ips: &[IpAddr],
         count: u32,
         timeout: Duration,
-    ) -> Result<Option<[u8; 6]>, NetError>;
+    ) -> Result<Option<(IpAddr, [u8; 6])>, NetError>;
     /// Announcements of `ip` from pod link `index` (gratuitous ARP for IPv4, unsolicited
     /// neighbour advertisements for IPv6): the first now, the rest `interval` apart without
     /// making the caller wait.

@@ -33,6 +33,7 @@ use crate::names::bridge_mac;
 use crate::ndp::{self, ETH_P_IPV6, NdpPacket};
 use crate::net::{ArpNeeds, LinkState, LiveRoute, NetError, NetOps, Ns};
 use crate::plan::RoutePlan;
+use crate::sockwait::recv_any_before;
 
 /// The rtnetlink multicast group of link changes.
 const RTNLGRP_LINK: u32 = 1;
@@ -869,41 +870,71 @@ impl NetOps for RealNet {
         &mut self,
         index: u32,
         mac: [u8; 6],
-        ip: IpAddr,
+        ips: &[IpAddr],
         count: u32,
         timeout: Duration,
-    ) -> Result<Option<[u8; 6]>, NetError> {
-        let v6 = match ip {
-            IpAddr::V4(v4) => {
-                let sock = self.arp()?;
-                sock.bind(index)
-                    .map_err(|e| NetError::io("binding the ARP socket", e))?;
-                let probe = ArpPacket::probe(mac, v4);
-                for _ in 0..count {
-                    sock.send(index, &probe)
-                        .map_err(|e| NetError::io("sending an ARP probe", e))?;
+    ) -> Result<Option<(IpAddr, [u8; 6])>, NetError> {
+        let has = |v4: bool| ips.iter().any(|ip| ip.is_ipv4() == v4);
+        let mut fds = Vec::new();
+        if has(true) {
+            let sock = self.arp()?;
+            sock.bind(index)
+                .map_err(|e| NetError::io("binding the ARP socket", e))?;
+            for ip in ips {
+                if let IpAddr::V4(v4) = ip {
+                    let probe = ArpPacket::probe(mac, *v4);
+                    for _ in 0..count {
+                        sock.send(index, &probe)
+                            .map_err(|e| NetError::io("sending an ARP probe", e))?;
+                    }
                 }
-                let found = sock
-                    .recv_until(Instant::now() + timeout, |p| p.conflicts_with(v4, mac))
-                    .map_err(|e| NetError::io("receiving ARP", e))?;
-                return Ok(found.map(|p| p.sender_mac));
             }
-            IpAddr::V6(v6) => v6,
-        };
-        let sock = self.ndp()?;
-        sock.bind(index)
-            .map_err(|e| NetError::io("binding the NDP socket", e))?;
-        let probe = ndp::probe_frame(mac, v6);
-        for _ in 0..count {
-            sock.send_frame(index, &probe)
-                .map_err(|e| NetError::io("sending an NDP probe", e))?;
+            fds.push(sock.raw_fd());
         }
-        let found = sock
-            .recv_frame_until(Instant::now() + timeout, |f| {
-                NdpPacket::parse(f).filter(|p| p.conflicts_with(v6, mac))
-            })
-            .map_err(|e| NetError::io("receiving NDP", e))?;
-        Ok(found.map(|p| p.sender_mac))
+        if has(false) {
+            let sock = self.ndp()?;
+            sock.bind(index)
+                .map_err(|e| NetError::io("binding the NDP socket", e))?;
+            for ip in ips {
+                if let IpAddr::V6(v6) = ip {
+                    let probe = ndp::probe_frame(mac, *v6);
+                    for _ in 0..count {
+                        sock.send_frame(index, &probe)
+                            .map_err(|e| NetError::io("sending an NDP probe", e))?;
+                    }
+                }
+            }
+            fds.push(sock.raw_fd());
+        }
+        // One wait for every answer, on whichever socket it arrives.
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 256];
+        loop {
+            let (_, got) = recv_any_before(&fds, &mut buf, deadline)
+                .map_err(|e| NetError::io("receiving probe answers", e))?;
+            let n = match got {
+                Received::Data(n) => n,
+                Received::Again => continue,
+                Received::TimedOut => return Ok(None),
+            };
+            let frame = &buf[..n];
+            if let Some(p) = ArpPacket::parse(frame)
+                && let Some(ip) = ips.iter().find(|ip| match ip {
+                    IpAddr::V4(v4) => p.conflicts_with(*v4, mac),
+                    IpAddr::V6(_) => false,
+                })
+            {
+                return Ok(Some((*ip, p.sender_mac)));
+            }
+            if let Some(p) = NdpPacket::parse(frame)
+                && let Some(ip) = ips.iter().find(|ip| match ip {
+                    IpAddr::V6(v6) => p.conflicts_with(*v6, mac),
+                    IpAddr::V4(_) => false,
+                })
+            {
+                return Ok(Some((*ip, p.sender_mac)));
+            }
+        }
     }
 
     fn announce(
