@@ -100,6 +100,8 @@ impl NetError {
 pub struct ArpNeeds {
     /// A raw socket for probes and gratuitous ARPs.
     pub raw_socket: bool,
+    /// With `raw_socket`: a second one for NDP (the network may hand out IPv6 addresses).
+    pub ndp_socket: bool,
 }
 
 /// Every kernel operation of berth-cni.

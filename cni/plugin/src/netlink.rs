@@ -388,7 +388,7 @@ struct PodNs {
     ndp_handed_off: bool,
 }
 
-type PodSockets = io::Result<(Netlink, Option<(ArpSocket, ArpSocket)>)>;
+type PodSockets = io::Result<(Netlink, Option<ArpSocket>, Option<ArpSocket>)>;
 
 /// The pod's sockets being created on their dedicated thread.
 struct PendingPod {
@@ -415,11 +415,16 @@ fn start_pod(path: &Path, needs: ArpNeeds) -> Result<PendingPod, NetError> {
             }
             let nl = Netlink::open()?;
             let arp = if needs.raw_socket {
-                Some((ArpSocket::open()?, ArpSocket::open_for(ETH_P_IPV6)?))
+                Some(ArpSocket::open()?)
             } else {
                 None
             };
-            Ok((nl, arp))
+            let ndp = if needs.raw_socket && needs.ndp_socket {
+                Some(ArpSocket::open_for(ETH_P_IPV6)?)
+            } else {
+                None
+            };
+            Ok((nl, arp, ndp))
         })
         .map_err(|e| NetError::io("starting the netns thread", e))?;
     Ok(PendingPod {
@@ -431,7 +436,7 @@ fn start_pod(path: &Path, needs: ArpNeeds) -> Result<PendingPod, NetError> {
 
 impl PendingPod {
     fn finish(self) -> Result<PodNs, NetError> {
-        let (nl, arp) = self
+        let (nl, arp, ndp) = self
             .thread
             .join()
             .expect("netns thread does not panic")
@@ -439,7 +444,6 @@ impl PendingPod {
                 path: self.path.clone(),
                 source,
             })?;
-        let (arp, ndp) = arp.unzip();
         Ok(PodNs {
             netns: self.netns,
             nl,
@@ -490,7 +494,14 @@ impl RealNet {
     }
 
     fn ndp(&mut self) -> Result<&ArpSocket, NetError> {
-        self.pod()?.ndp.as_ref().ok_or(NetError::NoPodNs)
+        self.pod()?.ndp.as_ref().ok_or_else(|| {
+            NetError::io(
+                "NDP on the pod interface",
+                io::Error::other(
+                    "no NDP socket was opened: the network's IPAM config has no IPv6 pool but handed out an IPv6 address",
+                ),
+            )
+        })
     }
 
     fn pod_fd(&mut self) -> Result<i32, NetError> {

@@ -109,6 +109,27 @@ impl<N: NetOpener, I: IpamOpener> BerthCni<N, I> {
     }
 }
 
+/// Whether the network's IPAM may hand out IPv6 addresses (so ADD opens an NDP socket too):
+/// berth's IPAM when a pool is IPv6, a delegated IPAM plugin always (its ranges are its own).
+fn may_give_ipv6(ipam: Option<&serde_json::Value>) -> bool {
+    let Some(ipam) = ipam else {
+        return false;
+    };
+    match ipam.get("type").and_then(serde_json::Value::as_str) {
+        None | Some("berth-ipam") => ipam
+            .get("pools")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|pools| {
+                pools.iter().any(|p| {
+                    p.get("subnet")
+                        .and_then(serde_json::Value::as_str)
+                        .is_some_and(|s| s.contains(':'))
+                })
+            }),
+        Some(_) => true,
+    }
+}
+
 fn with_cleanup_failures(e: CniError, failures: Vec<String>) -> CniError {
     if failures.is_empty() {
         return e;
@@ -129,6 +150,7 @@ impl<N: NetOpener, I: IpamOpener> Plugin for BerthCni<N, I> {
         let netns = ctx.env.netns.as_deref().expect("ADD has CNI_NETNS");
         let arp = ArpNeeds {
             raw_socket: spec.arp.probe || spec.arp.garp_count > 0,
+            ndp_socket: may_give_ipv6(spec.ipam.as_ref()),
         };
         let mut net = self.net.open(Some(netns), arp).map_err(|e| from_net(&e))?;
         trace::mark("ADD: netlink opened");
@@ -644,6 +666,19 @@ mod tests {
         let s = h.ipam.0.lock().unwrap();
         assert_eq!(s.leases.len(), 1);
         assert_eq!(s.gc_calls[0][0].container_id, "keep");
+    }
+
+    #[test]
+    fn an_ndp_socket_is_opened_only_when_ipam_may_give_ipv6() {
+        assert!(!may_give_ipv6(None));
+        assert!(!may_give_ipv6(Some(
+            &json!({"pools": [{"name": "a", "subnet": "10.0.0.0/24"}]})
+        )));
+        assert!(may_give_ipv6(Some(
+            &json!({"type": "berth-ipam", "pools": [
+            {"name": "a", "subnet": "10.0.0.0/24"}, {"name": "b", "subnet": "fd00::/64"}]})
+        )));
+        assert!(may_give_ipv6(Some(&json!({"type": "host-local"}))));
     }
 
     #[test]
