@@ -485,6 +485,22 @@ impl CriClient {
             .with_context(|| format!("pod {id} has no IP in its status ({ip:?})"))
     }
 
+    /// Every IP the runtime reports for the pod: the first, then `additional_ips` (the
+    /// second family's address on a dual-stack pod), as kubelet lists them in `podIPs`.
+    pub async fn pod_ips(&mut self, id: &str) -> Result<Vec<IpAddr>> {
+        let status = self.pod_status(id).await?;
+        let net = status
+            .network
+            .with_context(|| format!("pod {id} has no network status"))?;
+        std::iter::once(net.ip)
+            .chain(net.additional_ips.into_iter().map(|a| a.ip))
+            .map(|ip| {
+                ip.parse()
+                    .with_context(|| format!("pod {id} reports {ip:?}, not an IP"))
+            })
+            .collect()
+    }
+
     pub async fn stop_pod(&mut self, id: &str) -> Result<()> {
         self.runtime
             .stop_pod_sandbox(cri::StopPodSandboxRequest {

@@ -82,14 +82,14 @@ pub fn request(ctx: &Context) -> AllocateRequest {
         uid: args.k8s_pod_uid.clone(),
     });
     let mut annotations = ctx.config.runtime_config.pod_annotations.clone();
-    // The `ips` capability (and CNI_ARGS IP=) ask for an address like the annotation does.
-    let requested = ctx
-        .config
-        .runtime_config
-        .ips
-        .first()
-        .cloned()
-        .or_else(|| args.other.get("IP").cloned());
+    // The `ips` capability (and CNI_ARGS IP=) ask for addresses like the annotation does:
+    // at most one per IP family.
+    let ips = &ctx.config.runtime_config.ips;
+    let requested = if ips.is_empty() {
+        args.other.get("IP").cloned()
+    } else {
+        Some(ips.join(","))
+    };
     if let Some(ip) = requested {
         annotations.entry(ANN_IP.to_string()).or_insert(ip);
     }
@@ -99,21 +99,29 @@ pub fn request(ctx: &Context) -> AllocateRequest {
         ifname: ctx.env.ifname.clone(),
         pod,
         annotations,
-        pool: None,
+        pools: vec![],
     }
 }
 
-/// The CNI result for an allocation.
-pub fn result(a: &Allocation) -> CniResult {
-    CniResult {
-        ips: vec![IpConfig {
+/// The CNI result for an interface's addresses (one per IP family).
+pub fn result(all: &[Allocation]) -> CniResult {
+    let mut res = CniResult::default();
+    for a in all {
+        res.ips.push(IpConfig {
             address: a.address,
             gateway: a.gateway,
             interface: None,
-        }],
-        routes: a.routes.iter().map(|r| Route::new(r.dst, r.gw)).collect(),
-        ..CniResult::default()
+        });
+        for r in &a.routes {
+            // Routes of another family than the pool's cannot be installed with its address.
+            if r.dst.addr().is_ipv4() == a.address.addr().is_ipv4()
+                && !res.routes.iter().any(|x| x.dst == r.dst)
+            {
+                res.routes.push(Route::new(r.dst, r.gw));
+            }
+        }
     }
+    res
 }
 
 impl Plugin for BerthIpam {
@@ -132,20 +140,22 @@ impl Plugin for BerthIpam {
 
     fn check(&self, ctx: &Context) -> Result<(), CniError> {
         let alloc = open(ctx)?;
-        let a = alloc
+        let all = alloc
             .lookup(&ctx.config.name, &ctx.env.container_id, &ctx.env.ifname)
-            .map_err(|e| cni_error(&e))?
-            .ok_or_else(|| {
-                CniError::new(
-                    ErrorCode::UnknownContainer,
-                    format!(
-                        "no address is allocated to {}/{} on network {}",
-                        ctx.env.container_id, ctx.env.ifname, ctx.config.name
-                    ),
-                )
-            })?;
+            .map_err(|e| cni_error(&e))?;
+        if all.is_empty() {
+            return Err(CniError::new(
+                ErrorCode::UnknownContainer,
+                format!(
+                    "no address is allocated to {}/{} on network {}",
+                    ctx.env.container_id, ctx.env.ifname, ctx.config.name
+                ),
+            ));
+        }
         if let Some(prev) = &ctx.config.prev_result
-            && !prev.ips.iter().any(|ip| ip.address == a.address)
+            && let Some(a) = all
+                .iter()
+                .find(|a| !prev.ips.iter().any(|ip| ip.address == a.address))
         {
             return Err(CniError::new(
                 ErrorCode::Plugin(CODE_CHECK_MISMATCH),

@@ -309,3 +309,55 @@ fn gc_frees_everything_not_in_valid_attachments() {
         .collect();
     assert_eq!(left, ["keep"]);
 }
+
+#[test]
+fn dual_stack_gives_one_address_per_family_and_del_frees_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = conf(
+        dir.path(),
+        json!([{"name": "a", "subnet": "10.91.0.0/24", "gateway": "10.91.0.1", "routes": [{"dst": "0.0.0.0/0"}]},
+               {"name": "a6", "subnet": "fd00:91::/64", "gateway": "fd00:91::1", "routes": [{"dst": "::/0"}]}]),
+    );
+    let (code, v) = add(&c, "c1", POD);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        v["ips"],
+        json!([{"address": "10.91.0.2/24", "gateway": "10.91.0.1"},
+               {"address": "fd00:91::2/64", "gateway": "fd00:91::1"}])
+    );
+    assert_eq!(v["routes"], json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]));
+    // Pre-1.0 results say each address's family.
+    let mut old = c.clone();
+    old["cniVersion"] = json!("0.4.0");
+    let (_, v) = add(&old, "c1", POD);
+    assert_eq!(v["ips"][1]["version"], "6", "{v}");
+    // The ips capability asks for one address per family.
+    let mut caps = c.clone();
+    caps["runtimeConfig"] = json!({"ips": ["10.91.0.50/24", "fd00:91::50/64"]});
+    let (code, v) = add(&caps, "c2", "");
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["ips"][0]["address"], "10.91.0.50/24");
+    assert_eq!(v["ips"][1]["address"], "fd00:91::50/64");
+    for cid in ["c1", "c2"] {
+        for _ in 0..2 {
+            let (code, v) = call(
+                &c,
+                Call {
+                    cmd: "DEL",
+                    cid,
+                    args: POD,
+                },
+            );
+            assert_eq!(code, 0, "{v}");
+        }
+    }
+    let left = LocalStore::new(dir.path(), HistoryLimits::default())
+        .read("pnet")
+        .unwrap();
+    // web-0 is sticky: both of its addresses are held; c2's are freed.
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        left.keys()
+            .all(|ip| ip.to_string().ends_with("::2") || ip.to_string() == "10.91.0.2")
+    );
+}

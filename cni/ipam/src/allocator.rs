@@ -32,8 +32,9 @@ pub struct AllocateRequest {
     pub pod: Option<PodIdentity>,
     /// The pod's annotations (`io.kubernetes.cri.pod-annotations` capability).
     pub annotations: BTreeMap<String, String>,
-    /// A pool named by the plugin's own config for this interface (multi-NIC), if any.
-    pub pool: Option<String>,
+    /// Pools named by the plugin's own config for this interface (multi-NIC): at most one
+    /// per IP family; empty: the pools are picked by annotation, app and rack.
+    pub pools: Vec<String>,
 }
 
 /// A route handed to the pod with its address.
@@ -44,7 +45,7 @@ pub struct RouteSpec {
     pub gw: Option<IpAddr>,
 }
 
-/// What the allocator decided for one interface.
+/// One address the allocator decided for an interface (an interface has one per IP family).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allocation {
     /// The address with the pool's prefix length.
@@ -80,22 +81,24 @@ pub struct GcReport {
 /// Every method is safe to call from several processes at once; `release` is idempotent
 /// (releasing an unknown attachment is `Ok`), as CNI DEL must be.
 pub trait Allocator: Send + Sync {
-    /// Gives the interface an address, the same one again if this attachment already has one.
-    fn allocate(&self, request: &AllocateRequest) -> Result<Allocation, crate::IpamError>;
-    /// Frees (or starts the hold period of) the attachment's address.
+    /// Gives the interface one address per IP family its pools offer (IPv4 first), the same
+    /// ones again if this attachment already has them. All or nothing: on an error no
+    /// address was taken.
+    fn allocate(&self, request: &AllocateRequest) -> Result<Vec<Allocation>, crate::IpamError>;
+    /// Frees (or starts the hold period of) the attachment's addresses.
     fn release(
         &self,
         network: &str,
         container_id: &str,
         ifname: &str,
     ) -> Result<(), crate::IpamError>;
-    /// The attachment's current allocation, for CHECK.
+    /// The attachment's current addresses (IPv4 first; empty: none), for CHECK.
     fn lookup(
         &self,
         network: &str,
         container_id: &str,
         ifname: &str,
-    ) -> Result<Option<Allocation>, crate::IpamError>;
+    ) -> Result<Vec<Allocation>, crate::IpamError>;
     /// Frees every attachment of `network` that is not in `valid` (held addresses stay held).
     fn gc(&self, network: &str, valid: &[Attachment]) -> Result<GcReport, crate::IpamError>;
     /// Whether the store can be used now (CNI STATUS).

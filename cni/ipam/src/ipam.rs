@@ -282,7 +282,7 @@ impl Ipam {
 }
 
 impl Allocator for Ipam {
-    fn allocate(&self, request: &AllocateRequest) -> Result<Allocation, IpamError> {
+    fn allocate(&self, request: &AllocateRequest) -> Result<Vec<Allocation>, IpamError> {
         let now = self.clock.now();
         let start = self.start();
         let mut out = None;
@@ -309,11 +309,16 @@ impl Allocator for Ipam {
         network: &str,
         container_id: &str,
         ifname: &str,
-    ) -> Result<Option<Allocation>, IpamError> {
-        self.store
-            .attached_on(&self.engine.node.node, network, container_id, ifname)?
-            .map(|l| self.engine.allocation_of(&l))
-            .transpose()
+    ) -> Result<Vec<Allocation>, IpamError> {
+        // By address, so IPv4 comes first.
+        let mut leases =
+            self.store
+                .attached_on(&self.engine.node.node, network, container_id, ifname)?;
+        leases.sort_by_key(|l| l.ip);
+        leases
+            .iter()
+            .map(|l| self.engine.allocation_of(l))
+            .collect()
     }
 
     fn gc(&self, network: &str, valid: &[Attachment]) -> Result<GcReport, IpamError> {

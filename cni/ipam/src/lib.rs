@@ -30,6 +30,7 @@ pub use config::{EtcdAuth, EtcdTls, IpamConfig, PoolConfig, StickyDefault, Store
 pub use error::IpamError;
 pub use ipam::{Ipam, Reservation, open, open_store};
 pub use node::NodeInfo;
+pub use pool::Family;
 pub use state::{Event, EventKind, HistoryQuery, Lease, LeaseState, Sticky};
 pub use store::Store;
 pub use view::LeaseView;

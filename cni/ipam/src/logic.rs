@@ -2,8 +2,11 @@
 //! request and the time to a [`Plan`] (what to write) and an answer. Stores apply plans
 //! atomically; nothing here does I/O, so every rule is unit-tested with an injected time.
 //!
+//! An interface gets one address per IP family its candidate pools offer (dual-stack: an
+//! IPv4 and an IPv6 address; the rules below run once per family, in one transaction).
+//!
 //! Rules, in order, for ADD:
-//! 1. an attachment that already has an address gets the same one again (ADD is idempotent);
+//! 1. an attachment that already has addresses gets the same ones again (ADD is idempotent);
 //! 2. an explicit address (`berth.io/ip`) is given only if its pool serves this node's rack and
 //!    nobody else holds it;
 //! 3. otherwise the pod's sticky address (held or reserved for its namespace/name) in one of the
@@ -13,8 +16,9 @@
 //!    another pod (holds are soft: a full pool reclaims them; reservations and addresses
 //!    pinned by `berth.io/ip` are never reclaimed).
 //!
-//! Candidate pools: `berth.io/pool` annotation, else the pool of the explicit address, else the
-//! plugin's per-interface pool, else `berth.io/app-pool` (pools named so or labelled `app`),
+//! Candidate pools of a family: the pool of the explicit address, else the `berth.io/pool`
+//! annotation, else the plugin's per-interface pools (named pools: at most one per family),
+//! else `berth.io/app-pool` (pools named so or labelled `app`),
 //! else the node's rack pools, then the pools without racks.
 
 use std::collections::BTreeMap;
@@ -26,7 +30,7 @@ use crate::allocator::{AllocateRequest, Allocation, GcReport};
 use crate::config::StickyDefault;
 use crate::error::IpamError;
 use crate::node::NodeInfo;
-use crate::pool::{Pool, Pools, Unusable};
+use crate::pool::{Family, Pool, Pools, Unusable};
 use crate::state::{Event, EventKind, Lease, LeaseState, Leases, Plan, Sticky};
 use crate::view::LeaseView;
 
@@ -49,6 +53,9 @@ pub struct Engine {
     pub max_skew: chrono::Duration,
 }
 
+/// One IP family's candidate pools for an interface, and its explicit address if any.
+type FamilyChoice<'a> = (Vec<&'a Pool>, Option<IpAddr>);
+
 /// A GC decision: what to write, and which allocations it releases.
 pub struct Released {
     pub plan: Plan,
@@ -56,14 +63,15 @@ pub struct Released {
 }
 
 impl Engine {
-    /// Decides an ADD. `start` spreads concurrent writers over the pool (0: lowest first).
+    /// Decides an ADD: one address per IP family the interface's pools offer (IPv4 first).
+    /// `start` spreads concurrent writers over the pool (0: lowest first).
     pub fn allocate(
         &self,
         leases: &dyn LeaseView,
         req: &AllocateRequest,
         now: DateTime<Utc>,
         start: u128,
-    ) -> Result<(Plan, Allocation), IpamError> {
+    ) -> Result<(Plan, Vec<Allocation>), IpamError> {
         for (what, v) in [
             ("network", &req.network),
             ("container id", &req.container_id),
@@ -88,17 +96,85 @@ impl Engine {
         req: &AllocateRequest,
         now: DateTime<Utc>,
         start: u128,
-    ) -> Result<(Plan, Allocation), IpamError> {
-        if let Some(l) = leases.attached(&req.container_id, &req.ifname)? {
-            return Ok((Plan::default(), self.allocation_of(&l)?));
+    ) -> Result<(Plan, Vec<Allocation>), IpamError> {
+        let attached = leases.attached(&req.container_id, &req.ifname)?;
+        if !attached.is_empty() {
+            let mut out = attached
+                .iter()
+                .map(|l| self.allocation_of(l))
+                .collect::<Result<Vec<_>, _>>()?;
+            out.sort_by_key(|a| Family::of(a.address.addr()));
+            return Ok((Plan::default(), out));
         }
         let sticky = self.sticky_of(req)?;
-        let explicit = match annotation_for(req, ANN_IP)? {
-            Some(v) => Some(parse_ip(&v)?),
-            None => None,
-        };
-        let candidates = self.candidates(req, explicit)?;
+        let explicit = explicit_ips(req)?;
+        let mut plan = Plan::default();
+        let mut out = Vec::new();
+        for (candidates, ip) in self.families(req, &explicit)? {
+            let (p, a) =
+                self.allocate_family(leases, req, &candidates, ip, sticky.clone(), now, start)?;
+            plan.puts.extend(p.puts);
+            plan.deletes.extend(p.deletes);
+            plan.events.extend(p.events);
+            out.push(a);
+        }
+        Ok((plan, out))
+    }
 
+    /// The candidate pools of each IP family the interface gets an address of, with the
+    /// family's explicit address (`berth.io/ip`), IPv4 first.
+    fn families(
+        &self,
+        req: &AllocateRequest,
+        explicit: &[IpAddr],
+    ) -> Result<Vec<FamilyChoice<'_>>, IpamError> {
+        let base = self.candidates(req);
+        if let Err(e) = &base
+            && explicit.is_empty()
+        {
+            return Err(clone_err(e));
+        }
+        let mut out = Vec::new();
+        for family in [Family::V4, Family::V6] {
+            let ip = explicit
+                .iter()
+                .copied()
+                .find(|ip| Family::of(*ip) == family);
+            let chosen: Vec<&Pool> = match &base {
+                Ok((pools, _)) => pools
+                    .iter()
+                    .copied()
+                    .filter(|p| p.family() == family)
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            let named = matches!(&base, Ok((_, true)));
+            let candidates = match ip {
+                // A pool named for this family (berth.io/pool, the plugin's) must hold the
+                // address; otherwise the pool that covers it.
+                Some(_) if named && !chosen.is_empty() => chosen,
+                Some(ip) => vec![self.covering_pool(ip)?],
+                None => chosen,
+            };
+            if !candidates.is_empty() {
+                out.push((candidates, ip));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decides one family's address among `candidates` (all of that family).
+    #[allow(clippy::too_many_arguments)]
+    fn allocate_family(
+        &self,
+        leases: &dyn LeaseView,
+        req: &AllocateRequest,
+        candidates: &[&Pool],
+        explicit: Option<IpAddr>,
+        sticky: Option<Sticky>,
+        now: DateTime<Utc>,
+        start: u128,
+    ) -> Result<(Plan, Allocation), IpamError> {
         if let Some(ip) = explicit {
             let pool = candidates[0];
             pool.check(ip)
@@ -160,14 +236,14 @@ impl Engine {
             }
         }
 
-        for pool in &candidates {
+        for pool in candidates {
             // Expired holds and reservations are free for anyone; allocations never expire.
             if let Some(ip) = leases.find_free(pool, start, now)? {
                 let previous = leases.get(ip)?;
                 return Ok(self.take(previous.as_ref(), pool, ip, req, sticky, now, Take::New));
             }
         }
-        for pool in &candidates {
+        for pool in candidates {
             let oldest_hold =
                 leases.oldest_reclaimable(&pool.name, &|ip| pool.check(ip).is_ok())?;
             if let Some(l) = oldest_hold {
@@ -275,7 +351,7 @@ impl Engine {
         (plan, allocation(pool, ip))
     }
 
-    /// Decides a DEL: the attachment's address goes into its hold period (sticky) or is freed.
+    /// Decides a DEL: the attachment's addresses (one per family) go into its hold period (sticky) or is freed.
     pub fn release(
         &self,
         leases: &dyn LeaseView,
@@ -284,7 +360,7 @@ impl Engine {
         now: DateTime<Utc>,
     ) -> Result<Plan, IpamError> {
         let mut plan = Plan::default();
-        if let Some(l) = leases.attached(container_id, ifname)? {
+        for l in leases.attached(container_id, ifname)? {
             self.release_lease(&mut plan, &l, now, false);
         }
         Ok(plan)
@@ -464,42 +540,45 @@ impl Engine {
         }))
     }
 
-    fn candidates(
-        &self,
-        req: &AllocateRequest,
-        explicit: Option<IpAddr>,
-    ) -> Result<Vec<&Pool>, IpamError> {
+    /// The pools an interface may take addresses from, in preference order, and whether
+    /// they were named (`berth.io/pool`, the plugin's per-interface pools: at most one per
+    /// family) rather than picked by app and rack.
+    fn candidates(&self, req: &AllocateRequest) -> Result<(Vec<&Pool>, bool), IpamError> {
         let rack = self.node.rack.as_deref();
-        let named = |name: &str| -> Result<Vec<&Pool>, IpamError> {
-            let p = self
-                .pools
-                .get(name)
-                .ok_or_else(|| IpamError::UnknownPool(name.to_string()))?;
-            self.serves(p, rack)?;
-            Ok(vec![p])
-        };
-        if let Some(name) = annotation_for(req, ANN_POOL)? {
-            return named(&name);
-        }
-        if let Some(ip) = explicit {
-            let p = self.pools.covering(ip).ok_or_else(|| IpamError::AddressUnavailable {
-                address: ip,
-                reason: match self.pools.containing(ip) {
-                    Some(p) => format!(
-                        "it is outside the ranges of pool {:?}; pick an address inside them",
+        let named = |names: &[String], what: &str| -> Result<(Vec<&Pool>, bool), IpamError> {
+            let mut out: Vec<&Pool> = Vec::new();
+            for name in names {
+                let p = self
+                    .pools
+                    .get(name)
+                    .ok_or_else(|| IpamError::UnknownPool(name.to_string()))?;
+                self.serves(p, rack)?;
+                if let Some(other) = out.iter().find(|o| o.family() == p.family()) {
+                    return Err(IpamError::InvalidConfig(format!(
+                        "{what} names two {} pools for interface {}: {:?} and {:?}; name one pool per IP family",
+                        p.family(),
+                        req.ifname,
+                        other.name,
                         p.name
-                    ),
-                    None => format!(
-                        "it is outside every configured pool ({}); pick an address of one of them",
-                        self.pool_list()
-                    ),
+                    )));
+                }
+                out.push(p);
+            }
+            Ok((out, true))
+        };
+        let annotated = annotation_values(req, ANN_POOL)?;
+        if !annotated.is_empty() {
+            return named(&annotated, &format!("annotation {ANN_POOL}")).map_err(|e| match e {
+                IpamError::InvalidConfig(reason) => IpamError::InvalidAnnotation {
+                    key: ANN_POOL.into(),
+                    value: req.annotations.get(ANN_POOL).cloned().unwrap_or_default(),
+                    reason,
                 },
-            })?;
-            self.serves(p, rack)?;
-            return Ok(vec![p]);
+                other => other,
+            });
         }
-        if let Some(name) = &req.pool {
-            return named(name);
+        if !req.pools.is_empty() {
+            return named(&req.pools, "the network config");
         }
         if let Some(app) = annotation_for(req, ANN_APP_POOL)? {
             let all: Vec<&Pool> = self
@@ -514,7 +593,7 @@ impl Engine {
             if ok.is_empty() {
                 return Err(self.no_pool(format!("app {app}"), &all));
             }
-            return Ok(ok);
+            return Ok((ok, false));
         }
         let ok = rack_first(
             self.pools
@@ -525,7 +604,29 @@ impl Engine {
             let all: Vec<&Pool> = self.pools.iter().filter(|p| p.app.is_none()).collect();
             return Err(self.no_pool("the node's rack".into(), &all));
         }
-        Ok(ok)
+        Ok((ok, false))
+    }
+
+    /// The pool holding an explicitly requested address, if it serves this node.
+    fn covering_pool(&self, ip: IpAddr) -> Result<&Pool, IpamError> {
+        let p = self
+            .pools
+            .covering(ip)
+            .ok_or_else(|| IpamError::AddressUnavailable {
+                address: ip,
+                reason: match self.pools.containing(ip) {
+                    Some(p) => format!(
+                        "it is outside the ranges of pool {:?}; pick an address inside them",
+                        p.name
+                    ),
+                    None => format!(
+                        "it is outside every configured pool ({}); pick an address of one of them",
+                        self.pool_list()
+                    ),
+                },
+            })?;
+        self.serves(p, self.node.rack.as_deref())?;
+        Ok(p)
     }
 
     fn serves(&self, p: &Pool, rack: Option<&str>) -> Result<(), IpamError> {
@@ -652,6 +753,51 @@ fn parse_ip(v: &str) -> Result<IpAddr, IpamError> {
         })
 }
 
+/// The interface's addresses from `berth.io/ip`: at most one per IP family.
+fn explicit_ips(req: &AllocateRequest) -> Result<Vec<IpAddr>, IpamError> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    for v in annotation_values(req, ANN_IP)? {
+        let ip = parse_ip(&v)?;
+        if let Some(other) = out.iter().find(|o| Family::of(**o) == Family::of(ip)) {
+            return Err(IpamError::InvalidAnnotation {
+                key: ANN_IP.into(),
+                value: req.annotations.get(ANN_IP).cloned().unwrap_or_default(),
+                reason: format!(
+                    "it gives interface {} two {} addresses ({other} and {ip}); give at most one per IP family",
+                    req.ifname,
+                    Family::of(ip)
+                ),
+            });
+        }
+        out.push(ip);
+    }
+    Ok(out)
+}
+
+/// An error the caller reports as it is (the error type is not `Clone`).
+fn clone_err(e: &IpamError) -> IpamError {
+    match e {
+        IpamError::UnknownPool(p) => IpamError::UnknownPool(p.clone()),
+        IpamError::NoPool {
+            what,
+            node,
+            rack,
+            hint,
+        } => IpamError::NoPool {
+            what: what.clone(),
+            node: node.clone(),
+            rack: rack.clone(),
+            hint: hint.clone(),
+        },
+        IpamError::InvalidAnnotation { key, value, reason } => IpamError::InvalidAnnotation {
+            key: key.clone(),
+            value: value.clone(),
+            reason: reason.clone(),
+        },
+        other => IpamError::InvalidConfig(other.to_string()),
+    }
+}
+
 /// The annotation's value for the request's interface: a plain value applies to every
 /// interface, the form `eth0=a,eth1=b` to the named ones.
 pub fn annotation_for(req: &AllocateRequest, key: &str) -> Result<Option<String>, IpamError> {
@@ -686,6 +832,33 @@ pub fn annotation_for(req: &AllocateRequest, key: &str) -> Result<Option<String>
         .get(req.ifname.as_str())
         .filter(|v| !v.is_empty())
         .map(|v| v.to_string()))
+}
+
+/// The annotation's values for the request's interface, for keys that take one value per IP
+/// family: `a`, `a,b` (every interface), or `eth0=a,eth0=b,eth1=c` (the named ones).
+pub fn annotation_values(req: &AllocateRequest, key: &str) -> Result<Vec<String>, IpamError> {
+    let Some(raw) = req.annotations.get(key).map(|v| v.trim()) else {
+        return Ok(Vec::new());
+    };
+    let entries = raw.split(',').map(str::trim).filter(|e| !e.is_empty());
+    if !raw.contains('=') {
+        return Ok(entries.map(str::to_string).collect());
+    }
+    let mut out = Vec::new();
+    for entry in entries {
+        let (ifname, value) =
+            entry
+                .split_once('=')
+                .ok_or_else(|| IpamError::InvalidAnnotation {
+                    key: key.into(),
+                    value: raw.into(),
+                    reason: format!("entry {entry:?} is not ifname=value"),
+                })?;
+        if ifname.trim() == req.ifname && !value.trim().is_empty() {
+            out.push(value.trim().to_string());
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

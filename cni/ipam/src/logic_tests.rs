@@ -46,7 +46,7 @@ fn req(cid: &str, pod: Option<(&str, &str)>) -> AllocateRequest {
             uid: Some(format!("uid-{cid}")),
         }),
         annotations: BTreeMap::new(),
-        pool: None,
+        pools: vec![],
     }
 }
 
@@ -55,16 +55,28 @@ fn with_ann(mut r: AllocateRequest, k: &str, v: &str) -> AllocateRequest {
     r
 }
 
-/// Runs an allocation and applies its plan, like a store would.
+/// Runs an allocation and applies its plan, like a store would; every address.
+fn alloc_all(
+    e: &Engine,
+    leases: &mut Leases,
+    r: &AllocateRequest,
+    now: DateTime<Utc>,
+) -> Result<Vec<Allocation>, IpamError> {
+    let (plan, a) = e.allocate(leases, r, now, 0)?;
+    plan.apply(leases);
+    Ok(a)
+}
+
+/// [`alloc_all`] on a single-stack network: its one address.
 fn alloc(
     e: &Engine,
     leases: &mut Leases,
     r: &AllocateRequest,
     now: DateTime<Utc>,
 ) -> Result<Allocation, IpamError> {
-    let (plan, a) = e.allocate(leases, r, now, 0)?;
-    plan.apply(leases);
-    Ok(a)
+    let mut all = alloc_all(e, leases, r, now)?;
+    assert_eq!(all.len(), 1, "single-stack: {all:?}");
+    Ok(all.remove(0))
 }
 
 fn release(e: &Engine, leases: &mut Leases, cid: &str, now: DateTime<Utc>) -> Plan {
@@ -111,7 +123,7 @@ fn same_attachment_gets_same_address_without_writing() {
     let mut l = Leases::new();
     let a = alloc(&e, &mut l, &req("c1", None), t0()).unwrap();
     let (plan, b) = e.allocate(&l, &req("c1", None), t0(), 0).unwrap();
-    assert_eq!(a, b);
+    assert_eq!(vec![a], b);
     assert!(plan.is_empty());
 }
 
@@ -152,7 +164,7 @@ fn hold_expires_with_the_injected_clock() {
     let (plan, got) = e
         .allocate(&l, &req("c3", Some(("ns", "c"))), nine, 0)
         .unwrap();
-    assert_eq!(got.address, first.address);
+    assert_eq!(got[0].address, first.address);
     let kinds: Vec<EventKind> = plan.events.iter().map(|e| e.kind).collect();
     assert_eq!(kinds, [EventKind::Reclaimed, EventKind::Allocate]);
     // 10 minutes later the hold has run out: another pod takes it, and the expiry is recorded.
@@ -160,7 +172,7 @@ fn hold_expires_with_the_injected_clock() {
     let (plan, got) = e
         .allocate(&l, &req("c3", Some(("ns", "c"))), ten, 0)
         .unwrap();
-    assert_eq!(got.address, first.address);
+    assert_eq!(got[0].address, first.address);
     let kinds: Vec<EventKind> = plan.events.iter().map(|e| e.kind).collect();
     assert_eq!(kinds, [EventKind::Expire, EventKind::Allocate]);
 }
@@ -366,7 +378,7 @@ fn pool_selection_by_rack_app_and_annotation() {
     );
     // The per-interface pool from the plugin config is honoured.
     let mut r = req("c6", None);
-    r.pool = Some("spill".into());
+    r.pools = vec!["spill".into()];
     assert_eq!(alloc(&r1, &mut l, &r, t0()).unwrap().pool, "spill");
     // Explicit pool of another rack: refused, naming the racks.
     match alloc(
@@ -666,7 +678,7 @@ fn a_full_pool_reclaims_the_oldest_hold_and_says_for_whom() {
     let (plan, got) = e
         .allocate(&l, &req("new", Some(("ns", "web-7"))), now, 0)
         .unwrap();
-    assert_eq!(got.address.addr(), held[3]);
+    assert_eq!(got[0].address.addr(), held[3]);
     let reclaimed = &plan.events[0];
     assert_eq!(reclaimed.kind, EventKind::Reclaimed);
     assert_eq!(reclaimed.sticky.as_ref().unwrap().name, "gone-3");
@@ -685,7 +697,7 @@ fn a_full_pool_reclaims_the_oldest_hold_and_says_for_whom() {
     let (plan, back) = e
         .allocate(&l, &req("again", Some(("ns", "gone-3"))), now, 0)
         .unwrap();
-    assert_ne!(back.address.addr(), held[3]);
+    assert_ne!(back[0].address.addr(), held[3]);
     plan.apply(&mut l);
     let q = crate::state::HistoryQuery {
         pod: Some(("ns".into(), "gone-3".into())),
@@ -793,4 +805,157 @@ fn generated_pod_names_are_not_held_by_default() {
     )
     .unwrap();
     assert!(l[&c.address.addr()].sticky.is_some());
+}
+
+fn dual() -> Engine {
+    engine(
+        None,
+        json!([{"name": "v4", "subnet": "10.244.0.0/24", "gateway": "10.244.0.1"},
+               {"name": "v6", "subnet": "fd00:244::/64", "gateway": "fd00:244::1"}]),
+    )
+}
+
+fn addrs(all: &[Allocation]) -> Vec<String> {
+    all.iter().map(|a| a.address.to_string()).collect()
+}
+
+#[test]
+fn dual_stack_gives_one_address_per_family_ipv4_first() {
+    let e = dual();
+    let mut l = Leases::new();
+    let a = alloc_all(&e, &mut l, &req("c1", None), t0()).unwrap();
+    assert_eq!(addrs(&a), ["10.244.0.2/24", "fd00:244::2/64"]);
+    assert_eq!(a[1].gateway, Some(ip("fd00:244::1")));
+    assert_eq!(a[1].pool, "v6");
+    assert_eq!(l.len(), 2);
+    // ADD again: the same two, nothing written.
+    let (plan, again) = e.allocate(&l, &req("c1", None), t0(), 0).unwrap();
+    assert!(plan.is_empty());
+    assert_eq!(again, a);
+    // Another sandbox gets the next of each.
+    let b = alloc_all(&e, &mut l, &req("c2", None), t0()).unwrap();
+    assert_eq!(addrs(&b), ["10.244.0.3/24", "fd00:244::3/64"]);
+    // DEL frees both, with an event each.
+    let plan = release(&e, &mut l, "c1", t0());
+    assert_eq!(plan.deletes, vec![ip("10.244.0.2"), ip("fd00:244::2")]);
+    assert_eq!(plan.events.len(), 2);
+    assert!(e.release(&l, "c1", "eth0", t0()).unwrap().is_empty());
+}
+
+#[test]
+fn dual_stack_sticky_pod_gets_both_addresses_back_and_gc_holds_both() {
+    let e = dual();
+    let mut l = Leases::new();
+    let first = alloc_all(&e, &mut l, &req("c1", Some(("ns", "web-0"))), t0()).unwrap();
+    release(&e, &mut l, "c1", t0());
+    assert!(
+        l.values()
+            .all(|x| matches!(x.state, LeaseState::Held { .. }))
+    );
+    let other = alloc_all(&e, &mut l, &req("c2", Some(("ns", "web-1"))), t0()).unwrap();
+    assert_ne!(other[0].address, first[0].address);
+    assert_ne!(other[1].address, first[1].address);
+    let back = alloc_all(&e, &mut l, &req("c3", Some(("ns", "web-0"))), t0()).unwrap();
+    assert_eq!(back, first, "both addresses come back");
+    // GC of c3: both go into their hold, both are reported.
+    let r = e.gc(&l, &|x| x.attachment() != Some(("c3", "eth0")), t0());
+    assert_eq!(
+        r.report.released,
+        vec![first[0].address.addr(), first[1].address.addr()]
+    );
+    r.plan.apply(&mut l);
+    assert_eq!(
+        l.values()
+            .filter(|x| matches!(x.state, LeaseState::Held { .. }))
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn dual_stack_explicit_addresses_per_family() {
+    let e = dual();
+    let mut l = Leases::new();
+    let both = with_ann(
+        req("c1", Some(("ns", "p"))),
+        ANN_IP,
+        "eth0=10.244.0.20,eth0=fd00:244::20",
+    );
+    let a = alloc_all(&e, &mut l, &both, t0()).unwrap();
+    assert_eq!(addrs(&a), ["10.244.0.20/24", "fd00:244::20/64"]);
+    assert!(l.values().all(|x| x.pinned));
+    // One family named: the other comes from its pool.
+    let v6 = with_ann(req("c2", None), ANN_IP, "fd00:244::99");
+    let a = alloc_all(&e, &mut l, &v6, t0()).unwrap();
+    assert_eq!(addrs(&a), ["10.244.0.2/24", "fd00:244::99/64"]);
+    // Two addresses of one family: refused, nothing written.
+    let before = l.clone();
+    let two = with_ann(req("c3", None), ANN_IP, "eth0=10.244.0.30,eth0=10.244.0.31");
+    let err = alloc_all(&e, &mut l, &two, t0()).unwrap_err();
+    assert!(
+        matches!(&err, IpamError::InvalidAnnotation { key, reason, .. }
+            if key == ANN_IP && reason.contains("two IPv4 addresses (10.244.0.30 and 10.244.0.31)")),
+        "{err}"
+    );
+    assert_eq!(err.cni_code(), 114);
+    // The IPv6 address is in use by c1: refused as a whole, the IPv4 one is not taken.
+    let taken = with_ann(req("c4", None), ANN_IP, "10.244.0.40,fd00:244::20");
+    assert!(matches!(
+        alloc_all(&e, &mut l, &taken, t0()),
+        Err(IpamError::AddressUnavailable { address, .. }) if address == ip("fd00:244::20")
+    ));
+    assert_eq!(l, before);
+}
+
+#[test]
+fn dual_stack_named_pools_are_one_per_family() {
+    let e = engine(
+        None,
+        json!([{"name": "v4", "subnet": "10.244.0.0/24"}, {"name": "v4b", "subnet": "10.245.0.0/24"},
+               {"name": "v6", "subnet": "fd00:244::/64"}]),
+    );
+    let mut l = Leases::new();
+    // Two IPv4 pools, chosen by the network config: refused, naming both.
+    let mut r = req("c1", None);
+    r.pools = vec!["v4".into(), "v4b".into()];
+    let err = alloc_all(&e, &mut l, &r, t0()).unwrap_err();
+    assert!(
+        matches!(&err, IpamError::InvalidConfig(m) if m.contains("two IPv4 pools for interface eth0: \"v4\" and \"v4b\"")),
+        "{err}"
+    );
+    assert_eq!(err.cni_code(), 7);
+    // The same by annotation.
+    let ann = with_ann(req("c1", None), ANN_POOL, "eth0=v4,eth0=v4b");
+    assert!(matches!(
+        alloc_all(&e, &mut l, &ann, t0()),
+        Err(IpamError::InvalidAnnotation { key, reason, .. }) if key == ANN_POOL && reason.contains("two IPv4 pools")
+    ));
+    assert!(l.is_empty());
+    // One per family: both; one pool named: that family only.
+    r.pools = vec!["v4b".into(), "v6".into()];
+    let a = alloc_all(&e, &mut l, &r, t0()).unwrap();
+    assert_eq!(addrs(&a), ["10.245.0.1/24", "fd00:244::1/64"]);
+    let only = with_ann(req("c2", None), ANN_POOL, "v6");
+    assert_eq!(
+        addrs(&alloc_all(&e, &mut l, &only, t0()).unwrap()),
+        ["fd00:244::2/64"]
+    );
+}
+
+#[test]
+fn dual_stack_exhausted_family_takes_nothing() {
+    let e = engine(
+        None,
+        json!([{"name": "v4", "subnet": "10.244.0.0/24"},
+               {"name": "v6", "subnet": "fd00:244::/120", "ranges": [{"start": "fd00:244::10", "end": "fd00:244::10"}]}]),
+    );
+    let mut l = Leases::new();
+    alloc_all(&e, &mut l, &req("c1", None), t0()).unwrap();
+    let before = l.clone();
+    let err = alloc_all(&e, &mut l, &req("c2", None), t0()).unwrap_err();
+    assert!(
+        matches!(&err, IpamError::Exhausted { pool } if pool == "v6"),
+        "{err}"
+    );
+    assert_eq!(l, before, "the IPv4 address was not taken either");
 }

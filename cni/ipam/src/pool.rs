@@ -12,6 +12,35 @@ use crate::allocator::RouteSpec;
 use crate::config::PoolConfig;
 use crate::error::IpamError;
 
+/// An IP family; an interface gets at most one address of each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// The narrowest IPv6 subnet a pool may have: a /120 has 255 host addresses; narrower
+/// subnets leave so few that a typo (`/128` for `/64`) is far likelier than intent.
+pub const MAX_V6_PREFIX: u8 = 120;
+
 /// An inclusive interval of addresses, as numbers.
 type Span = (u128, u128);
 
@@ -58,6 +87,11 @@ impl Pool {
                 pc.subnet
             )));
         }
+        if subnet.addr().is_ipv6() && subnet.prefix_len() > MAX_V6_PREFIX {
+            return Err(bad(format!(
+                "IPv6 subnet {subnet} is narrower than /{MAX_V6_PREFIX}; use a /{MAX_V6_PREFIX} or wider (a /64 is usual)"
+            )));
+        }
         let (net_lo, net_hi) = span_of(&subnet);
         let mut ranges = Vec::new();
         if pc.ranges.is_empty() {
@@ -92,6 +126,13 @@ impl Pool {
             }
         }
         if let Some(gw) = pc.gateway {
+            if gw.is_ipv4() != subnet.addr().is_ipv4() {
+                return Err(bad(format!(
+                    "gateway {gw} is an {} address but subnet {subnet} is {}; give each family its own pool with a gateway of that family",
+                    Family::of(gw),
+                    Family::of(subnet.addr())
+                )));
+            }
             if !subnet.contains(&gw) {
                 return Err(bad(format!("gateway {gw} is not inside subnet {subnet}")));
             }
@@ -133,6 +174,11 @@ impl Pool {
 
     fn is_v4(&self) -> bool {
         matches!(self.subnet, IpNet::V4(_))
+    }
+
+    /// The pool's IP family.
+    pub fn family(&self) -> Family {
+        Family::of(self.subnet.addr())
     }
 
     /// Whether two pools share an address of their ranges.
@@ -482,7 +528,7 @@ mod tests {
 
     #[test]
     fn ipv6_and_tiny_subnets() {
-        let p = pool("fd00::/126", &[], None, &[]);
+        let p = pool("fd00::/120", &[("fd00::1", "fd00::3")], None, &[]);
         assert_eq!(all(&p), ["fd00::1", "fd00::2", "fd00::3"]);
         let p31 = pool("10.0.0.0/31", &[], None, &[]);
         assert_eq!(all(&p31), ["10.0.0.0", "10.0.0.1"]);
@@ -516,5 +562,18 @@ mod tests {
         assert!(e(mk("10.0.0.0/24", "10.0.0.9", "10.0.0.2", None)).contains("after end"));
         assert!(e(mk("10.0.0.0/24", "10.0.0.1", "10.0.0.2", Some("10.1.0.1"))).contains("gateway"));
         assert!(e(mk("10.0.0.1/24", "10.0.0.1", "10.0.0.2", None)).contains("host bits"));
+        let other = e(mk("fd00::/64", "fd00::2", "fd00::9", Some("10.0.0.1")));
+        assert!(
+            other.contains("gateway 10.0.0.1 is an IPv4 address but subnet fd00::/64 is IPv6"),
+            "{other}"
+        );
+        let other = e(mk("10.0.0.0/24", "10.0.0.2", "10.0.0.9", Some("fd00::1")));
+        assert!(other.contains("is an IPv6 address"), "{other}");
+        let narrow = e(mk("fd00::/121", "fd00::2", "fd00::9", None));
+        assert!(
+            narrow.contains("IPv6 subnet fd00::/121 is narrower than /120"),
+            "{narrow}"
+        );
+        assert!(mk("fd00::/120", "fd00::2", "fd00::9", None).is_ok());
     }
 }

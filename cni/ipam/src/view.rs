@@ -22,8 +22,8 @@ use crate::state::{Lease, Leases, Sticky};
 pub trait LeaseView {
     /// The lease of `ip`.
     fn get(&self, ip: IpAddr) -> Result<Option<Lease>, IpamError>;
-    /// The lease allocated to an attachment.
-    fn attached(&self, container_id: &str, ifname: &str) -> Result<Option<Lease>, IpamError>;
+    /// The leases allocated to an attachment: at most one per IP family, by address.
+    fn attached(&self, container_id: &str, ifname: &str) -> Result<Vec<Lease>, IpamError>;
     /// The leases whose sticky key [matches](Sticky::matches) `sticky`, by address.
     fn stuck_to(&self, sticky: &Sticky) -> Result<Vec<Lease>, IpamError>;
     /// Whether `ip` has a lease that has not run out at `now` (allocations never do).
@@ -59,11 +59,12 @@ impl LeaseView for Leases {
         Ok(Leases::get(self, &ip).cloned())
     }
 
-    fn attached(&self, container_id: &str, ifname: &str) -> Result<Option<Lease>, IpamError> {
+    fn attached(&self, container_id: &str, ifname: &str) -> Result<Vec<Lease>, IpamError> {
         Ok(self
             .values()
-            .find(|l| l.attachment() == Some((container_id, ifname)))
-            .cloned())
+            .filter(|l| l.attachment() == Some((container_id, ifname)))
+            .cloned()
+            .collect())
     }
 
     fn stuck_to(&self, sticky: &Sticky) -> Result<Vec<Lease>, IpamError> {

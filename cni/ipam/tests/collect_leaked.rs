@@ -62,9 +62,9 @@ fn add(ipam: &Ipam, sandbox: &str, pod: &str) -> std::net::IpAddr {
         }),
         ..Default::default()
     })
-    .unwrap()
-    .address
-    .addr()
+    .unwrap()[0]
+        .address
+        .addr()
 }
 
 #[test]

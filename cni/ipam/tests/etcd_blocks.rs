@@ -60,12 +60,12 @@ fn req(cid: &str, pod: Option<&str>) -> AllocateRequest {
             uid: None,
         }),
         annotations: BTreeMap::new(),
-        pool: None,
+        pools: Vec::new(),
     }
 }
 
 fn ip_of(ipam: &Ipam, r: &AllocateRequest) -> IpAddr {
-    ipam.allocate(r).unwrap().address.addr()
+    ipam.allocate(r).unwrap()[0].address.addr()
 }
 
 /// Requests one ADD and one DEL send, after the node has its block: the most common count
@@ -265,9 +265,7 @@ fn a_network_of_the_first_etcd_store_is_read_and_indexed_once() {
     let new = ipam(s.clone(), "new-node", "10.63.0.0/28");
     // The old sandbox's attachment is found (CHECK and an idempotent ADD).
     assert_eq!(
-        new.lookup("net1", "old-sandbox", "eth0")
-            .unwrap()
-            .unwrap()
+        new.lookup("net1", "old-sandbox", "eth0").unwrap()[0]
             .address
             .addr(),
         old[1].ip
@@ -315,7 +313,7 @@ fn a_network_of_the_first_etcd_store_is_read_and_indexed_once() {
     // New pods never get the old store's addresses.
     let mut got = BTreeSet::new();
     while let Ok(a) = new.allocate(&req(&format!("fill-{}", got.len()), None)) {
-        got.insert(a.address.addr());
+        got.insert(a[0].address.addr());
     }
     assert!(!got.contains(&old[0].ip) && !got.contains(&old[1].ip));
     assert_eq!(

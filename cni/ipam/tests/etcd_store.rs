@@ -12,6 +12,7 @@ use berth_ipam_core::store::etcd::EtcdStore;
 use berth_ipam_core::store::{HistoryLimits, Store};
 use berth_ipam_core::testsupport::EtcdServer;
 use berth_ipam_core::{Allocator, IpamError, ManualClock};
+use conformance::AllocateOne;
 
 fn store(endpoint: &str, prefix: &str) -> Arc<EtcdStore> {
     Arc::new(
@@ -46,7 +47,7 @@ fn unreachable_etcd_is_try_again_later() {
             let ipam =
                 conformance::ipam(Arc::new(s), Arc::new(ManualClock::new(conformance::t0())));
             assert!(matches!(ipam.status(), Err(IpamError::Unavailable(_))));
-            ipam.allocate(&conformance::req("net1", "c1", None))
+            ipam.allocate_one(&conformance::req("net1", "c1", None))
                 .unwrap_err()
         }
     };
@@ -65,7 +66,7 @@ fn hung_etcd_fails_with_code_11_and_recovers_consistent() {
     let s = store(&etcd.endpoint, "/hung");
     let ipam = conformance::ipam(s.clone(), Arc::new(ManualClock::new(conformance::t0())));
     let a = ipam
-        .allocate(&conformance::req("net1", "c1", None))
+        .allocate_one(&conformance::req("net1", "c1", None))
         .unwrap();
     // Freeze etcd: every call must time out as Unavailable.
     let pid = etcd.pid() as i32;
@@ -78,7 +79,7 @@ fn hung_etcd_fails_with_code_11_and_recovers_consistent() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
     let guard = Cont(pid);
     for r in [
-        ipam.allocate(&conformance::req("net1", "c2", None))
+        ipam.allocate_one(&conformance::req("net1", "c2", None))
             .map(|_| ()),
         ipam.release("net1", "c1", "eth0"),
         ipam.status(),
@@ -100,7 +101,7 @@ fn hung_etcd_fails_with_code_11_and_recovers_consistent() {
                 .all(|l| l.attachment() != Some(("c1", "eth0")))
     );
     let again = ipam
-        .allocate(&conformance::req("net1", "c2", None))
+        .allocate_one(&conformance::req("net1", "c2", None))
         .unwrap();
     assert_ne!(again.address, a.address);
     let ips: Vec<_> = s.read("net1").unwrap().keys().copied().collect();
@@ -115,7 +116,7 @@ fn corrupt_etcd_value_is_refused_naming_the_key() {
     let s = store(&etcd.endpoint, "/corrupt");
     let ipam = conformance::ipam(s.clone(), Arc::new(ManualClock::new(conformance::t0())));
     let a = ipam
-        .allocate(&conformance::req("net1", "c1", None))
+        .allocate_one(&conformance::req("net1", "c1", None))
         .unwrap();
     let key = format!("/corrupt/net1/leases/{}", a.address.addr());
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -131,7 +132,7 @@ fn corrupt_etcd_value_is_refused_naming_the_key() {
     // An ADD reads only the leases it decides about (its node's block): the sandbox whose
     // lease is damaged meets the damage, on ADD again, DEL and CHECK alike.
     let again = ipam
-        .allocate(&conformance::req("net1", "c1", None))
+        .allocate_one(&conformance::req("net1", "c1", None))
         .unwrap_err();
     let del = ipam.release("net1", "c1", "eth0").unwrap_err();
     let check = ipam.lookup("net1", "c1", "eth0").unwrap_err();

@@ -41,7 +41,7 @@ fn store(
 /// Allocates one address through `s`: the error, if any.
 fn try_allocate(s: EtcdStore) -> Result<(), IpamError> {
     let ipam = conformance::ipam(Arc::new(s), Arc::new(ManualClock::new(conformance::t0())));
-    berth_ipam_core::Allocator::allocate(&ipam, &conformance::req("net1", "c1", None)).map(|_| ())
+    conformance::AllocateOne::allocate_one(&ipam, &conformance::req("net1", "c1", None)).map(|_| ())
 }
 
 /// Asserts a code 11 error that names `endpoint` and contains every one of `words`.
@@ -169,20 +169,20 @@ fn failover_serves_from_the_next_endpoint_within_the_timeout() {
     let both = [first.endpoint.clone(), second.endpoint.clone()];
     let s = Arc::new(store(&both, "/failover", timeout, &tls, None));
     let ipam = conformance::ipam(s.clone(), Arc::new(ManualClock::new(conformance::t0())));
-    let a =
-        berth_ipam_core::Allocator::allocate(&ipam, &conformance::req("net1", "c1", None)).unwrap();
+    let a = conformance::AllocateOne::allocate_one(&ipam, &conformance::req("net1", "c1", None))
+        .unwrap();
     assert_eq!(unsafe { libc::kill(first.pid() as i32, libc::SIGSTOP) }, 0);
     let guard = Cont(first.pid() as i32);
     let started = Instant::now();
-    let b =
-        berth_ipam_core::Allocator::allocate(&ipam, &conformance::req("net1", "c2", None)).unwrap();
+    let b = conformance::AllocateOne::allocate_one(&ipam, &conformance::req("net1", "c2", None))
+        .unwrap();
     let took = started.elapsed();
     assert!(took < timeout, "served by the second endpoint in {took:?}");
     assert_ne!(a.address, b.address);
     eprintln!("failover to the second endpoint took {took:?}");
     // Both down: code 11 naming both endpoints.
     drop(second);
-    let err = berth_ipam_core::Allocator::allocate(&ipam, &conformance::req("net1", "c3", None))
+    let err = conformance::AllocateOne::allocate_one(&ipam, &conformance::req("net1", "c3", None))
         .unwrap_err();
     assert_unavailable(&err, &first.endpoint, &["no answer"]);
     assert!(err.to_string().contains(&both[1]), "{err}");

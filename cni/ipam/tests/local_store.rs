@@ -9,6 +9,7 @@ use std::sync::Arc;
 use berth_ipam_core::store::local::{JOURNAL_COMPACT_AFTER, LocalStore};
 use berth_ipam_core::store::{HistoryLimits, Store};
 use berth_ipam_core::{Allocator, HistoryQuery, IpamError, ManualClock};
+use conformance::AllocateOne;
 
 fn setup() -> (tempfile::TempDir, Arc<LocalStore>, berth_ipam_core::Ipam) {
     let dir = tempfile::tempdir().unwrap();
@@ -32,7 +33,7 @@ fn assert_corrupt_names(err: IpamError, file: &std::path::Path) {
 #[test]
 fn corrupt_state_file_is_refused_naming_it_and_never_reset() {
     let (_dir, store, ipam) = setup();
-    ipam.allocate(&conformance::req("net1", "c1", None))
+    ipam.allocate_one(&conformance::req("net1", "c1", None))
         .unwrap();
     let path = store.state_path("net1");
     for garbage in [
@@ -43,7 +44,7 @@ fn corrupt_state_file_is_refused_naming_it_and_never_reset() {
     ] {
         std::fs::write(&path, garbage).unwrap();
         assert_corrupt_names(
-            ipam.allocate(&conformance::req("net1", "c2", None))
+            ipam.allocate_one(&conformance::req("net1", "c2", None))
                 .unwrap_err(),
             &path,
         );
@@ -61,7 +62,7 @@ fn corrupt_state_file_is_refused_naming_it_and_never_reset() {
 fn leftovers_of_a_killed_writer_are_harmless() {
     let (dir, store, ipam) = setup();
     let a = ipam
-        .allocate(&conformance::req("net1", "c1", None))
+        .allocate_one(&conformance::req("net1", "c1", None))
         .unwrap();
     // A writer killed after writing its temp file but before rename, and a torn history line.
     std::fs::write(dir.path().join(".net1.leases.tmp"), b"berth-ipam/3\n+ 10.").unwrap();
@@ -71,7 +72,7 @@ fn leftovers_of_a_killed_writer_are_harmless() {
     std::fs::write(&hist, &h).unwrap();
     assert_eq!(store.read("net1").unwrap().len(), 1);
     let b = ipam
-        .allocate(&conformance::req("net1", "c2", None))
+        .allocate_one(&conformance::req("net1", "c2", None))
         .unwrap();
     assert_ne!(a.address, b.address);
     let h = ipam.history("net1", &HistoryQuery::default()).unwrap();
@@ -86,7 +87,7 @@ fn leftovers_of_a_killed_writer_are_harmless() {
 #[test]
 fn corrupt_history_line_is_reported_but_does_not_block_allocation() {
     let (dir, _store, ipam) = setup();
-    ipam.allocate(&conformance::req("net1", "c1", None))
+    ipam.allocate_one(&conformance::req("net1", "c1", None))
         .unwrap();
     let hist = dir.path().join("net1.history.jsonl");
     let mut h = b"not json\n".to_vec();
@@ -96,7 +97,7 @@ fn corrupt_history_line_is_reported_but_does_not_block_allocation() {
         ipam.history("net1", &HistoryQuery::default()).unwrap_err(),
         &hist,
     );
-    ipam.allocate(&conformance::req("net1", "c2", None))
+    ipam.allocate_one(&conformance::req("net1", "c2", None))
         .unwrap();
 }
 
@@ -108,7 +109,7 @@ fn unwritable_directory_is_an_io_error_naming_it() {
     let store = Arc::new(LocalStore::new(file.join("sub"), HistoryLimits::default()));
     let ipam = conformance::ipam(store.clone(), Arc::new(ManualClock::new(conformance::t0())));
     let err = ipam
-        .allocate(&conformance::req("net1", "c1", None))
+        .allocate_one(&conformance::req("net1", "c1", None))
         .unwrap_err();
     assert_eq!(err.cni_code(), 5);
     assert!(
@@ -141,12 +142,12 @@ fn journal_lines(store: &LocalStore, net: &str) -> Vec<String> {
 fn journal_holds_changes_until_they_are_folded_into_the_state_file() {
     let (_dir, store, ipam) = setup();
     // The first write creates the state file; later ones append a journal line each.
-    ipam.allocate(&conformance::req("net1", "c0", None))
+    ipam.allocate_one(&conformance::req("net1", "c0", None))
         .unwrap();
     assert_eq!(state_file_leases(&store, "net1"), 1);
     assert!(journal_lines(&store, "net1").is_empty());
     for i in 1..=5 {
-        ipam.allocate(&conformance::req("net1", &format!("c{i}"), None))
+        ipam.allocate_one(&conformance::req("net1", &format!("c{i}"), None))
             .unwrap();
     }
     ipam.release("net1", "c2", "eth0").unwrap();
@@ -175,7 +176,7 @@ fn journal_holds_changes_until_they_are_folded_into_the_state_file() {
             i < 7 + JOURNAL_COMPACT_AFTER,
             "the journal was never folded into the state file"
         );
-        ipam.allocate(&conformance::req("net1", &format!("c{i}"), None))
+        ipam.allocate_one(&conformance::req("net1", &format!("c{i}"), None))
             .unwrap();
         i += 1;
     }
@@ -194,9 +195,9 @@ fn journal_holds_changes_until_they_are_folded_into_the_state_file() {
 #[test]
 fn torn_journal_line_is_ignored_and_cut_off() {
     let (_dir, store, ipam) = setup();
-    ipam.allocate(&conformance::req("net1", "c0", None))
+    ipam.allocate_one(&conformance::req("net1", "c0", None))
         .unwrap();
-    ipam.allocate(&conformance::req("net1", "c1", None))
+    ipam.allocate_one(&conformance::req("net1", "c1", None))
         .unwrap();
     // A writer killed mid-append: its line has no newline and was never acknowledged.
     let path = store.journal_path("net1");
@@ -204,7 +205,7 @@ fn torn_journal_line_is_ignored_and_cut_off() {
     j.extend_from_slice(b"+ 10.0.0.9 a 0 17");
     std::fs::write(&path, &j).unwrap();
     assert_eq!(store.read("net1").unwrap().len(), 2);
-    ipam.allocate(&conformance::req("net1", "c2", None))
+    ipam.allocate_one(&conformance::req("net1", "c2", None))
         .unwrap();
     assert_eq!(store.read("net1").unwrap().len(), 3);
     assert_eq!(journal_lines(&store, "net1").len(), 2, "torn line cut off");
@@ -213,16 +214,16 @@ fn torn_journal_line_is_ignored_and_cut_off() {
 #[test]
 fn corrupt_journal_line_is_refused_naming_it_and_never_reset() {
     let (_dir, store, ipam) = setup();
-    ipam.allocate(&conformance::req("net1", "c0", None))
+    ipam.allocate_one(&conformance::req("net1", "c0", None))
         .unwrap();
-    ipam.allocate(&conformance::req("net1", "c1", None))
+    ipam.allocate_one(&conformance::req("net1", "c1", None))
         .unwrap();
     let path = store.journal_path("net1");
     let mut j = b"not json\n".to_vec();
     j.extend(std::fs::read(&path).unwrap());
     std::fs::write(&path, &j).unwrap();
     assert_corrupt_names(
-        ipam.allocate(&conformance::req("net1", "c2", None))
+        ipam.allocate_one(&conformance::req("net1", "c2", None))
             .unwrap_err(),
         &path,
     );
@@ -234,7 +235,7 @@ fn corrupt_journal_line_is_refused_naming_it_and_never_reset() {
 fn an_earlier_format_is_read_as_it_is_and_migrated_by_the_first_write() {
     let (_dir, store, ipam) = setup();
     for i in 0..4 {
-        ipam.allocate(&conformance::req("net1", &format!("c{i}"), None))
+        ipam.allocate_one(&conformance::req("net1", &format!("c{i}"), None))
             .unwrap();
     }
     ipam.release("net1", "c1", "eth0").unwrap();
@@ -273,7 +274,7 @@ fn an_earlier_format_is_read_as_it_is_and_migrated_by_the_first_write() {
     // The first transaction migrates it: the leases in the new files, the old journal gone,
     // and a state file that a build of the old format refuses.
     let next = ipam
-        .allocate(&conformance::req("net1", "c9", None))
+        .allocate_one(&conformance::req("net1", "c9", None))
         .unwrap();
     assert!(!before.contains_key(&next.address.addr()));
     let after = store.read("net1").unwrap();
@@ -291,7 +292,7 @@ fn an_earlier_format_is_read_as_it_is_and_migrated_by_the_first_write() {
     std::fs::remove_file(store.journal_path("net1")).unwrap();
     assert_corrupt_names(store.read("net1").unwrap_err(), &store.state_path("net1"));
     assert_corrupt_names(
-        ipam.allocate(&conformance::req("net1", "c10", None))
+        ipam.allocate_one(&conformance::req("net1", "c10", None))
             .unwrap_err(),
         &store.state_path("net1"),
     );
@@ -300,7 +301,7 @@ fn an_earlier_format_is_read_as_it_is_and_migrated_by_the_first_write() {
 #[test]
 fn a_new_network_gets_the_marker_that_old_builds_refuse() {
     let (_dir, store, ipam) = setup();
-    ipam.allocate(&conformance::req("net1", "c1", None))
+    ipam.allocate_one(&conformance::req("net1", "c1", None))
         .unwrap();
     let marker: serde_json::Value =
         serde_json::from_slice(&std::fs::read(store.legacy_state_path("net1")).unwrap()).unwrap();

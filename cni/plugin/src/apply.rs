@@ -1,7 +1,6 @@
 //! Applying a [`Plan`] through [`NetOps`]: every change is journaled and undone in reverse
 //! when a later step fails. Also DEL's teardown and CHECK's comparison.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use berth_cni_spec::{CniError, CniResult};
@@ -160,8 +159,8 @@ fn apply_steps(
                     net.set_link(Ns::Host, br.index, None, None)
                         .map_err(|e| from_net(&e))?;
                 }
-                if let Some(addr) = bridge.address {
-                    net.add_address(Ns::Host, br.index, addr)
+                for addr in &bridge.addresses {
+                    net.add_address(Ns::Host, br.index, *addr)
                         .map_err(|e| from_net(&e))?;
                 }
                 if let Some(uplink) = &bridge.uplink {
@@ -229,44 +228,58 @@ fn apply_steps(
         applied.macs.push((host_mac, pod_mac));
         pod_index.push(pod.index);
     }
-    // Addresses. With a probe the link must be up first and the address waits for the
-    // probe's verdict.
+    // Addresses. With a probe the link must be up first and each address waits for the
+    // probe's verdict (ARP for IPv4, NDP for IPv6).
     for (i, iface) in plan.interfaces.iter().enumerate() {
         let index = pod_index[i];
-        let v4 = match iface.address.addr() {
-            IpAddr::V4(v4) if plan.arp.probe => v4,
-            _ => {
-                net.add_address(Ns::Pod, index, iface.address)
+        if !plan.arp.probe {
+            for a in &iface.addresses {
+                net.add_address(Ns::Pod, index, a.address)
                     .map_err(|e| from_net(&e))?;
-                net.set_link(Ns::Pod, index, None, None)
-                    .map_err(|e| from_net(&e))?;
-                continue;
             }
-        };
+            net.set_link(Ns::Pod, index, None, None)
+                .map_err(|e| from_net(&e))?;
+            continue;
+        }
         net.set_link(Ns::Pod, index, None, None)
             .map_err(|e| from_net(&e))?;
         net.wait_oper_up(Ns::Pod, &iface.name, OPER_UP_TIMEOUT)
             .map_err(|e| from_net(&e))?;
         let timeout = Duration::from_millis(plan.arp.probe_timeout_ms);
-        if let Some(other) = net
-            .arp_probe(index, applied.macs[i].1, v4, plan.arp.probe_count, timeout)
+        // Every family's probe goes out at once and shares one wait.
+        let ips: Vec<std::net::IpAddr> = iface.addresses.iter().map(|a| a.address.addr()).collect();
+        if let Some((ip, other)) = net
+            .arp_probe(
+                index,
+                applied.macs[i].1,
+                &ips,
+                plan.arp.probe_count,
+                timeout,
+            )
             .map_err(|e| from_net(&e))?
         {
+            let pool = iface
+                .addresses
+                .iter()
+                .find(|a| a.address.addr() == ip)
+                .map(|a| a.pool.as_str())
+                .unwrap_or_default();
             return Err(CniError::new(
                 ADDRESS_CONFLICT,
                 format!(
-                    "address {v4} for {} is already in use by {} on its network",
+                    "address {ip} for {} is already in use by {} on its network",
                     iface.name,
                     mac_string(&other)
                 ),
             )
             .with_details(format!(
-                "free the address on that host or remove it from pool {}; nothing was configured",
-                iface.pool
+                "free the address on that host or remove it from pool {pool}; nothing was configured"
             )));
         }
-        net.add_address(Ns::Pod, index, iface.address)
-            .map_err(|e| from_net(&e))?;
+        for a in &iface.addresses {
+            net.add_address(Ns::Pod, index, a.address)
+                .map_err(|e| from_net(&e))?;
+        }
     }
     // Routes once every address is up, so each gateway is on-link.
     for (i, iface) in plan.interfaces.iter().enumerate() {
@@ -277,19 +290,20 @@ fn apply_steps(
     }
     if plan.arp.garp_count > 0 {
         for (i, iface) in plan.interfaces.iter().enumerate() {
-            if let IpAddr::V4(v4) = iface.address.addr() {
-                // Frames sent before both ends are up (linkwatch) are dropped, and a bridge
-                // port forwards only once its carrier is seen.
-                if let LinkPlan::Veth { host_name, .. } = &iface.link {
-                    net.wait_oper_up(Ns::Host, host_name, OPER_UP_TIMEOUT)
-                        .map_err(|e| from_net(&e))?;
-                }
-                net.wait_oper_up(Ns::Pod, &iface.name, OPER_UP_TIMEOUT)
+            // Frames sent before both ends are up (linkwatch) are dropped, and a bridge
+            // port forwards only once its carrier is seen.
+            if let LinkPlan::Veth { host_name, .. } = &iface.link {
+                net.wait_oper_up(Ns::Host, host_name, OPER_UP_TIMEOUT)
                     .map_err(|e| from_net(&e))?;
+            }
+            net.wait_oper_up(Ns::Pod, &iface.name, OPER_UP_TIMEOUT)
+                .map_err(|e| from_net(&e))?;
+            // Gratuitous ARP for IPv4, unsolicited neighbour advertisements for IPv6.
+            for a in &iface.addresses {
                 net.announce(
                     pod_index[i],
                     applied.macs[i].1,
-                    v4,
+                    a.address.addr(),
                     plan.arp.garp_count,
                     Duration::from_millis(plan.arp.garp_interval_ms),
                 )
@@ -514,7 +528,13 @@ mod tests {
         for (k, val) in extra.as_object().unwrap() {
             v[k] = val.clone();
         }
-        build("net", "c1", &spec(v), &[alloc("10.1.0.5/24", "10.1.0.1")]).unwrap()
+        build(
+            "net",
+            "c1",
+            &spec(v),
+            &[vec![alloc("10.1.0.5/24", "10.1.0.1")]],
+        )
+        .unwrap()
     }
 
     #[test]
@@ -576,6 +596,99 @@ mod tests {
         assert_eq!(s.announced, vec![(pod, "10.1.0.5".parse().unwrap(), 1)]);
     }
 
+    fn dual_plan(arp: serde_json::Value) -> Plan {
+        let v = json!({"mode": "bridge", "bridge": "br0", "arp": arp});
+        build(
+            "net",
+            "c1",
+            &spec(v),
+            &[vec![
+                alloc("10.1.0.5/24", "10.1.0.1"),
+                alloc("fd00:1::5/64", "fd00:1::1"),
+            ]],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn dual_stack_probes_adds_and_announces_both_families() {
+        let (mut n, state) = net();
+        apply(&mut n, &dual_plan(json!({"probe": true, "garpCount": 3}))).unwrap();
+        let s = state.lock().unwrap();
+        let br = s.link(Ns::Host, "br0").unwrap().index;
+        let pod = s.link(Ns::Pod, "eth0").unwrap().index;
+        for (ns, idx, a) in [
+            (Ns::Host, br, "10.1.0.1/24"),
+            (Ns::Host, br, "fd00:1::1/64"),
+            (Ns::Pod, pod, "10.1.0.5/24"),
+            (Ns::Pod, pod, "fd00:1::5/64"),
+        ] {
+            assert!(s.addrs.contains(&(ns, idx, a.parse().unwrap())), "{a}");
+        }
+        let dsts: Vec<String> = s.routes.iter().map(|r| format!("{r:?}")).collect();
+        assert!(
+            dsts.iter()
+                .any(|r| r.contains("0.0.0.0/0") && r.contains("10.1.0.1"))
+                && dsts
+                    .iter()
+                    .any(|r| r.contains("::/0") && r.contains("fd00:1::1")),
+            "{dsts:?}"
+        );
+        // Each address is probed before any goes on (ARP, then NDP) and announced after.
+        let probes: Vec<&String> = s
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("arp_probe"))
+            .collect();
+        assert_eq!(
+            probes,
+            [
+                &format!("arp_probe {pod} 10.1.0.5"),
+                &format!("arp_probe {pod} fd00:1::5")
+            ]
+        );
+        let last_probe = s
+            .calls
+            .iter()
+            .rposition(|c| c.starts_with("arp_probe"))
+            .unwrap();
+        let first_addr = s
+            .calls
+            .iter()
+            .position(|c| c.starts_with("add_address Pod"))
+            .unwrap();
+        assert!(last_probe < first_addr, "{:?}", s.calls);
+        assert_eq!(
+            s.announced,
+            vec![
+                (pod, "10.1.0.5".parse().unwrap(), 3),
+                (pod, "fd00:1::5".parse().unwrap(), 3)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_duplicate_ipv6_address_is_refused_and_nothing_is_left() {
+        let (mut n, state) = net();
+        {
+            let mut s = state.lock().unwrap();
+            s.conflict = Some([2, 0, 0, 0, 0, 9]);
+            s.conflict_ip = Some("fd00:1::5".parse().unwrap());
+        }
+        let e = apply(&mut n, &dual_plan(json!({"probe": true}))).unwrap_err();
+        assert_eq!(e.error.code, ADDRESS_CONFLICT);
+        assert!(
+            e.error
+                .msg
+                .contains("address fd00:1::5 for eth0 is already in use by 02:00:00:00:00:09"),
+            "{}",
+            e.error.msg
+        );
+        let s = state.lock().unwrap();
+        assert_eq!(s.names(Ns::Pod), Vec::<String>::new());
+        assert!(!s.addrs.iter().any(|(ns, _, _)| *ns == Ns::Pod));
+    }
+
     #[test]
     fn an_existing_bridge_is_reused_and_a_non_bridge_name_is_refused() {
         let (mut n, state) = net();
@@ -635,7 +748,7 @@ mod tests {
             "net",
             "c2",
             &spec(json!({"mode": "bridge", "bridge": "br0"})),
-            &[alloc("10.1.0.6/24", "10.1.0.1")],
+            &[vec![alloc("10.1.0.6/24", "10.1.0.1")]],
         )
         .unwrap();
         let mut n2 = FakeNet {
@@ -682,7 +795,7 @@ mod tests {
             "net",
             "c1",
             &spec(json!({"mode": "bridge", "bridge": "br-ext", "uplink": "uplink0"})),
-            &[alloc("192.168.5.9/24", "192.168.5.1")],
+            &[vec![alloc("192.168.5.9/24", "192.168.5.1")]],
         )
         .unwrap();
         apply(&mut n, &p).unwrap();
@@ -720,7 +833,13 @@ mod tests {
         let (mut n, state) = net();
         let m = state.lock().unwrap().add_host_nic("eth9");
         let s = spec(json!({"mode": "macvlan", "master": "eth9"}));
-        let p = build("net", "c1", &s, &[alloc("192.168.5.9/24", "192.168.5.1")]).unwrap();
+        let p = build(
+            "net",
+            "c1",
+            &s,
+            &[vec![alloc("192.168.5.9/24", "192.168.5.1")]],
+        )
+        .unwrap();
         apply(&mut n, &p).unwrap();
         assert!(
             state
@@ -746,7 +865,7 @@ mod tests {
         let s = spec(json!({"mode": "macvlan", "master": "eth9"}));
         let mut a = alloc("192.168.5.9/24", "192.168.5.1");
         a.vlan = Some(30);
-        let p = build("net", "c1", &s, std::slice::from_ref(&a)).unwrap();
+        let p = build("net", "c1", &s, &[vec![a.clone()]]).unwrap();
         apply(&mut n, &p).unwrap();
         let st = state.lock().unwrap();
         let vl = st.link(Ns::Host, "eth9.30").expect("vlan link").index;

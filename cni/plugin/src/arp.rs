@@ -107,17 +107,20 @@ impl ArpPacket {
     }
 }
 
-/// A raw `AF_PACKET` socket for ARP; the namespace it lives in is the one it was created in.
+/// A raw `AF_PACKET` socket for ARP (or, [opened for](ArpSocket::open_for) `ETH_P_IPV6`, for
+/// NDP); the namespace it lives in is the one it was created in.
 #[derive(Debug)]
 pub struct ArpSocket {
     fd: OwnedFd,
+    /// The EtherType it receives (host order).
+    proto: u16,
 }
 
-fn sockaddr(index: u32, dst: [u8; 6]) -> libc::sockaddr_ll {
+fn sockaddr(index: u32, proto: u16, dst: [u8; 6]) -> libc::sockaddr_ll {
     // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
     let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sa.sll_family = libc::AF_PACKET as u16;
-    sa.sll_protocol = ETH_P_ARP.to_be();
+    sa.sll_protocol = proto.to_be();
     sa.sll_ifindex = index as i32;
     sa.sll_halen = 6;
     sa.sll_addr[..6].copy_from_slice(&dst);
@@ -127,12 +130,17 @@ fn sockaddr(index: u32, dst: [u8; 6]) -> libc::sockaddr_ll {
 impl ArpSocket {
     /// Opens the socket in the calling thread's network namespace.
     pub fn open() -> io::Result<ArpSocket> {
+        ArpSocket::open_for(ETH_P_ARP)
+    }
+
+    /// Opens a socket that receives frames of EtherType `proto`.
+    pub fn open_for(proto: u16) -> io::Result<ArpSocket> {
         // SAFETY: plain socket(2) call; the result is checked.
         let fd = unsafe {
             libc::socket(
                 libc::AF_PACKET,
                 libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                i32::from(ETH_P_ARP.to_be()),
+                i32::from(proto.to_be()),
             )
         };
         if fd < 0 {
@@ -141,12 +149,13 @@ impl ArpSocket {
         // SAFETY: fd is a fresh, owned descriptor.
         Ok(ArpSocket {
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            proto,
         })
     }
 
     /// Receives only from link `index` from now on.
     pub fn bind(&self, index: u32) -> io::Result<()> {
-        let sa = sockaddr(index, [0; 6]);
+        let sa = sockaddr(index, self.proto, [0; 6]);
         // SAFETY: sa is a valid sockaddr_ll of the given size.
         let rc = unsafe {
             libc::bind(
@@ -166,7 +175,31 @@ impl ArpSocket {
     }
 
     pub fn send(&self, index: u32, packet: &ArpPacket) -> io::Result<()> {
-        send_raw(self.fd.as_raw_fd(), index, packet)
+        self.send_frame(index, &packet.to_frame())
+    }
+
+    /// Sends a whole Ethernet frame (its destination MAC first) from link `index`.
+    pub fn send_frame(&self, index: u32, frame: &[u8]) -> io::Result<()> {
+        send_raw(self.fd.as_raw_fd(), index, self.proto, frame)
+    }
+
+    /// Receives frames until `deadline`, returning the first that `want` accepts.
+    pub fn recv_frame_until<T>(
+        &self,
+        deadline: Instant,
+        want: impl Fn(&[u8]) -> Option<T>,
+    ) -> io::Result<Option<T>> {
+        let mut buf = [0u8; 256];
+        loop {
+            let n = match recv_before(self.fd.as_raw_fd(), &mut buf, deadline)? {
+                Received::Data(n) => n,
+                Received::Again => continue,
+                Received::TimedOut => return Ok(None),
+            };
+            if let Some(t) = want(&buf[..n]) {
+                return Ok(Some(t));
+            }
+        }
     }
 
     /// Receives ARP packets until `deadline`, returning the first that `want` accepts.
@@ -191,11 +224,11 @@ impl ArpSocket {
     }
 }
 
-/// sendto(2) of one ARP frame; async-signal-safe (used after fork).
-fn send_raw(fd: i32, index: u32, packet: &ArpPacket) -> io::Result<()> {
-    let frame = packet.to_frame();
+/// sendto(2) of one Ethernet frame; async-signal-safe (used after fork).
+fn send_raw(fd: i32, index: u32, proto: u16, frame: &[u8]) -> io::Result<()> {
     let sa = sockaddr(
         index,
+        proto,
         [frame[0], frame[1], frame[2], frame[3], frame[4], frame[5]],
     );
     // SAFETY: frame and sa are valid for their lengths.
@@ -218,25 +251,27 @@ fn send_raw(fd: i32, index: u32, packet: &ArpPacket) -> io::Result<()> {
 /// Keeps `sock` open in a detached child for a moment, so that this process's close is not
 /// the last one (that one waits for an RCU grace period).
 pub fn hold_in_background(sock: &ArpSocket) -> io::Result<()> {
-    let dummy = ArpPacket::announcement([0; 6], Ipv4Addr::UNSPECIFIED);
-    announce_in_background(sock, 0, dummy, 0, Duration::ZERO)
+    let dummy = ArpPacket::announcement([0; 6], Ipv4Addr::UNSPECIFIED).to_frame();
+    announce_in_background(sock, 0, &dummy, 0, Duration::ZERO)
 }
 
 /// How long the detached helper keeps the socket after its last send, so that the plugin
 /// process (exiting within milliseconds) never holds the last reference.
 const HOLD: Duration = Duration::from_millis(200);
 
-/// Sends `count` more announcements `interval` apart from a detached child process, so
+/// Sends `count` more copies of `frame` (an announcement) `interval` apart from a detached
+/// child process, so
 /// the plugin can answer the runtime at once; the child keeps the socket a little longer
 /// (see [`hold_in_background`]). The child closes stdin/stdout/stderr first (the runtime
 /// waits for EOF on our stdout) and only makes async-signal-safe calls.
 pub fn announce_in_background(
     sock: &ArpSocket,
     index: u32,
-    packet: ArpPacket,
+    frame: &[u8],
     count: u32,
     interval: Duration,
 ) -> io::Result<()> {
+    let proto = sock.proto;
     let devnull = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -266,7 +301,7 @@ pub fn announce_in_background(
             libc::setsid();
             for _ in 0..count {
                 libc::nanosleep(&ts, std::ptr::null_mut());
-                let _ = send_raw(fd, index, &packet);
+                let _ = send_raw(fd, index, proto, frame);
             }
             libc::nanosleep(&hold, std::ptr::null_mut());
             libc::_exit(0);

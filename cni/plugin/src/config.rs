@@ -111,6 +111,9 @@ pub struct IfaceConf {
     pub hairpin_mode: Option<bool>,
     #[serde(default)]
     pub pool: Option<String>,
+    /// One pool per IP family (dual-stack), instead of `pool`.
+    #[serde(default)]
+    pub pools: Vec<String>,
     #[serde(default)]
     pub default_route: Option<bool>,
     #[serde(default)]
@@ -142,6 +145,8 @@ pub struct BerthConf {
     hairpin_mode: Option<bool>,
     #[serde(default)]
     pool: Option<String>,
+    #[serde(default)]
+    pools: Vec<String>,
     #[serde(default)]
     default_route: Option<bool>,
     #[serde(default)]
@@ -188,6 +193,7 @@ impl BerthConf {
             mac: self.mac.clone(),
             hairpin_mode: self.hairpin_mode,
             pool: self.pool.clone(),
+            pools: self.pools.clone(),
             default_route: self.default_route,
             routes: self.routes.clone(),
         }
@@ -202,7 +208,9 @@ pub struct IfaceSpec {
     pub kind: IfaceKind,
     pub mtu: Option<u32>,
     pub mac: Option<[u8; 6]>,
-    pub pool: Option<String>,
+    /// Pools named for the interface (`pool`, or `pools`: one per IP family); empty: IPAM
+    /// picks them.
+    pub pools: Vec<String>,
     pub default_route: bool,
     pub routes: Vec<RouteConf>,
 }
@@ -351,6 +359,14 @@ impl NetworkSpec {
 
 fn iface_spec(c: IfaceConf, name: String, at: &str) -> Result<IfaceSpec, CniError> {
     validate_ifname(&name).map_err(|m| bad(format!("{at}: {m}")))?;
+    let pools = match (c.pool.clone(), c.pools.clone()) {
+        (Some(_), p) if !p.is_empty() => {
+            return Err(bad(format!("{at}: both \"pool\" and \"pools\" are set"))
+                .with_details("name one pool in \"pool\", or one per IP family in \"pools\""));
+        }
+        (Some(p), _) => vec![p],
+        (None, p) => p,
+    };
     let mode = c.mode.ok_or_else(|| {
         bad(format!("{at}: \"mode\" is missing"))
             .with_details("set \"mode\" to \"bridge\" or \"macvlan\"")
@@ -442,7 +458,7 @@ fn iface_spec(c: IfaceConf, name: String, at: &str) -> Result<IfaceSpec, CniErro
         kind,
         mtu: c.mtu,
         mac,
-        pool: c.pool,
+        pools,
         default_route: c.default_route.unwrap_or(false),
         routes: c.routes,
     })
@@ -613,7 +629,7 @@ mod tests {
         assert_eq!(names, ["ext0", "int0", "eth2"]);
         assert_eq!(s.default_interface().name, "int0");
         assert!(!s.interfaces[0].default_route);
-        assert_eq!(s.interfaces[0].pool.as_deref(), Some("ext"));
+        assert_eq!(s.interfaces[0].pools, ["ext"]);
         // Without a mark, the first interface carries the default route.
         let s = parse(json!({"interfaces": [
             {"mode": "bridge", "bridge": "a"}, {"mode": "bridge", "bridge": "b"}]}))
@@ -752,6 +768,18 @@ mod tests {
             let text = e.to_string();
             assert!(text.contains(needle), "{fields}: {text}");
         }
+    }
+
+    #[test]
+    fn pools_name_one_pool_per_family_and_exclude_pool() {
+        let s = parse(json!({"interfaces": [
+            {"name": "eth0", "mode": "bridge", "bridge": "b0", "pools": ["v4", "v6"], "defaultRoute": true}]}))
+        .unwrap();
+        assert_eq!(s.interfaces[0].pools, ["v4", "v6"]);
+        let e = parse(json!({"mode": "bridge", "bridge": "b0", "pool": "v4", "pools": ["v6"]}))
+            .unwrap_err();
+        assert_eq!(e.code, berth_cni_spec::ErrorCode::InvalidConfig);
+        assert!(e.to_string().contains("both \"pool\" and \"pools\""), "{e}");
     }
 
     #[test]

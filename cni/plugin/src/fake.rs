@@ -2,7 +2,7 @@
 //! every call (with injectable failures), and an in-memory [`Allocator`].
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,7 +28,9 @@ pub struct NetState {
     pub fail_on: Option<String>,
     /// The MAC that answers ARP probes, if any.
     pub conflict: Option<[u8; 6]>,
-    pub announced: Vec<(u32, Ipv4Addr, u32)>,
+    /// Only probes of this address meet `conflict` (all do when unset).
+    pub conflict_ip: Option<IpAddr>,
+    pub announced: Vec<(u32, IpAddr, u32)>,
     pub ip_forward: bool,
     next_index: u32,
 }
@@ -319,18 +321,25 @@ impl NetOps for FakeNet {
         &mut self,
         index: u32,
         _mac: [u8; 6],
-        ip: Ipv4Addr,
+        ips: &[IpAddr],
         _count: u32,
         _timeout: Duration,
-    ) -> Result<Option<[u8; 6]>, NetError> {
-        self.record(format!("arp_probe {index} {ip}"))?;
-        Ok(self.state.lock().unwrap().conflict)
+    ) -> Result<Option<(IpAddr, [u8; 6])>, NetError> {
+        for ip in ips {
+            self.record(format!("arp_probe {index} {ip}"))?;
+        }
+        let s = self.state.lock().unwrap();
+        Ok(s.conflict.and_then(|mac| {
+            ips.iter()
+                .find(|ip| s.conflict_ip.is_none_or(|c| c == **ip))
+                .map(|ip| (*ip, mac))
+        }))
     }
     fn announce(
         &mut self,
         index: u32,
         _mac: [u8; 6],
-        ip: Ipv4Addr,
+        ip: IpAddr,
         count: u32,
         _interval: Duration,
     ) -> Result<(), NetError> {
@@ -384,7 +393,7 @@ pub struct FakePool {
 #[derive(Debug, Default)]
 pub struct AllocState {
     pub pools: BTreeMap<String, FakePool>,
-    pub leases: BTreeMap<(String, String, String), Allocation>,
+    pub leases: BTreeMap<(String, String, String), Vec<Allocation>>,
     pub requests: Vec<AllocateRequest>,
     pub gc_calls: Vec<Vec<Attachment>>,
     pub status: Option<String>,
@@ -412,34 +421,52 @@ impl FakeIpam {
 }
 
 impl Allocator for FakeIpam {
-    fn allocate(&self, r: &AllocateRequest) -> Result<Allocation, IpamError> {
+    /// One address from each named pool; without names, from `default` (and `default6`
+    /// when configured: dual-stack).
+    fn allocate(&self, r: &AllocateRequest) -> Result<Vec<Allocation>, IpamError> {
         let mut s = self.0.lock().unwrap();
         s.requests.push(r.clone());
         let key = (r.network.clone(), r.container_id.clone(), r.ifname.clone());
         if let Some(a) = s.leases.get(&key) {
             return Ok(a.clone());
         }
-        let name = r.pool.clone().unwrap_or_else(|| "default".into());
-        let pool = s
-            .pools
-            .get(&name)
-            .cloned()
-            .ok_or_else(|| IpamError::UnknownPool(name.clone()))?;
-        let taken: Vec<IpAddr> = s.leases.values().map(|a| a.address.addr()).collect();
-        let addr = pool
-            .subnet
-            .hosts()
-            .find(|h| Some(*h) != pool.gateway && !taken.contains(h))
-            .ok_or_else(|| IpamError::Exhausted { pool: name.clone() })?;
-        let a = Allocation {
-            address: IpNet::new(addr, pool.subnet.prefix_len()).unwrap(),
-            gateway: pool.gateway,
-            routes: pool.routes.clone(),
-            pool: name,
-            vlan: None,
+        let names: Vec<String> = if r.pools.is_empty() {
+            ["default", "default6"]
+                .into_iter()
+                .filter(|n| *n == "default" || s.pools.contains_key(*n))
+                .map(str::to_string)
+                .collect()
+        } else {
+            r.pools.clone()
         };
-        s.leases.insert(key, a.clone());
-        Ok(a)
+        let taken: Vec<IpAddr> = s
+            .leases
+            .values()
+            .flatten()
+            .map(|a| a.address.addr())
+            .collect();
+        let mut out = Vec::new();
+        for name in names {
+            let pool = s
+                .pools
+                .get(&name)
+                .cloned()
+                .ok_or_else(|| IpamError::UnknownPool(name.clone()))?;
+            let addr = pool
+                .subnet
+                .hosts()
+                .find(|h| Some(*h) != pool.gateway && !taken.contains(h))
+                .ok_or_else(|| IpamError::Exhausted { pool: name.clone() })?;
+            out.push(Allocation {
+                address: IpNet::new(addr, pool.subnet.prefix_len()).unwrap(),
+                gateway: pool.gateway,
+                routes: pool.routes.clone(),
+                pool: name,
+                vlan: None,
+            });
+        }
+        s.leases.insert(key, out.clone());
+        Ok(out)
     }
     fn release(&self, network: &str, container_id: &str, ifname: &str) -> Result<(), IpamError> {
         self.0
@@ -454,14 +481,15 @@ impl Allocator for FakeIpam {
         network: &str,
         container_id: &str,
         ifname: &str,
-    ) -> Result<Option<Allocation>, IpamError> {
+    ) -> Result<Vec<Allocation>, IpamError> {
         Ok(self
             .0
             .lock()
             .unwrap()
             .leases
             .get(&(network.into(), container_id.into(), ifname.into()))
-            .cloned())
+            .cloned()
+            .unwrap_or_default())
     }
     fn gc(&self, network: &str, valid: &[Attachment]) -> Result<GcReport, IpamError> {
         let mut s = self.0.lock().unwrap();
@@ -470,7 +498,7 @@ impl Allocator for FakeIpam {
         s.leases.retain(|(n, c, i), a| {
             let keep = n != network || valid.iter().any(|v| v.container_id == *c && v.ifname == *i);
             if !keep {
-                released.push(a.address.addr());
+                released.extend(a.iter().map(|a| a.address.addr()));
             }
             keep
         });

@@ -105,8 +105,8 @@ fn raw_args(ctx: &Context) -> String {
 }
 
 impl Allocator for ExecAllocator {
-    fn allocate(&self, req: &AllocateRequest) -> Result<Allocation, IpamError> {
-        if let Some(pool) = &req.pool {
+    fn allocate(&self, req: &AllocateRequest) -> Result<Vec<Allocation>, IpamError> {
+        if let Some(pool) = req.pools.first() {
             return Err(IpamError::InvalidConfig(format!(
                 "pool {pool:?} needs berth's own IPAM; delegated IPAM plugins have no pools"
             )));
@@ -120,28 +120,45 @@ impl Allocator for ExecAllocator {
         .map_err(Self::fail)?
         .ok_or_else(|| IpamError::InvalidConfig("IPAM plugin printed no result".into()))?;
         let res = CniResult::from_value(&out).map_err(Self::fail)?;
-        let ip = res
-            .ips
-            .first()
-            .ok_or_else(|| IpamError::InvalidConfig("IPAM plugin returned no address".into()))?;
-        Ok(Allocation {
-            address: ip.address,
-            gateway: ip.gateway,
-            routes: res
-                .routes
-                .iter()
-                .map(|r| RouteSpec {
-                    dst: r.dst,
-                    gw: r.gw,
-                })
-                .collect(),
-            pool: self
-                .plugin
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            vlan: None,
-        })
+        if res.ips.is_empty() {
+            return Err(IpamError::InvalidConfig(
+                "IPAM plugin returned no address".into(),
+            ));
+        }
+        let pool = self
+            .plugin
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // One address per family (host-local gives one per range set), IPv4 first; each
+        // carries the routes of its family.
+        let mut out: Vec<Allocation> = Vec::new();
+        for ip in &res.ips {
+            let v4 = ip.address.addr().is_ipv4();
+            if out.iter().any(|a| a.address.addr().is_ipv4() == v4) {
+                return Err(IpamError::InvalidConfig(format!(
+                    "IPAM plugin {pool} returned two {} addresses for one interface; configure one range set per IP family",
+                    if v4 { "IPv4" } else { "IPv6" }
+                )));
+            }
+            out.push(Allocation {
+                address: ip.address,
+                gateway: ip.gateway,
+                routes: res
+                    .routes
+                    .iter()
+                    .filter(|r| r.dst.addr().is_ipv4() == v4)
+                    .map(|r| RouteSpec {
+                        dst: r.dst,
+                        gw: r.gw,
+                    })
+                    .collect(),
+                pool: pool.clone(),
+                vlan: None,
+            });
+        }
+        out.sort_by_key(|a| a.address.addr().is_ipv6());
+        Ok(out)
     }
 
     fn release(&self, _network: &str, container_id: &str, ifname: &str) -> Result<(), IpamError> {
@@ -155,9 +172,9 @@ impl Allocator for ExecAllocator {
         .map_err(Self::fail)
     }
 
-    fn lookup(&self, _: &str, _: &str, _: &str) -> Result<Option<Allocation>, IpamError> {
+    fn lookup(&self, _: &str, _: &str, _: &str) -> Result<Vec<Allocation>, IpamError> {
         // CNI IPAM plugins have no lookup; CHECK relies on the live state only.
-        Ok(None)
+        Ok(Vec::new())
     }
 
     fn gc(&self, _network: &str, _valid: &[Attachment]) -> Result<GcReport, IpamError> {

@@ -14,6 +14,7 @@ pub mod error;
 pub(crate) mod fake;
 pub mod ipam;
 pub mod names;
+pub mod ndp;
 pub mod net;
 pub mod netlink;
 pub mod plan;

@@ -2,7 +2,7 @@
 //! in the host or the pod namespace. [`crate::netlink::RealNet`] does them over netlink and
 //! raw sockets; tests use a recording fake.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -100,6 +100,8 @@ impl NetError {
 pub struct ArpNeeds {
     /// A raw socket for probes and gratuitous ARPs.
     pub raw_socket: bool,
+    /// With `raw_socket`: a second one for NDP (the network may hand out IPv6 addresses).
+    pub ndp_socket: bool,
 }
 
 /// Every kernel operation of berth-cni.
@@ -138,7 +140,9 @@ pub trait NetOps {
     ) -> Result<(), NetError>;
     /// Turns on hairpin mode of a bridge port (host namespace).
     fn set_hairpin(&mut self, index: u32) -> Result<(), NetError>;
-    /// Adds an address; `Ok(false)` if the link had it already.
+    /// Adds an address; `Ok(false)` if the link had it already. IPv6 addresses are added
+    /// without the kernel's duplicate address detection (usable at once, never `tentative`):
+    /// [`NetOps::arp_probe`] is berth's guard against duplicates.
     fn add_address(&mut self, ns: Ns, index: u32, addr: IpNet) -> Result<bool, NetError>;
     fn addresses(&mut self, ns: Ns, index: u32) -> Result<Vec<IpNet>, NetError>;
     /// Adds a route through link `index` (existing identical routes are fine).
@@ -150,22 +154,26 @@ pub trait NetOps {
     fn enable_ip_forward(&mut self) -> Result<(), NetError>;
     /// Waits until a link can pass frames (bounded by `timeout`).
     fn wait_oper_up(&mut self, ns: Ns, name: &str, timeout: Duration) -> Result<(), NetError>;
-    /// RFC 5227 probe for `ip` from pod link `index`: the MAC of whoever claims it, if anyone.
+    /// Probes for `ips` from pod link `index` before they are used, all at once: an RFC 5227
+    /// ARP probe for IPv4, a neighbour solicitation from `::` (RFC 4862 DAD, sent by berth)
+    /// for IPv6, then one wait of `timeout`. The first address someone claims, with the MAC
+    /// that claims it.
     fn arp_probe(
         &mut self,
         index: u32,
         mac: [u8; 6],
-        ip: Ipv4Addr,
+        ips: &[IpAddr],
         count: u32,
         timeout: Duration,
-    ) -> Result<Option<[u8; 6]>, NetError>;
-    /// Gratuitous ARP announcements of `ip` from pod link `index`: the first now, the rest
-    /// `interval` apart without making the caller wait.
+    ) -> Result<Option<(IpAddr, [u8; 6])>, NetError>;
+    /// Announcements of `ip` from pod link `index` (gratuitous ARP for IPv4, unsolicited
+    /// neighbour advertisements for IPv6): the first now, the rest `interval` apart without
+    /// making the caller wait.
     fn announce(
         &mut self,
         index: u32,
         mac: [u8; 6],
-        ip: Ipv4Addr,
+        ip: IpAddr,
         count: u32,
         interval: Duration,
     ) -> Result<(), NetError>;

@@ -17,7 +17,7 @@ use rtnetlink::packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
     NetlinkPayload,
 };
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use rtnetlink::packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoMacVlan, InfoPortData, InfoPortKind, InfoVeth,
     InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode, State,
@@ -30,8 +30,10 @@ use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use crate::arp::{ArpPacket, ArpSocket, announce_in_background};
 use crate::names::bridge_mac;
+use crate::ndp::{self, ETH_P_IPV6, NdpPacket};
 use crate::net::{ArpNeeds, LinkState, LiveRoute, NetError, NetOps, Ns};
 use crate::plan::RoutePlan;
+use crate::sockwait::recv_any_before;
 
 /// The rtnetlink multicast group of link changes.
 const RTNLGRP_LINK: u32 = 1;
@@ -379,11 +381,14 @@ struct PodNs {
     netns: File,
     nl: Netlink,
     arp: Option<ArpSocket>,
+    /// The raw socket for NDP (`ETH_P_IPV6`), opened with the ARP one.
+    ndp: Option<ArpSocket>,
     /// A detached helper holds the raw socket too, so closing ours is cheap.
     arp_handed_off: bool,
+    ndp_handed_off: bool,
 }
 
-type PodSockets = io::Result<(Netlink, Option<ArpSocket>)>;
+type PodSockets = io::Result<(Netlink, Option<ArpSocket>, Option<ArpSocket>)>;
 
 /// The pod's sockets being created on their dedicated thread.
 struct PendingPod {
@@ -414,7 +419,12 @@ fn start_pod(path: &Path, needs: ArpNeeds) -> Result<PendingPod, NetError> {
             } else {
                 None
             };
-            Ok((nl, arp))
+            let ndp = if needs.raw_socket && needs.ndp_socket {
+                Some(ArpSocket::open_for(ETH_P_IPV6)?)
+            } else {
+                None
+            };
+            Ok((nl, arp, ndp))
         })
         .map_err(|e| NetError::io("starting the netns thread", e))?;
     Ok(PendingPod {
@@ -426,7 +436,7 @@ fn start_pod(path: &Path, needs: ArpNeeds) -> Result<PendingPod, NetError> {
 
 impl PendingPod {
     fn finish(self) -> Result<PodNs, NetError> {
-        let (nl, arp) = self
+        let (nl, arp, ndp) = self
             .thread
             .join()
             .expect("netns thread does not panic")
@@ -438,7 +448,9 @@ impl PendingPod {
             netns: self.netns,
             nl,
             arp,
+            ndp,
             arp_handed_off: false,
+            ndp_handed_off: false,
         })
     }
 }
@@ -481,6 +493,17 @@ impl RealNet {
         self.pod()?.arp.as_ref().ok_or(NetError::NoPodNs)
     }
 
+    fn ndp(&mut self) -> Result<&ArpSocket, NetError> {
+        self.pod()?.ndp.as_ref().ok_or_else(|| {
+            NetError::io(
+                "NDP on the pod interface",
+                io::Error::other(
+                    "no NDP socket was opened: the network's IPAM config has no IPv6 pool but handed out an IPv6 address",
+                ),
+            )
+        })
+    }
+
     fn pod_fd(&mut self) -> Result<i32, NetError> {
         Ok(self.pod()?.netns.as_raw_fd())
     }
@@ -493,11 +516,15 @@ impl Drop for RealNet {
         }
         // Closing the last reference to a packet socket waits for an RCU grace period
         // (~10 ms, more on a busy node). Let a detached helper own the last reference.
-        if let Some(p) = self.pod.as_mut()
-            && let Some(sock) = &p.arp
-            && !p.arp_handed_off
-        {
-            let _ = crate::arp::hold_in_background(sock);
+        if let Some(p) = self.pod.as_mut() {
+            let open = [(&p.arp, p.arp_handed_off), (&p.ndp, p.ndp_handed_off)];
+            for (sock, handed_off) in open {
+                if let Some(sock) = sock
+                    && !handed_off
+                {
+                    let _ = crate::arp::hold_in_background(sock);
+                }
+            }
         }
     }
 }
@@ -671,6 +698,11 @@ impl NetOps for RealNet {
         m.header.index = index;
         m.attributes.push(AddressAttribute::Local(ip));
         m.attributes.push(AddressAttribute::Address(ip));
+        if ip.is_ipv6() {
+            // Usable at once: no `tentative` second of kernel DAD (see `NetOps::add_address`).
+            m.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
         if let IpNet::V4(v4) = addr
             && v4.prefix_len() < 31
         {
@@ -849,45 +881,107 @@ impl NetOps for RealNet {
         &mut self,
         index: u32,
         mac: [u8; 6],
-        ip: Ipv4Addr,
+        ips: &[IpAddr],
         count: u32,
         timeout: Duration,
-    ) -> Result<Option<[u8; 6]>, NetError> {
-        let sock = self.arp()?;
-        sock.bind(index)
-            .map_err(|e| NetError::io("binding the ARP socket", e))?;
-        let probe = ArpPacket::probe(mac, ip);
-        for _ in 0..count {
-            sock.send(index, &probe)
-                .map_err(|e| NetError::io("sending an ARP probe", e))?;
+    ) -> Result<Option<(IpAddr, [u8; 6])>, NetError> {
+        let has = |v4: bool| ips.iter().any(|ip| ip.is_ipv4() == v4);
+        let mut fds = Vec::new();
+        if has(true) {
+            let sock = self.arp()?;
+            sock.bind(index)
+                .map_err(|e| NetError::io("binding the ARP socket", e))?;
+            for ip in ips {
+                if let IpAddr::V4(v4) = ip {
+                    let probe = ArpPacket::probe(mac, *v4);
+                    for _ in 0..count {
+                        sock.send(index, &probe)
+                            .map_err(|e| NetError::io("sending an ARP probe", e))?;
+                    }
+                }
+            }
+            fds.push(sock.raw_fd());
         }
-        let found = sock
-            .recv_until(Instant::now() + timeout, |p| p.conflicts_with(ip, mac))
-            .map_err(|e| NetError::io("receiving ARP", e))?;
-        Ok(found.map(|p| p.sender_mac))
+        if has(false) {
+            let sock = self.ndp()?;
+            sock.bind(index)
+                .map_err(|e| NetError::io("binding the NDP socket", e))?;
+            for ip in ips {
+                if let IpAddr::V6(v6) = ip {
+                    let probe = ndp::probe_frame(mac, *v6);
+                    for _ in 0..count {
+                        sock.send_frame(index, &probe)
+                            .map_err(|e| NetError::io("sending an NDP probe", e))?;
+                    }
+                }
+            }
+            fds.push(sock.raw_fd());
+        }
+        // One wait for every answer, on whichever socket it arrives.
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 256];
+        loop {
+            let (_, got) = recv_any_before(&fds, &mut buf, deadline)
+                .map_err(|e| NetError::io("receiving probe answers", e))?;
+            let n = match got {
+                Received::Data(n) => n,
+                Received::Again => continue,
+                Received::TimedOut => return Ok(None),
+            };
+            let frame = &buf[..n];
+            if let Some(p) = ArpPacket::parse(frame)
+                && let Some(ip) = ips.iter().find(|ip| match ip {
+                    IpAddr::V4(v4) => p.conflicts_with(*v4, mac),
+                    IpAddr::V6(_) => false,
+                })
+            {
+                return Ok(Some((*ip, p.sender_mac)));
+            }
+            if let Some(p) = NdpPacket::parse(frame)
+                && let Some(ip) = ips.iter().find(|ip| match ip {
+                    IpAddr::V6(v6) => p.conflicts_with(*v6, mac),
+                    IpAddr::V4(_) => false,
+                })
+            {
+                return Ok(Some((*ip, p.sender_mac)));
+            }
+        }
     }
 
     fn announce(
         &mut self,
         index: u32,
         mac: [u8; 6],
-        ip: Ipv4Addr,
+        ip: IpAddr,
         count: u32,
         interval: Duration,
     ) -> Result<(), NetError> {
         if count == 0 {
             return Ok(());
         }
-        let sock = self.arp()?;
-        let packet = ArpPacket::announcement(mac, ip);
-        sock.send(index, &packet)
-            .map_err(|e| NetError::io("sending a gratuitous ARP", e))?;
+        let (sock, frame, what) = match ip {
+            IpAddr::V4(v4) => (
+                self.arp()?,
+                ArpPacket::announcement(mac, v4).to_frame().to_vec(),
+                "gratuitous ARP",
+            ),
+            IpAddr::V6(v6) => (
+                self.ndp()?,
+                ndp::advertisement_frame(mac, v6),
+                "unsolicited neighbour advertisement",
+            ),
+        };
+        sock.send_frame(index, &frame)
+            .map_err(|e| NetError::io(format!("sending a {what}"), e))?;
         // The rest (if any) from a detached helper, which also takes over the socket's
         // close (see `Drop for RealNet`).
-        announce_in_background(sock, index, packet, count - 1, interval)
-            .map_err(|e| NetError::io("starting the gratuitous ARP burst", e))?;
+        announce_in_background(sock, index, &frame, count - 1, interval)
+            .map_err(|e| NetError::io(format!("starting the {what} burst"), e))?;
         if let Some(p) = self.pod.as_mut() {
-            p.arp_handed_off = true;
+            match ip {
+                IpAddr::V4(_) => p.arp_handed_off = true,
+                IpAddr::V6(_) => p.ndp_handed_off = true,
+            }
         }
         Ok(())
     }

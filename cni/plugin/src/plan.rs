@@ -16,8 +16,8 @@ use crate::names::{attachment_alias, host_veth_name};
 pub struct BridgePlan {
     pub name: String,
     pub mtu: Option<u32>,
-    /// The gateway address the bridge holds (gateway mode `bridge`).
-    pub address: Option<IpNet>,
+    /// The gateway addresses the bridge holds, one per IP family (gateway mode `bridge`).
+    pub addresses: Vec<IpNet>,
     /// The host NIC to enslave (underlay).
     pub uplink: Option<String>,
 }
@@ -55,6 +55,15 @@ pub struct RoutePlan {
     pub gw: Option<IpAddr>,
 }
 
+/// One address of a pod interface (an interface has one per IP family).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddrPlan {
+    pub address: IpNet,
+    pub gateway: Option<IpAddr>,
+    /// The pool the address came from (for errors and logs).
+    pub pool: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IfacePlan {
     /// The name inside the pod.
@@ -62,11 +71,10 @@ pub struct IfacePlan {
     pub link: LinkPlan,
     pub mtu: Option<u32>,
     pub mac: Option<[u8; 6]>,
-    pub address: IpNet,
-    pub gateway: Option<IpAddr>,
+    /// IPv4 first, then IPv6.
+    pub addresses: Vec<AddrPlan>,
+    /// Routes of every family, each through the interface's address of its family.
     pub routes: Vec<RoutePlan>,
-    /// The pool the address came from (for the result and logs).
-    pub pool: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,65 +88,101 @@ fn bad(msg: impl Into<String>) -> CniError {
     CniError::invalid_config(msg)
 }
 
-/// Builds the plan. `allocations[i]` belongs to `spec.interfaces[i]`.
+/// Builds the plan. `allocations[i]` (one address per IP family) belongs to
+/// `spec.interfaces[i]`.
 pub fn build(
     network: &str,
     container_id: &str,
     spec: &NetworkSpec,
-    allocations: &[Allocation],
+    allocations: &[Vec<Allocation>],
 ) -> Result<Plan, CniError> {
     assert_eq!(
         spec.interfaces.len(),
         allocations.len(),
         "one allocation per interface"
     );
+    for (iface, allocs) in spec.interfaces.iter().zip(allocations) {
+        if allocs.is_empty() {
+            return Err(bad(format!("{}: IPAM gave no address", iface.name)));
+        }
+        for (k, a) in allocs.iter().enumerate() {
+            if let Some(b) = allocs[k + 1..]
+                .iter()
+                .find(|b| b.address.addr().is_ipv4() == a.address.addr().is_ipv4())
+            {
+                return Err(bad(format!(
+                    "{}: two addresses of one IP family: {} (pool {}) and {} (pool {})",
+                    iface.name, a.address, a.pool, b.address, b.pool
+                ))
+                .with_details("give each interface at most one pool per IP family"));
+            }
+        }
+    }
     // Subnets of different NICs must not overlap: the pod could not tell where to send.
-    for (i, a) in allocations.iter().enumerate() {
-        for (j, b) in allocations.iter().enumerate().skip(i + 1) {
+    let flat: Vec<(usize, &Allocation)> = allocations
+        .iter()
+        .enumerate()
+        .flat_map(|(i, v)| v.iter().map(move |a| (i, a)))
+        .collect();
+    for (k, (i, a)) in flat.iter().enumerate() {
+        for (j, b) in flat.iter().skip(k + 1).filter(|(j, _)| j != i) {
             let (na, nb) = (a.address.trunc(), b.address.trunc());
             if na.contains(&nb.network()) || nb.contains(&na.network()) {
                 return Err(bad(format!(
                     "overlapping subnets: {} gets {} (pool {}) and {} gets {} (pool {})",
-                    spec.interfaces[i].name, na, a.pool, spec.interfaces[j].name, nb, b.pool
+                    spec.interfaces[*i].name, na, a.pool, spec.interfaces[*j].name, nb, b.pool
                 ))
                 .with_details("give each interface a pool from a distinct subnet"));
             }
         }
     }
     let mut interfaces = Vec::with_capacity(spec.interfaces.len());
-    for (iface, alloc) in spec.interfaces.iter().zip(allocations) {
-        let subnet = alloc.address.trunc();
-        if let Some(gw) = alloc.gateway {
-            if !subnet.contains(&gw) {
-                return Err(bad(format!(
-                    "{}: gateway {gw} of pool {} is outside its subnet {subnet}",
-                    iface.name, alloc.pool
-                )));
+    for (iface, allocs) in spec.interfaces.iter().zip(allocations) {
+        let mut allocs: Vec<&Allocation> = allocs.iter().collect();
+        allocs.sort_by_key(|a| a.address.addr().is_ipv6());
+        for alloc in &allocs {
+            let subnet = alloc.address.trunc();
+            if let Some(gw) = alloc.gateway {
+                if !subnet.contains(&gw) {
+                    return Err(bad(format!(
+                        "{}: gateway {gw} of pool {} is outside its subnet {subnet}",
+                        iface.name, alloc.pool
+                    )));
+                }
+                if gw == alloc.address.addr() {
+                    return Err(bad(format!(
+                        "{}: pool {} handed out its own gateway {gw}",
+                        iface.name, alloc.pool
+                    )));
+                }
             }
-            if gw == alloc.address.addr() {
+            if let Some(v) = alloc.vlan
+                && !(1..=4094).contains(&v)
+            {
                 return Err(bad(format!(
-                    "{}: pool {} handed out its own gateway {gw}",
+                    "{}: pool {} has VLAN {v}; use 1 to 4094",
                     iface.name, alloc.pool
                 )));
             }
         }
-        if let Some(v) = alloc.vlan
-            && !(1..=4094).contains(&v)
-        {
+        // One link carries every family: their pools must agree on the VLAN.
+        let vlan = allocs[0].vlan;
+        if let Some(other) = allocs.iter().find(|a| a.vlan != vlan) {
             return Err(bad(format!(
-                "{}: pool {} has VLAN {v}; use 1 to 4094",
-                iface.name, alloc.pool
-            )));
+                "{}: pools {} and {} put the interface on different VLANs ({:?} and {:?})",
+                iface.name, allocs[0].pool, other.pool, vlan, other.vlan
+            ))
+            .with_details("give the pools of one interface the same vlan"));
         }
         let link = match &iface.kind {
-            IfaceKind::Bridge { .. } if alloc.vlan.is_some() => {
+            IfaceKind::Bridge { .. } if vlan.is_some() => {
                 return Err(CniError::new(
                     ErrorCode::UnsupportedField,
                     format!(
                         "{}: pool {} is on VLAN {}, which bridge mode cannot tag",
                         iface.name,
-                        alloc.pool,
-                        alloc.vlan.unwrap_or_default()
+                        allocs[0].pool,
+                        vlan.unwrap_or_default()
                     ),
                 )
                 .with_details(
@@ -151,20 +195,23 @@ pub fn build(
                 uplink,
                 hairpin,
             } => {
-                let address = match gateway_mode {
-                    GatewayMode::External => None,
-                    GatewayMode::Bridge => {
-                        let gw = alloc.gateway.ok_or_else(|| {
-                            bad(format!(
-                                "{}: gatewayMode bridge needs a gateway, pool {} has none",
-                                iface.name, alloc.pool
-                            ))
-                            .with_details(
-                                "set the pool's gateway or use \"gatewayMode\": \"external\"",
-                            )
-                        })?;
-                        Some(IpNet::new(gw, alloc.address.prefix_len()).expect("prefix fits"))
-                    }
+                let addresses = match gateway_mode {
+                    GatewayMode::External => Vec::new(),
+                    GatewayMode::Bridge => allocs
+                        .iter()
+                        .map(|alloc| {
+                            let gw = alloc.gateway.ok_or_else(|| {
+                                bad(format!(
+                                    "{}: gatewayMode bridge needs a gateway, pool {} has none",
+                                    iface.name, alloc.pool
+                                ))
+                                .with_details(
+                                    "set the pool's gateway or use \"gatewayMode\": \"external\"",
+                                )
+                            })?;
+                            Ok(IpNet::new(gw, alloc.address.prefix_len()).expect("prefix fits"))
+                        })
+                        .collect::<Result<Vec<_>, CniError>>()?,
                 };
                 LinkPlan::Veth {
                     host_name: host_veth_name(network, container_id, &iface.name),
@@ -172,7 +219,7 @@ pub fn build(
                     bridge: BridgePlan {
                         name: bridge.clone(),
                         mtu: iface.mtu,
-                        address,
+                        addresses,
                         uplink: uplink.clone(),
                     },
                     hairpin: *hairpin,
@@ -180,48 +227,67 @@ pub fn build(
             }
             IfaceKind::Macvlan { master } => LinkPlan::Macvlan {
                 master: master.clone(),
-                vlan: alloc.vlan,
+                vlan,
             },
         };
+        let of_family = |ip: IpAddr| {
+            allocs
+                .iter()
+                .copied()
+                .find(|a| a.address.addr().is_ipv4() == ip.is_ipv4())
+        };
         let mut routes = Vec::new();
-        let same_family = |dst: &IpNet| dst.addr().is_ipv4() == alloc.address.addr().is_ipv4();
         if iface.default_route {
-            let gw = alloc.gateway.ok_or_else(|| {
-                bad(format!(
-                    "{} carries the default route but pool {} has no gateway",
-                    iface.name, alloc.pool
-                ))
-                .with_details(
-                    "set the pool's gateway, or mark another interface \"defaultRoute\": true",
-                )
-            })?;
-            let dst = if gw.is_ipv4() {
-                "0.0.0.0/0".parse().expect("literal")
-            } else {
-                "::/0".parse().expect("literal")
-            };
-            routes.push(RoutePlan { dst, gw: Some(gw) });
-        }
-        for r in &alloc.routes {
-            // The pool's default route is only honoured on the default interface (added above).
-            if is_default(&r.dst) || !same_family(&r.dst) {
-                continue;
+            // A default route for each family the interface has an address of.
+            for alloc in &allocs {
+                let gw = alloc.gateway.ok_or_else(|| {
+                    bad(format!(
+                        "{} carries the default route but pool {} has no gateway",
+                        iface.name, alloc.pool
+                    ))
+                    .with_details(
+                        "set the pool's gateway, or mark another interface \"defaultRoute\": true",
+                    )
+                })?;
+                let dst = if gw.is_ipv4() {
+                    "0.0.0.0/0".parse().expect("literal")
+                } else {
+                    "::/0".parse().expect("literal")
+                };
+                routes.push(RoutePlan { dst, gw: Some(gw) });
             }
-            push_unique(
-                &mut routes,
-                RoutePlan {
-                    dst: r.dst,
-                    gw: r.gw.or(alloc.gateway),
-                },
-            );
+        }
+        for alloc in &allocs {
+            for r in &alloc.routes {
+                // The pool's default route is only honoured on the default interface (added
+                // above); a route of the other family has no address to leave from.
+                if is_default(&r.dst) || r.dst.addr().is_ipv4() != alloc.address.addr().is_ipv4() {
+                    continue;
+                }
+                push_unique(
+                    &mut routes,
+                    RoutePlan {
+                        dst: r.dst,
+                        gw: r.gw.or(alloc.gateway),
+                    },
+                );
+            }
         }
         for r in &iface.routes {
-            if !same_family(&r.dst) {
+            let Some(alloc) = of_family(r.dst.addr()) else {
                 return Err(bad(format!(
-                    "{}: route {} is of another IP family than the address {}",
-                    iface.name, r.dst, alloc.address
-                )));
-            }
+                    "{}: route {} is of an IP family the interface has no address of ({})",
+                    iface.name,
+                    r.dst,
+                    allocs
+                        .iter()
+                        .map(|a| a.address.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+                .with_details("add a pool of that family for the interface, or drop the route"));
+            };
+            let subnet = alloc.address.trunc();
             let gw = r.gw.or(alloc.gateway);
             if let Some(g) = gw
                 && !subnet.contains(&g)
@@ -239,10 +305,15 @@ pub fn build(
             link,
             mtu: iface.mtu,
             mac: iface.mac,
-            address: alloc.address,
-            gateway: alloc.gateway,
+            addresses: allocs
+                .iter()
+                .map(|a| AddrPlan {
+                    address: a.address,
+                    gateway: a.gateway,
+                    pool: a.pool.clone(),
+                })
+                .collect(),
             routes,
-            pool: alloc.pool.clone(),
         });
     }
     Ok(Plan {
@@ -292,11 +363,13 @@ pub fn result(plan: &Plan, applied: &Applied, netns: &str) -> CniResult {
             ..Interface::default()
         });
         let idx = res.interfaces.len() - 1;
-        res.ips.push(IpConfig {
-            address: iface.address,
-            gateway: iface.gateway,
-            interface: Some(idx),
-        });
+        for a in &iface.addresses {
+            res.ips.push(IpConfig {
+                address: a.address,
+                gateway: a.gateway,
+                interface: Some(idx),
+            });
+        }
         for r in &iface.routes {
             res.routes.push(Route::new(r.dst, r.gw));
         }
@@ -344,7 +417,7 @@ mod tests {
             "net",
             "c1",
             &s,
-            &[alloc("10.244.0.5/24", Some("10.244.0.1"), "p")],
+            &[vec![alloc("10.244.0.5/24", Some("10.244.0.1"), "p")]],
         )
         .unwrap();
         assert_eq!(p.interfaces.len(), 1);
@@ -358,14 +431,84 @@ mod tests {
                 bridge: BridgePlan {
                     name: "berth0".into(),
                     mtu: Some(1400),
-                    address: Some("10.244.0.1/24".parse().unwrap()),
+                    addresses: vec!["10.244.0.1/24".parse().unwrap()],
                     uplink: None
                 },
                 hairpin: true
             }
         );
         assert_eq!(i.routes, vec![route("0.0.0.0/0", Some("10.244.0.1"))]);
-        assert_eq!(i.address, "10.244.0.5/24".parse::<IpNet>().unwrap());
+        assert_eq!(
+            i.addresses[0].address,
+            "10.244.0.5/24".parse::<IpNet>().unwrap()
+        );
+    }
+
+    #[test]
+    fn dual_stack_plan_and_result_carry_both_families() {
+        let s = spec(json!({"mode": "bridge", "bridge": "berth0",
+            "routes": [{"dst": "fd00:99::/64"}]}));
+        let v4 = alloc("10.244.0.5/24", Some("10.244.0.1"), "v4");
+        let v6 = alloc("fd00:244::5/64", Some("fd00:244::1"), "v6");
+        // IPAM order does not matter: IPv4 comes first.
+        let p = build("net", "c1", &s, &[vec![v6.clone(), v4.clone()]]).unwrap();
+        let i = &p.interfaces[0];
+        let LinkPlan::Veth { bridge, .. } = &i.link else {
+            panic!()
+        };
+        assert_eq!(
+            bridge.addresses,
+            vec![
+                "10.244.0.1/24".parse::<IpNet>().unwrap(),
+                "fd00:244::1/64".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            i.routes,
+            vec![
+                route("0.0.0.0/0", Some("10.244.0.1")),
+                route("::/0", Some("fd00:244::1")),
+                route("fd00:99::/64", Some("fd00:244::1")),
+            ]
+        );
+        let applied = Applied {
+            macs: vec![(Some([2, 0, 0, 0, 0, 1]), [2, 0, 0, 0, 0, 2])],
+        };
+        let res = result(&p, &applied, "/ns");
+        let ips: Vec<(String, Option<usize>)> = res
+            .ips
+            .iter()
+            .map(|ip| (ip.address.to_string(), ip.interface))
+            .collect();
+        assert_eq!(
+            ips,
+            [
+                ("10.244.0.5/24".to_string(), Some(1)),
+                ("fd00:244::5/64".to_string(), Some(1))
+            ]
+        );
+        // Every version renders both, with "version" before 1.0.0.
+        for v in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+            let out = res.to_value(v.parse().unwrap());
+            assert_eq!(out["ips"].as_array().unwrap().len(), 2, "{v}");
+            if v < "1.0.0" {
+                assert_eq!(out["ips"][1]["version"], "6", "{v}");
+            }
+        }
+        // An IPv6 static route on an IPv4-only interface, two IPv4 addresses: refused.
+        let e = build("net", "c1", &s, &[vec![v4.clone()]]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("route fd00:99::/64 is of an IP family the interface has no address of"),
+            "{e}"
+        );
+        let mut v4b = v4.clone();
+        v4b.address = "10.245.0.5/24".parse().unwrap();
+        let e = build("net", "c1", &s, &[vec![v4, v4b]]).unwrap_err();
+        assert!(
+            e.to_string().contains("two addresses of one IP family"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -375,13 +518,13 @@ mod tests {
             "net",
             "c1",
             &s,
-            &[alloc("192.168.10.20/24", Some("192.168.10.1"), "r1")],
+            &[vec![alloc("192.168.10.20/24", Some("192.168.10.1"), "r1")]],
         )
         .unwrap();
         let LinkPlan::Veth { bridge, .. } = &p.interfaces[0].link else {
             panic!()
         };
-        assert_eq!(bridge.address, None);
+        assert_eq!(bridge.addresses, vec![]);
         assert_eq!(bridge.uplink.as_deref(), Some("eth1"));
         assert_eq!(
             p.interfaces[0].routes,
@@ -411,7 +554,10 @@ mod tests {
             "net",
             "c1",
             &s,
-            &[alloc("192.168.1.10/24", Some("192.168.1.1"), "ext"), int],
+            &[
+                vec![alloc("192.168.1.10/24", Some("192.168.1.1"), "ext")],
+                vec![int],
+            ],
         )
         .unwrap();
         assert_eq!(
@@ -489,7 +635,8 @@ mod tests {
             ),
         ];
         for (s, allocs, needle) in cases {
-            let e = build("net", "c1", s, &allocs).unwrap_err();
+            let per_iface: Vec<Vec<Allocation>> = allocs.into_iter().map(|a| vec![a]).collect();
+            let e = build("net", "c1", s, &per_iface).unwrap_err();
             assert_eq!(e.code, ErrorCode::InvalidConfig);
             assert!(e.to_string().contains(needle), "{needle}: {e}");
         }
@@ -500,7 +647,7 @@ mod tests {
         let mv = spec(json!({"mode": "macvlan", "master": "uplink0"}));
         let mut a = alloc("192.168.12.5/24", Some("192.168.12.1"), "r12");
         a.vlan = Some(12);
-        let p = build("net", "c1", &mv, std::slice::from_ref(&a)).unwrap();
+        let p = build("net", "c1", &mv, &[vec![a.clone()]]).unwrap();
         assert_eq!(
             p.interfaces[0].link,
             LinkPlan::Macvlan {
@@ -509,12 +656,12 @@ mod tests {
             }
         );
         let br = spec(json!({"mode": "bridge", "bridge": "b", "uplink": "eth1"}));
-        let e = build("net", "c1", &br, std::slice::from_ref(&a)).unwrap_err();
+        let e = build("net", "c1", &br, &[vec![a.clone()]]).unwrap_err();
         assert_eq!(e.code, ErrorCode::UnsupportedField);
         assert!(e.msg.contains("VLAN 12"), "{e}");
         a.vlan = Some(4095);
         assert_eq!(
-            build("net", "c1", &mv, &[a]).unwrap_err().code,
+            build("net", "c1", &mv, &[vec![a]]).unwrap_err().code,
             ErrorCode::InvalidConfig
         );
         assert_eq!(vlan_link_name("eth1", 12), "eth1.12");
@@ -532,8 +679,8 @@ mod tests {
             "c1",
             &s,
             &[
-                alloc("10.1.0.5/24", Some("10.1.0.1"), "a"),
-                alloc("10.2.0.5/24", Some("10.2.0.1"), "b"),
+                vec![alloc("10.1.0.5/24", Some("10.1.0.1"), "a")],
+                vec![alloc("10.2.0.5/24", Some("10.2.0.1"), "b")],
             ],
         )
         .unwrap();

@@ -67,7 +67,7 @@ impl<N: NetOpener, I: IpamOpener> BerthCni<N, I> {
         self.ipam.open(ctx, ipam)
     }
 
-    fn request(ctx: &Context, ifname: &str, pool: Option<&String>) -> AllocateRequest {
+    fn request(ctx: &Context, ifname: &str, pools: &[String]) -> AllocateRequest {
         let a = &ctx.env.args;
         let pod = a.pod().map(|(ns, name)| PodIdentity {
             namespace: ns.to_string(),
@@ -92,7 +92,7 @@ impl<N: NetOpener, I: IpamOpener> BerthCni<N, I> {
             ifname: ifname.to_string(),
             pod,
             annotations,
-            pool: pool.cloned(),
+            pools: pools.to_vec(),
         }
     }
 
@@ -106,6 +106,27 @@ impl<N: NetOpener, I: IpamOpener> BerthCni<N, I> {
                     .map(|e| format!("releasing {}: {e}", i.name))
             })
             .collect()
+    }
+}
+
+/// Whether the network's IPAM may hand out IPv6 addresses (so ADD opens an NDP socket too):
+/// berth's IPAM when a pool is IPv6, a delegated IPAM plugin always (its ranges are its own).
+fn may_give_ipv6(ipam: Option<&serde_json::Value>) -> bool {
+    let Some(ipam) = ipam else {
+        return false;
+    };
+    match ipam.get("type").and_then(serde_json::Value::as_str) {
+        None | Some("berth-ipam") => ipam
+            .get("pools")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|pools| {
+                pools.iter().any(|p| {
+                    p.get("subnet")
+                        .and_then(serde_json::Value::as_str)
+                        .is_some_and(|s| s.contains(':'))
+                })
+            }),
+        Some(_) => true,
     }
 }
 
@@ -129,6 +150,7 @@ impl<N: NetOpener, I: IpamOpener> Plugin for BerthCni<N, I> {
         let netns = ctx.env.netns.as_deref().expect("ADD has CNI_NETNS");
         let arp = ArpNeeds {
             raw_socket: spec.arp.probe || spec.arp.garp_count > 0,
+            ndp_socket: may_give_ipv6(spec.ipam.as_ref()),
         };
         let mut net = self.net.open(Some(netns), arp).map_err(|e| from_net(&e))?;
         trace::mark("ADD: netlink opened");
@@ -139,9 +161,9 @@ impl<N: NetOpener, I: IpamOpener> Plugin for BerthCni<N, I> {
         trace::mark("ADD: preflight");
         let alloc = self.allocator(ctx, &spec)?;
         trace::mark("ADD: IPAM opened");
-        let mut allocations: Vec<Allocation> = Vec::with_capacity(spec.interfaces.len());
+        let mut allocations: Vec<Vec<Allocation>> = Vec::with_capacity(spec.interfaces.len());
         for iface in &spec.interfaces {
-            match alloc.allocate(&Self::request(ctx, &iface.name, iface.pool.as_ref())) {
+            match alloc.allocate(&Self::request(ctx, &iface.name, &iface.pools)) {
                 Ok(a) => allocations.push(a),
                 Err(e) => {
                     let failures = Self::release_all(alloc.as_ref(), ctx, &spec);
@@ -255,7 +277,8 @@ impl<N: NetOpener, I: IpamOpener> Plugin for BerthCni<N, I> {
                 .lookup(&ctx.config.name, &ctx.env.container_id, &iface.name)
                 .map_err(|e| from_ipam(&e))?;
             if let Some(a) = have
-                && !prev.ips.iter().any(|ip| ip.address == a.address)
+                .iter()
+                .find(|a| !prev.ips.iter().any(|ip| ip.address == a.address))
             {
                 return Err(CniError::new(
                     crate::error::CHECK_MISMATCH,
@@ -468,7 +491,7 @@ mod tests {
         assert_eq!(
             s.requests
                 .iter()
-                .map(|r| r.pool.clone().unwrap())
+                .map(|r| r.pools[0].clone())
                 .collect::<Vec<_>>(),
             ["ext", "int"]
         );
@@ -643,6 +666,19 @@ mod tests {
         let s = h.ipam.0.lock().unwrap();
         assert_eq!(s.leases.len(), 1);
         assert_eq!(s.gc_calls[0][0].container_id, "keep");
+    }
+
+    #[test]
+    fn an_ndp_socket_is_opened_only_when_ipam_may_give_ipv6() {
+        assert!(!may_give_ipv6(None));
+        assert!(!may_give_ipv6(Some(
+            &json!({"pools": [{"name": "a", "subnet": "10.0.0.0/24"}]})
+        )));
+        assert!(may_give_ipv6(Some(
+            &json!({"type": "berth-ipam", "pools": [
+            {"name": "a", "subnet": "10.0.0.0/24"}, {"name": "b", "subnet": "fd00::/64"}]})
+        )));
+        assert!(may_give_ipv6(Some(&json!({"type": "host-local"}))));
     }
 
     #[test]

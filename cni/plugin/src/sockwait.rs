@@ -53,3 +53,55 @@ pub(crate) fn recv_before(fd: RawFd, buf: &mut [u8], deadline: Instant) -> io::R
     }
     Ok(Received::Data(n as usize))
 }
+
+/// Waits until one of `fds` is readable or `deadline` passes, then reads one datagram from
+/// the first readable one into `buf` without blocking: `(index into fds, what it gave)`.
+pub(crate) fn recv_any_before(
+    fds: &[RawFd],
+    buf: &mut [u8],
+    deadline: Instant,
+) -> io::Result<(usize, Received)> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Ok((0, Received::TimedOut));
+    }
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: *fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+    // SAFETY: `pfds` holds `pfds.len()` valid pollfds.
+    let rc = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok((0, Received::Again))
+        } else {
+            Err(e)
+        };
+    }
+    let Some(i) = pfds.iter().position(|p| p.revents != 0) else {
+        return Ok((0, Received::Again));
+    };
+    // SAFETY: the buffer is writable for its whole length.
+    let n = unsafe {
+        libc::recv(
+            fds[i],
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN | libc::EINTR) => Ok((i, Received::Again)),
+            _ => Err(e),
+        };
+    }
+    Ok((i, Received::Data(n as usize)))
+}

@@ -74,3 +74,16 @@ fn underlay_macvlan_and_multi_nic_conflists_are_valid() {
     assert_eq!(s.interfaces.iter().filter(|i| i.default_route).count(), 1);
     assert_eq!(s.default_interface().name, "eth0");
 }
+
+#[test]
+fn dual_stack_conflist_gives_the_bridge_a_gateway_of_each_family() {
+    let (list, s) = spec("dual-stack.conflist");
+    assert!(
+        matches!(&s.interfaces[0].kind, IfaceKind::Bridge { bridge, uplink: None, gateway_mode, .. }
+            if bridge == "berth0" && *gateway_mode == berth_cni::config::GatewayMode::Bridge)
+    );
+    let pools = berth_entry(&list)["ipam"]["pools"].clone();
+    assert_eq!(pools[0]["subnet"], "10.244.0.0/24");
+    assert_eq!(pools[1]["subnet"], "fd00:244::/64");
+    assert_eq!(pools[1]["gateway"], "fd00:244::1");
+}

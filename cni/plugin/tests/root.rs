@@ -281,6 +281,198 @@ fn underlay_bridge_and_macvlan_pods_reach_the_tor_gateway_and_each_other() {
     assert!(bed.host_veths().is_empty());
 }
 
+/// Counts unsolicited neighbour advertisements of `ip` seen on `dev` inside `ns` until `want`
+/// or the deadline.
+fn na_listener(
+    ns: &Netns,
+    dev: &str,
+    ip: std::net::Ipv6Addr,
+    want: u32,
+    within: Duration,
+) -> std::thread::JoinHandle<u32> {
+    let path = ns.path();
+    let index: u32 = ns
+        .ip(&["-o", "link", "show", dev])
+        .split(':')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on this test thread only.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let sock = berth_cni::arp::ArpSocket::open_for(berth_cni::ndp::ETH_P_IPV6).unwrap();
+        sock.bind(index).unwrap();
+        tx.send(()).unwrap();
+        let seen = std::cell::Cell::new(0u32);
+        let deadline = Instant::now() + within;
+        let r = sock.recv_frame_until(deadline, |f| {
+            let p = berth_cni::ndp::NdpPacket::parse(f)?;
+            if !p.solicitation && p.source == ip && p.target == ip {
+                seen.set(seen.get() + 1);
+            }
+            (seen.get() >= want).then_some(())
+        });
+        r.expect("receiving NDP at the TOR");
+        seen.get()
+    });
+    rx.recv().unwrap();
+    h
+}
+
+/// One ping, no retry: the address must be usable the moment ADD returns.
+fn ping_once(ns: &Netns, addr: &str) -> bool {
+    ns.exec(&["ping", "-c", "1", "-W", "2", "-q", addr])
+        .status
+        .success()
+}
+
+#[test]
+#[ignore = "needs root: run by scripts/test"]
+fn dual_stack_underlay_pods_probe_announce_and_reach_the_tor_over_both_families() {
+    let bed = Bed::new();
+    let tor = Tor::new(&bed.node, "192.168.79.1/24", &["up0", "up1", "up2"]);
+    tor.ns
+        .ip(&["addr", "add", "fd00:79::1/64", "dev", "torbr", "nodad"]);
+    let pools = json!([
+        {"name": "rack", "subnet": "192.168.79.0/24", "gateway": "192.168.79.1",
+         "ranges": [{"start": "192.168.79.10", "end": "192.168.79.20"}]},
+        {"name": "rack6", "subnet": "fd00:79::/64", "gateway": "fd00:79::1",
+         "ranges": [{"start": "fd00:79::10", "end": "fd00:79::20"}]},
+        pool("int", "10.31.0.0/24", "10.31.0.1"),
+        pool("int6", "fd00:31::/64", "fd00:31::1"),
+    ]);
+    let arp = json!({"probe": true, "probeTimeoutMs": 100, "garpCount": 3, "garpIntervalMs": 50});
+    let bridged = bed.conf(
+        json!({"mode": "bridge", "bridge": "br-ext", "uplink": "up0", "pools": ["rack", "rack6"], "arp": arp}),
+        pools.clone(),
+    );
+    let macvlan = bed.conf(
+        json!({"mode": "macvlan", "master": "up1", "pools": ["rack", "rack6"], "arp": arp}),
+        pools.clone(),
+    );
+    let multi = bed.conf(
+        json!({"arp": arp, "interfaces": [
+            {"name": "eth0", "mode": "macvlan", "master": "up2", "pools": ["rack", "rack6"], "defaultRoute": true},
+            {"name": "eth1", "mode": "bridge", "bridge": "br-int", "gatewayMode": "bridge", "pools": ["int", "int6"],
+             "routes": [{"dst": "fd00:50::/64"}]}]}),
+        pools,
+    );
+    let (a, b, m) = (Netns::new("bda"), Netns::new("bdb"), Netns::new("bdm"));
+    let ra = bed.add("da", &a, &bridged);
+    assert_eq!(ip_of(&ra, 0), "192.168.79.10");
+    assert_eq!(ip_of(&ra, 1), "fd00:79::10");
+    // The next IPv6 address is known before ADD: listen for its advertisements at the TOR.
+    let expect_b: std::net::Ipv6Addr = "fd00:79::11".parse().unwrap();
+    let listener = na_listener(&tor.ns, "torbr", expect_b, 3, Duration::from_secs(3));
+    let rb = bed.add("db", &b, &macvlan);
+    assert_eq!(ip_of(&rb, 1), expect_b.to_string());
+    let seen = listener.join().unwrap();
+    assert!(
+        seen >= 3,
+        "the TOR saw {seen} neighbour advertisements for {expect_b}, want 3"
+    );
+    let rm = bed.add("dm", &m, &multi);
+    let ips: Vec<String> = (0..4).map(|n| ip_of(&rm, n)).collect();
+    assert_eq!(
+        ips,
+        ["192.168.79.12", "fd00:79::12", "10.31.0.2", "fd00:31::2"]
+    );
+    for (pod, name) in [(&a, "bridged"), (&b, "macvlan"), (&m, "multi-NIC")] {
+        // The global addresses are usable at once (the kernel's link-local one goes through
+        // its own DAD; pod traffic never leaves from it).
+        let addrs = pod.ip(&["-o", "addr", "show", "dev", "eth0", "scope", "global"]);
+        assert!(addrs.contains("inet6 fd00:79::"), "{name}: {addrs}");
+        assert!(!addrs.contains("tentative"), "{name}: {addrs}");
+        assert!(
+            pod.ip(&["-6", "route"])
+                .contains("default via fd00:79::1 dev eth0"),
+            "{name}"
+        );
+        assert!(
+            pod.ip(&["-4", "route"])
+                .contains("default via 192.168.79.1 dev eth0"),
+            "{name}"
+        );
+        for gw in ["192.168.79.1", "fd00:79::1"] {
+            assert!(
+                ping_once(pod, gw),
+                "{name} pod cannot reach the TOR at {gw}"
+            );
+        }
+    }
+    assert!(
+        ping_once(&a, "fd00:79::11"),
+        "bridged pod cannot reach the macvlan pod"
+    );
+    assert!(
+        ping_once(&b, "fd00:79::10"),
+        "macvlan pod cannot reach the bridged pod"
+    );
+    // The second NIC: both families, its static IPv6 route, no default route, the bridge
+    // the gateway of both.
+    let r6 = m.ip(&["-6", "route"]);
+    assert!(r6.contains("fd00:50::/64 via fd00:31::1 dev eth1"), "{r6}");
+    assert_eq!(r6.matches("default").count(), 1, "{r6}");
+    assert!(ping_once(&m, "fd00:31::1"));
+    assert!(ping_once(&m, "10.31.0.1"));
+    for (cid, pod, conf) in [
+        ("da", &a, &bridged),
+        ("db", &b, &macvlan),
+        ("dm", &m, &multi),
+    ] {
+        assert_eq!(bed.run("DEL", cid, Some(pod), conf).0, 0);
+        assert_eq!(bed.run("DEL", cid, None, conf).0, 0);
+        assert_eq!(pod.links(), vec!["lo".to_string()]);
+        for ifname in ["eth0", "eth1"] {
+            assert_eq!(
+                leases_of(&conf["ipam"], &bed.network, cid, ifname),
+                Vec::<String>::new()
+            );
+        }
+    }
+    assert!(bed.host_veths().is_empty());
+}
+
+#[test]
+#[ignore = "needs root: run by scripts/test"]
+fn a_duplicate_ipv6_address_held_by_the_tor_is_refused_and_nothing_is_left() {
+    let bed = Bed::new();
+    let tor = Tor::new(&bed.node, "192.168.80.1/24", &["up0"]);
+    // Someone behind the TOR holds the only IPv6 address of the pool.
+    tor.ns
+        .ip(&["addr", "add", "fd00:80::50/64", "dev", "torbr", "nodad"]);
+    let conf = bed.conf(
+        json!({"mode": "macvlan", "master": "up0", "arp": {"probe": true, "probeTimeoutMs": 300}}),
+        json!([{"name": "rack", "subnet": "192.168.80.0/24", "gateway": "192.168.80.1"},
+               {"name": "rack6", "subnet": "fd00:80::/64", "gateway": "fd00:80::1",
+                "ranges": [{"start": "fd00:80::50", "end": "fd00:80::50"}]}]),
+    );
+    let before = bed.node.links();
+    let pod = Netns::new("bd6");
+    let (code, e) = bed.run("ADD", "d6", Some(&pod), &conf);
+    assert_eq!(code, 1);
+    assert_eq!(e["code"], 120, "{e}");
+    assert!(
+        e["msg"]
+            .as_str()
+            .unwrap()
+            .contains("fd00:80::50 for eth0 is already in use"),
+        "{e}"
+    );
+    assert_eq!(pod.links(), vec!["lo".to_string()]);
+    assert_eq!(bed.node.links(), before);
+    assert_eq!(
+        leases_of(&conf["ipam"], &bed.network, "d6", "eth0"),
+        Vec::<String>::new(),
+        "neither address is kept"
+    );
+}
+
 #[test]
 #[ignore = "needs root: run by scripts/test"]
 fn two_nic_pod_has_the_default_route_on_eth0_and_static_routes_on_eth1() {
@@ -469,6 +661,53 @@ fn check_passes_on_a_fresh_pod_and_detects_a_removed_route() {
 
 #[test]
 #[ignore = "needs root: run by scripts/test"]
+fn check_covers_both_families_of_a_dual_stack_pod_in_every_version() {
+    let bed = Bed::new();
+    let pools = json!([
+        pool("p", "10.245.4.0/24", "10.245.4.1"),
+        pool("p6", "fd00:245:4::/64", "fd00:245:4::1")
+    ]);
+    for (n, version) in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"].iter().enumerate() {
+        let mut conf = bed.conf(json!({"mode": "bridge", "bridge": "br-c6"}), pools.clone());
+        conf["cniVersion"] = json!(version);
+        let pod = Netns::new("bc6");
+        let cid = format!("c6-{n}");
+        let r = bed.add(&cid, &pod, &conf);
+        assert_eq!(r["cniVersion"], *version);
+        let ips = r["ips"].as_array().unwrap();
+        assert_eq!(ips.len(), 2, "{version}: {r}");
+        if *version < "1.0.0" {
+            assert_eq!(
+                (ips[0]["version"].as_str(), ips[1]["version"].as_str()),
+                (Some("4"), Some("6")),
+                "{r}"
+            );
+        }
+        // CHECK takes the ADD result of its own version; only 0.4.0 and later have CHECK.
+        if *version >= "0.4.0" {
+            let mut chk = conf.clone();
+            chk["prevResult"] = r.clone();
+            assert_eq!(
+                bed.run("CHECK", &cid, Some(&pod), &chk),
+                (0, Value::Null),
+                "{version}"
+            );
+            pod.ip(&["-6", "route", "del", "default"]);
+            let (code, e) = bed.run("CHECK", &cid, Some(&pod), &chk);
+            assert_eq!((code, e["code"].as_i64()), (1, Some(130)), "{version}: {e}");
+            assert!(e["msg"].as_str().unwrap().contains("route to ::/0"), "{e}");
+        }
+        assert_eq!(bed.run("DEL", &cid, Some(&pod), &conf).0, 0);
+        assert_eq!(bed.run("DEL", &cid, None, &conf).0, 0);
+        assert_eq!(
+            leases_of(&conf["ipam"], &bed.network, &cid, "eth0"),
+            Vec::<String>::new()
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: run by scripts/test"]
 fn status_reports_a_broken_store_as_code_50() {
     let bed = Bed::new();
     let conf = bed.conf(
@@ -512,6 +751,16 @@ fn bad_input_gets_its_cni_code_and_creates_nothing() {
         ("config ifname over 15 bytes", bed.conf(json!({"interfaces": [
             {"name": "eth0-is-too-long", "mode": "bridge", "bridge": "br-x", "pool": "a"}]}), pools.clone()), "eth0", 7),
         ("CNI_IFNAME over 15 bytes", good.clone(), "eth0-is-too-long", 4),
+        ("a gateway of the other family", with(&|c| c["ipam"]["pools"] = json!([pool("a", "10.246.0.0/24", "fd00:246::1")])), "eth0", 7),
+        ("two pools of one family for one interface", bed.conf(json!({"interfaces": [
+            {"name": "eth0", "mode": "bridge", "bridge": "br-x", "pools": ["a", "b"]}]}), pools.clone()), "eth0", 7),
+        ("berth.io/ip with two addresses of one family", with(&|c| {
+            c["capabilities"] = json!({"io.kubernetes.cri.pod-annotations": true});
+            c["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations":
+                {"berth.io/ip": "eth0=10.246.0.5,eth0=10.246.0.6"}});
+        }), "eth0", 114),
+        ("an IPv6 subnet narrower than /120", with(&|c| c["ipam"]["pools"] = json!([
+            pool("a", "10.246.0.0/24", "10.246.0.1"), pool("a6", "fd00:246::/121", "fd00:246::1")])), "eth0", 7),
         ("unknown cniVersion", with(&|c| c["cniVersion"] = json!("2.0.0")), "eth0", 1),
     ];
     let pod = Netns::new("bbad");

@@ -8,7 +8,10 @@
 //! StopPodSandbox with berth-cni alone, with the reference bridge + host-local, and with
 //! host-network pods (no CNI call: the runtime's own share of the latency).
 //!
-//! Usage: bench-cni [--pods N] [--rounds N] [--cri-pods N (0: skip CRI)]
+//! A dual-stack row does the same with an IPv4 and an IPv6 pool: berth-cni against the
+//! reference bridge + host-local with two range sets (one address per family), same run.
+//!
+//! Usage: bench-cni [--pods N] [--rounds N] [--dual-pods N (0: skip)] [--cri-pods N (0: skip CRI)]
 //! Env: BERTH_PLUGIN_DIR (where berth-cni is; scripts/bench passes the static build),
 //!      else BERTH_BIN_DIR (default: next to this binary),
 //!      BERTH_REF_CNI_DIR (default /usr/lib/cni: bridge, host-local).
@@ -27,6 +30,7 @@ use serde_json::{Value, json};
 struct Args {
     pods: usize,
     rounds: usize,
+    dual_pods: usize,
     cri_pods: usize,
 }
 
@@ -34,6 +38,8 @@ fn parse_args() -> Result<Args> {
     let mut a = Args {
         pods: 200,
         rounds: 2,
+        // The reference waits for IPv6 duplicate address detection (about 1-2 s per ADD).
+        dual_pods: 20,
         cri_pods: 20,
     };
     berth_e2e::bench_args::counts(
@@ -41,12 +47,17 @@ fn parse_args() -> Result<Args> {
         &mut [
             ("--pods", &mut a.pods),
             ("--rounds", &mut a.rounds),
+            ("--dual-pods", &mut a.dual_pods),
             ("--cri-pods", &mut a.cri_pods),
         ],
     )?;
     ensure!((1..=4000).contains(&a.pods), "--pods must be 1..=4000");
     ensure!((1..=20).contains(&a.rounds), "--rounds must be 1..=20");
     ensure!(a.cri_pods <= 200, "--cri-pods must be 0..=200");
+    ensure!(
+        a.dual_pods <= a.pods,
+        "--dual-pods must be 0..=--pods (it reuses their namespaces)"
+    );
     Ok(a)
 }
 
@@ -177,14 +188,15 @@ fn run_plugin(
     node: &std::fs::File,
     node_name: &str,
     pods: &Namespaces,
+    n: usize,
     round: usize,
     s: &mut Samples,
 ) -> Result<()> {
     let cid = |i: usize| format!("{}r{round}p{i}", p.label.chars().next().unwrap_or('x'));
-    for i in 0..pods.0.len() {
+    for i in 0..n {
         s.add.push(cni(p, node, "ADD", &cid(i), &pods.path(i))?);
     }
-    for i in 0..pods.0.len() {
+    for i in 0..n {
         s.del.push(cni(p, node, "DEL", &cid(i), &pods.path(i))?);
     }
     let left = ip(&["-n", node_name, "-o", "link", "show", "type", "veth"])?;
@@ -194,6 +206,184 @@ fn run_plugin(
         p.label
     );
     Ok(())
+}
+
+/// `rounds` rounds of ADD then DEL of the first `n` pods, alternating who goes first so
+/// neither always runs on a warmer machine.
+fn compare(
+    berth: &Plugin,
+    reference: &Plugin,
+    node: &std::fs::File,
+    node_name: &str,
+    pods: &Namespaces,
+    rounds: usize,
+    n: usize,
+) -> Result<(Samples, Samples)> {
+    let mut sb = Samples::default();
+    let mut sr = Samples::default();
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            run_plugin(berth, node, node_name, pods, n, round, &mut sb)?;
+            run_plugin(reference, node, node_name, pods, n, round, &mut sr)?;
+        } else {
+            run_plugin(reference, node, node_name, pods, n, round, &mut sr)?;
+            run_plugin(berth, node, node_name, pods, n, round, &mut sb)?;
+        }
+    }
+    Ok((sb, sr))
+}
+
+/// The dual-stack row: berth-cni with an IPv4 and an IPv6 pool vs the reference bridge with
+/// host-local's two range sets, the first `--dual-pods` pods, same rounds.
+#[allow(clippy::too_many_arguments)]
+fn dual_stack_row(
+    args: &Args,
+    berth_bin: &Path,
+    ref_dir: &Path,
+    work: &Path,
+    node: &std::fs::File,
+    node_name: &str,
+    pods: &Namespaces,
+    report: &mut BenchReport,
+) -> Result<()> {
+    let berth = Plugin {
+        label: "berth-cni dual-stack",
+        bin: berth_bin.to_path_buf(),
+        conf: json!({
+            "cniVersion": "1.0.0", "name": "bench-berth-ds", "type": "berth-cni",
+            "mode": "bridge", "bridge": "bbench6", "hairpinMode": true, "ipForward": true,
+            "arp": {"garpCount": 1},
+            "ipam": {"store": {"type": "local", "dir": work.join("berth-ipam-ds")}, "node": "bench",
+                     "hold": "0s",
+                     "pools": [{"name": "v4", "subnet": "10.252.0.0/24", "gateway": "10.252.0.1"},
+                               {"name": "v6", "subnet": "fd00:252::/64", "gateway": "fd00:252::1"}]}
+        })
+        .to_string()
+        .into_bytes(),
+    };
+    let reference = Plugin {
+        label: "reference dual-stack",
+        bin: ref_dir.join("bridge"),
+        conf: json!({
+            "cniVersion": "1.0.0", "name": "bench-ref-ds", "type": "bridge",
+            "bridge": "rbench6", "isGateway": true, "hairpinMode": true,
+            "ipam": {"type": "host-local", "dataDir": work.join("host-local-ds"),
+                     "ranges": [[{"subnet": "10.253.0.0/24"}], [{"subnet": "fd00:253::/64"}]]}
+        })
+        .to_string()
+        .into_bytes(),
+    };
+    let (sb, sr) = compare(
+        &berth,
+        &reference,
+        node,
+        node_name,
+        pods,
+        args.rounds,
+        args.dual_pods,
+    )?;
+    println!(
+        "dual-stack: {} pods x {} rounds, an IPv4 and an IPv6 pool (berth) / two host-local range sets (reference)",
+        args.dual_pods, args.rounds
+    );
+    for (label, s) in [("berth-cni dual-stack", &sb), ("reference dual-stack", &sr)] {
+        for (verb, v) in [("ADD", &s.add), ("DEL", &s.del)] {
+            let st = stats(v);
+            println!(
+                "{:<44} {:>9.2} {:>9.2} {:>9.2}",
+                format!("{label} {verb}"),
+                st.mean,
+                st.p50,
+                st.p99
+            );
+        }
+    }
+    let (ba, bd, ra, rd) = (
+        stats(&sb.add),
+        stats(&sb.del),
+        stats(&sr.add),
+        stats(&sr.del),
+    );
+    println!(
+        "ratio berth/reference dual-stack (mean): ADD {:.2}x, DEL {:.2}x, ADD+DEL {:.2}x",
+        ba.mean / ra.mean,
+        bd.mean / rd.mean,
+        (ba.mean + bd.mean) / (ra.mean + rd.mean)
+    );
+    report.note(format!(
+        "dual-stack: {} pods x {} rounds; berth-cni adds IPv6 addresses without kernel DAD (usable at once), the reference bridge waits for DAD to settle",
+        args.dual_pods, args.rounds
+    ));
+    for (verb, b, r) in [("ADD", &sb.add, &sr.add), ("DEL", &sb.del, &sr.del)] {
+        report.latency(&format!("{verb} dual-stack"), "berth-cni", "ms", &millis(b));
+        report.latency(
+            &format!("{verb} dual-stack"),
+            "reference bridge+host-local",
+            "ms",
+            &millis(r),
+        );
+    }
+    report
+        .ratio(
+            "dual-stack ADD+DEL mean",
+            "ms",
+            ba.mean + bd.mean,
+            ra.mean + rd.mean,
+        )
+        .target(Target::AtMost(0.5));
+    report.ratio("dual-stack ADD mean", "ms", ba.mean, ra.mean);
+    // What berth-cni's choice (no kernel DAD, its own probe in the underlay modes) saves:
+    // how long an IPv6 address stays `tentative` when the kernel's DAD runs.
+    let settle = dad_settle(node_name, pods, args.dual_pods.min(10))?;
+    let st = stats(&settle);
+    println!(
+        "{:<44} {:>9.2} {:>9.2} {:>9.2}",
+        "kernel DAD: tentative until (wait)", st.mean, st.p50, st.p99
+    );
+    println!(
+        "berth-cni adds IPv6 without kernel DAD: usable at once; its NDP probe (underlay modes, arp.probe) waits probeTimeoutMs (default 200 ms)"
+    );
+    report.latency(
+        "IPv6 DAD settle",
+        "kernel DAD (wait)",
+        "ms",
+        &millis(&settle),
+    );
+    Ok(())
+}
+
+/// How long a fresh IPv6 address on an up veth stays `tentative` under the kernel's DAD,
+/// `n` samples (polled every millisecond through `ip`).
+fn dad_settle(node_name: &str, pods: &Namespaces, n: usize) -> Result<Vec<Duration>> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let pod = &pods.0[i];
+        ip(&[
+            "-n", node_name, "link", "add", "dadh0", "type", "veth", "peer", "name", "dadp0",
+            "netns", pod,
+        ])?;
+        let result = (|| -> Result<Duration> {
+            ip(&["-n", node_name, "link", "set", "dadh0", "up"])?;
+            ip(&["-n", pod, "link", "set", "dadp0", "up"])?;
+            let addr = format!("fd00:254::{:x}/64", i + 2);
+            ip(&["-n", pod, "addr", "add", &addr, "dev", "dadp0"])?;
+            let start = Instant::now();
+            loop {
+                let t = ip(&["-n", pod, "-6", "addr", "show", "dev", "dadp0", "tentative"])?;
+                if !t.contains("fd00:254::") {
+                    return Ok(start.elapsed());
+                }
+                ensure!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "{addr} stayed tentative for 10 s"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })();
+        ip(&["-n", node_name, "link", "del", "dadh0"])?;
+        out.push(result?);
+    }
+    Ok(out)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -288,18 +478,15 @@ fn main() -> Result<()> {
         .to_string()
         .into_bytes(),
     };
-    let mut sb = Samples::default();
-    let mut sr = Samples::default();
-    for round in 0..args.rounds {
-        // Alternate who goes first so neither always runs on a warmer machine.
-        if round % 2 == 0 {
-            run_plugin(&berth, &node, &node_name, &pods, round, &mut sb)?;
-            run_plugin(&reference, &node, &node_name, &pods, round, &mut sr)?;
-        } else {
-            run_plugin(&reference, &node, &node_name, &pods, round, &mut sr)?;
-            run_plugin(&berth, &node, &node_name, &pods, round, &mut sb)?;
-        }
-    }
+    let (sb, sr) = compare(
+        &berth,
+        &reference,
+        &node,
+        &node_name,
+        &pods,
+        args.rounds,
+        args.pods,
+    )?;
     println!(
         "bench-cni: {} pods x {} rounds, bridge mode, each plugin process executed directly in a bench-owned node netns",
         args.pods, args.rounds
@@ -361,6 +548,18 @@ fn main() -> Result<()> {
     report.ratio("DEL mean", "ms", bd.mean, rd.mean);
     report.ratio("ADD p99", "ms", ba.p99, ra.p99);
     report.ratio("DEL p99", "ms", bd.p99, rd.p99);
+    if args.dual_pods > 0 {
+        dual_stack_row(
+            &args,
+            &berth.bin,
+            &ref_dir,
+            &work,
+            &node,
+            &node_name,
+            &pods,
+            &mut report,
+        )?;
+    }
     if args.cri_pods > 0 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

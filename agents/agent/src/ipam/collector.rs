@@ -239,7 +239,7 @@ mod tests {
                 }),
                 ..Default::default()
             })
-            .unwrap()
+            .unwrap()[0]
             .address
             .addr()
     }

@@ -42,14 +42,14 @@ pub trait Store: Send + Sync {
         let _ = (network, now);
         Ok(0)
     }
-    /// The lease of an attachment (CNI CHECK), read as [`Store::transact_on`] reads.
+    /// The leases of an attachment (CNI CHECK), read as [`Store::transact_on`] reads.
     fn attached_on(
         &self,
         node: &str,
         network: &str,
         container_id: &str,
         ifname: &str,
-    ) -> Result<Option<Lease>, IpamError> {
+    ) -> Result<Vec<Lease>, IpamError> {
         let _ = node;
         self.read(network)?.attached(container_id, ifname)
     }

@@ -8,11 +8,28 @@ use std::sync::Arc;
 use berth_ipam_core::state::{Leases, Plan};
 use berth_ipam_core::store::Store;
 use berth_ipam_core::{
-    AllocateRequest, Allocator, Event, EventKind, HistoryQuery, Ipam, IpamConfig, IpamError, Lease,
-    LeaseState, ManualClock, NodeInfo, PodIdentity,
+    AllocateRequest, Allocation, Allocator, Event, EventKind, HistoryQuery, Ipam, IpamConfig,
+    IpamError, Lease, LeaseState, ManualClock, NodeInfo, PodIdentity,
 };
 use chrono::{TimeZone, Utc};
 use serde_json::json;
+
+/// The one address of a single-stack allocation.
+pub trait AllocateOne {
+    fn allocate_one(&self, r: &AllocateRequest) -> Result<Allocation, IpamError>;
+}
+
+impl<A: Allocator + ?Sized> AllocateOne for A {
+    fn allocate_one(&self, r: &AllocateRequest) -> Result<Allocation, IpamError> {
+        let mut all = self.allocate(r)?;
+        assert_eq!(
+            all.len(),
+            1,
+            "a single-stack network gives one address: {all:?}"
+        );
+        Ok(all.remove(0))
+    }
+}
 
 pub fn t0() -> chrono::DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()
@@ -49,7 +66,7 @@ pub fn req(net: &str, cid: &str, pod: Option<&str>) -> AllocateRequest {
             uid: None,
         }),
         annotations: BTreeMap::new(),
-        pool: None,
+        pools: vec![],
     }
 }
 
@@ -227,18 +244,24 @@ pub fn refuses_bad_network_names(store: &dyn Store) {
 pub fn allocator_round_trip(store: Arc<dyn Store>) {
     let clock = Arc::new(ManualClock::new(t0()));
     let ipam = ipam(store, clock.clone());
-    let a = ipam.allocate(&req("conf-r", "c1", Some("web-0"))).unwrap();
+    let a = ipam
+        .allocate_one(&req("conf-r", "c1", Some("web-0")))
+        .unwrap();
     assert_eq!(
         ipam.lookup("conf-r", "c1", "eth0").unwrap(),
-        Some(a.clone())
+        vec![a.clone()]
     );
     ipam.release("conf-r", "c1", "eth0").unwrap();
     ipam.release("conf-r", "c1", "eth0").unwrap();
-    assert_eq!(ipam.lookup("conf-r", "c1", "eth0").unwrap(), None);
-    let other = ipam.allocate(&req("conf-r", "c2", Some("web-1"))).unwrap();
+    assert_eq!(ipam.lookup("conf-r", "c1", "eth0").unwrap(), vec![]);
+    let other = ipam
+        .allocate_one(&req("conf-r", "c2", Some("web-1")))
+        .unwrap();
     assert_ne!(other.address, a.address, "held for web-0");
     clock.advance(chrono::Duration::minutes(3));
-    let back = ipam.allocate(&req("conf-r", "c3", Some("web-0"))).unwrap();
+    let back = ipam
+        .allocate_one(&req("conf-r", "c3", Some("web-0")))
+        .unwrap();
     assert_eq!(back.address, a.address, "web-0 gets its address back");
     let h = ipam
         .history(
@@ -270,7 +293,7 @@ pub fn allocator_round_trip(store: Arc<dyn Store>) {
         .reconcile("conf-r", &["unrelated".to_string()])
         .unwrap();
     assert_eq!(report.released, vec![a.address.addr()]);
-    assert_eq!(ipam.lookup("conf-r", "c3", "eth0").unwrap(), None);
+    assert_eq!(ipam.lookup("conf-r", "c3", "eth0").unwrap(), vec![]);
     // Admin: reserve, list, show, free.
     let r = ipam
         .reserve(
@@ -291,7 +314,7 @@ pub fn allocator_round_trip(store: Arc<dyn Store>) {
     let before = ipam.list("conf-r").unwrap();
     clock.advance(chrono::Duration::minutes(-10));
     assert!(matches!(
-        ipam.allocate(&req("conf-r", "c4", None)),
+        ipam.allocate_one(&req("conf-r", "c4", None)),
         Err(IpamError::ClockSkew { .. })
     ));
     assert_eq!(ipam.list("conf-r").unwrap(), before);
@@ -306,7 +329,7 @@ pub fn concurrent_allocations_are_unique(store: Arc<dyn Store>) {
             std::thread::spawn(move || {
                 (0..15)
                     .map(|i| {
-                        ipam.allocate(&req("conf-x", &format!("t{t}-{i}"), None))
+                        ipam.allocate_one(&req("conf-x", &format!("t{t}-{i}"), None))
                             .unwrap()
                             .address
                             .addr()
@@ -336,5 +359,105 @@ pub fn run_all(make: &dyn Fn() -> Arc<dyn Store>, max_events: usize) {
     history_in_order_and_bounded(&*make(), max_events);
     refuses_bad_network_names(&*make());
     allocator_round_trip(make());
+    dual_stack_round_trip(make());
     concurrent_allocations_are_unique(make());
+}
+
+/// Dual-stack on the store: one address per family per attachment, both held and given
+/// back, both in history, both freed by GC, an explicit pair honoured.
+pub fn dual_stack_round_trip(store: Arc<dyn Store>) {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let config = IpamConfig::from_json(&json!({
+        "hold": "10m",
+        "pools": [{"name": "a", "subnet": "10.50.0.0/24", "gateway": "10.50.0.1"},
+                  {"name": "a6", "subnet": "fd00:50::/64", "gateway": "fd00:50::1"}]
+    }))
+    .unwrap();
+    let ipam = Ipam::new(&config, node(), store, clock.clone()).unwrap();
+    let net = "conf-ds";
+    let a = ipam.allocate(&req(net, "c1", Some("web-0"))).unwrap();
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert!(a[0].address.addr().is_ipv4() && a[1].address.addr().is_ipv6());
+    assert_eq!(ipam.allocate(&req(net, "c1", Some("web-0"))).unwrap(), a);
+    assert_eq!(ipam.lookup(net, "c1", "eth0").unwrap(), a);
+    ipam.release(net, "c1", "eth0").unwrap();
+    ipam.release(net, "c1", "eth0").unwrap();
+    assert_eq!(ipam.lookup(net, "c1", "eth0").unwrap(), vec![]);
+    let held: Vec<_> = ipam.list(net).unwrap();
+    assert_eq!(held.len(), 2);
+    assert!(
+        held.iter()
+            .all(|l| matches!(l.state, LeaseState::Held { .. }))
+    );
+    let other = ipam.allocate(&req(net, "c2", Some("web-1"))).unwrap();
+    assert!(other.iter().all(|o| !a.contains(o)), "held for web-0");
+    let back = ipam.allocate(&req(net, "c3", Some("web-0"))).unwrap();
+    assert_eq!(back, a, "web-0 gets both addresses back");
+    let mut explicit = req(net, "c4", None);
+    explicit.annotations.insert(
+        "berth.io/ip".into(),
+        "eth0=10.50.0.20,eth0=fd00:50::20".into(),
+    );
+    let e = ipam.allocate(&explicit).unwrap();
+    let got: Vec<String> = e.iter().map(|x| x.address.to_string()).collect();
+    assert_eq!(got, ["10.50.0.20/24", "fd00:50::20/64"]);
+    // Every address has its own history.
+    let v6 = ipam
+        .history(
+            net,
+            &HistoryQuery {
+                ip: Some(a[1].address.addr()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let kinds: Vec<EventKind> = v6.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [EventKind::Allocate, EventKind::Hold, EventKind::Allocate]
+    );
+    // GC keeps c3 and frees the others, both families.
+    let report = ipam
+        .gc(
+            net,
+            &[berth_ipam_core::Attachment {
+                container_id: "c3".into(),
+                ifname: "eth0".into(),
+            }],
+        )
+        .unwrap();
+    let mut freed = report.released.clone();
+    freed.sort();
+    let mut want: Vec<IpAddr> = other.iter().chain(&e).map(|x| x.address.addr()).collect();
+    want.sort();
+    assert_eq!(freed, want);
+    assert_eq!(ipam.lookup(net, "c3", "eth0").unwrap(), a);
+    // The admin calls take IPv6 addresses like IPv4 ones.
+    let v6 = a[1].address.addr();
+    assert!(matches!(
+        ipam.show(net, v6).unwrap().map(|l| l.state),
+        Some(LeaseState::Allocated { .. })
+    ));
+    let spare: IpAddr = "fd00:50::99".parse().unwrap();
+    let r = ipam
+        .reserve(
+            net,
+            spare,
+            &berth_ipam_core::Reservation {
+                pod: Some(("ns".into(), "web-9".into())),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(r.pool, "a6");
+    let mut web9 = req(net, "c9", Some("web-9"));
+    web9.annotations.clear();
+    let got = ipam.allocate(&web9).unwrap();
+    assert_eq!(
+        got[1].address.addr(),
+        spare,
+        "the reservation serves its pod"
+    );
+    assert!(ipam.release_ip(net, spare).unwrap().is_some());
+    assert_eq!(ipam.show(net, spare).unwrap(), None);
 }

@@ -203,14 +203,21 @@ pub fn berth_ipam(dir: &Path, pools: Value) -> Value {
            "pools": pools})
 }
 
-/// Whether berth IPAM still holds an address for the attachment.
+/// The address berth IPAM still holds for the attachment (the first: IPv4 on dual-stack).
 pub fn lease_of(ipam: &Value, network: &str, cid: &str, ifname: &str) -> Option<String> {
+    leases_of(ipam, network, cid, ifname).into_iter().next()
+}
+
+/// Every address berth IPAM still holds for the attachment, IPv4 first.
+pub fn leases_of(ipam: &Value, network: &str, cid: &str, ifname: &str) -> Vec<String> {
     let cfg = berth_ipam_core::IpamConfig::from_json(ipam).unwrap();
     let alloc = berth_ipam_core::open(&cfg).unwrap();
     alloc
         .lookup(network, cid, ifname)
         .unwrap()
+        .iter()
         .map(|a| a.address.to_string())
+        .collect()
 }
 
 /// Joins `a` (in its namespace) and `b` (in its namespace) with a veth pair.

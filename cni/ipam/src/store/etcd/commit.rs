@@ -60,6 +60,11 @@ fn build(
         .collect();
     let mut compares = Vec::new();
     let mut ops = Vec::new();
+    // etcd refuses a Txn that names a key twice: guard keys removed, and those put.
+    let (mut unguard, mut guard) = (BTreeSet::new(), BTreeSet::new());
+    // IPv6 addresses released whose attachment may still have the IPv4 key of a berth before
+    // dual-stack, which guarded an IPv6-only attachment too.
+    let mut legacy_guards = Vec::new();
     for ip in &touched {
         let (before, rev) = read(*ip).ok_or_else(|| {
             IpamError::Unavailable(format!(
@@ -85,11 +90,15 @@ fn build(
         let new = after.and_then(|l| l.attachment());
         if old != new {
             if let Some(a) = old {
-                ops.push(TxnOp::delete(keys.attachment(a), None));
+                unguard.insert(keys.attachment(a, *ip));
+                if ip.is_ipv6() {
+                    legacy_guards.push((keys.attachment(a, IpAddr::from([0u8; 4])), *ip));
+                }
             }
             if let Some(a) = new {
-                let key = keys.attachment(a);
+                let key = keys.attachment(a, *ip);
                 compares.push(Compare::version(key.clone(), CompareOp::Equal, 0));
+                guard.insert(key.clone());
                 ops.push(TxnOp::put(key, ip.to_string(), None));
             }
         }
@@ -107,6 +116,26 @@ fn build(
                 ops.push(TxnOp::put(k, "", None));
             }
         }
+    }
+    for key in &unguard {
+        if !guard.contains(key) {
+            ops.push(TxnOp::delete(key.clone(), None));
+        }
+    }
+    for (key, ip) in legacy_guards {
+        if unguard.contains(&key) || guard.contains(&key) {
+            continue;
+        }
+        // Removed only if it names this address: a nested transaction decides at commit.
+        ops.push(TxnOp::txn(
+            Txn::new()
+                .when(vec![Compare::value(
+                    key.clone(),
+                    CompareOp::Equal,
+                    ip.to_string(),
+                )])
+                .and_then(vec![TxnOp::delete(key, None)]),
+        ));
     }
     let tag: u32 = rand::rng().random();
     for (i, e) in plan.events.iter().enumerate() {

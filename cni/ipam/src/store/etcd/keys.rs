@@ -3,7 +3,7 @@
 //! | key | value | what |
 //! |---|---|---|
 //! | `leases/<ip>` | lease (JSON) | one per address in use, held or reserved |
-//! | `attachments/<containerID>/<ifname>` | `<ip>` | the address of an attachment, so one attachment never holds two |
+//! | `attachments/<containerID>/<ifname>` and `…/<ifname>/ipv6` | `<ip>` | the attachment's address of each family, so one attachment never holds two of one family |
 //! | `sticky/<namespace>/<name>/<ip>` | empty | the addresses stuck to a pod or app key, so a returning pod finds them without reading the network |
 //! | `blocks/<pool>/<first ip>` | claim (JSON: node, since) | a block of a pool given to one node |
 //! | `nodes/<node>/<pool>/<first ip>` | empty | the blocks of a node, so it finds them with one read |
@@ -46,8 +46,22 @@ impl Keys {
         self.key(format_args!("leases/{ip}"))
     }
 
-    pub fn attachment(&self, (container_id, ifname): (&str, &str)) -> String {
-        self.key(format_args!("attachments/{container_id}/{ifname}"))
+    /// The guard key of an attachment's address of `ip`'s family. IPv4 keeps the key of
+    /// single-stack berth, which also held an IPv6-only attachment's address before
+    /// dual-stack (see `commit.rs`).
+    pub fn attachment(&self, (container_id, ifname): (&str, &str), ip: IpAddr) -> String {
+        match ip {
+            IpAddr::V4(_) => self.key(format_args!("attachments/{container_id}/{ifname}")),
+            IpAddr::V6(_) => self.key(format_args!("attachments/{container_id}/{ifname}/ipv6")),
+        }
+    }
+
+    /// The guard keys of both families, IPv4 first.
+    pub fn attachments(&self, a: (&str, &str)) -> [String; 2] {
+        [
+            self.attachment(a, IpAddr::from([0u8; 4])),
+            self.attachment(a, IpAddr::from([0u16; 8])),
+        ]
     }
 
     /// The index keys of every interface of a pod (or app key) start with this.
@@ -115,8 +129,11 @@ mod tests {
         let ip: IpAddr = "10.1.0.5".parse().unwrap();
         assert_eq!(k.lease(ip), "/berth/ipam/net1/leases/10.1.0.5");
         assert_eq!(
-            k.attachment(("c1", "eth0")),
-            "/berth/ipam/net1/attachments/c1/eth0"
+            k.attachments(("c1", "eth0")),
+            [
+                "/berth/ipam/net1/attachments/c1/eth0",
+                "/berth/ipam/net1/attachments/c1/eth0/ipv6"
+            ]
         );
         let s = Sticky {
             namespace: "ns".into(),

@@ -568,7 +568,7 @@ impl Store for EtcdStore {
         network: &str,
         container_id: &str,
         ifname: &str,
-    ) -> Result<Option<Lease>, IpamError> {
+    ) -> Result<Vec<Lease>, IpamError> {
         check_network_name(network)?;
         view::NodeView::new(self, network, node).attached(container_id, ifname)
     }

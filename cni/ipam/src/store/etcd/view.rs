@@ -159,44 +159,57 @@ impl LeaseView for NodeView<'_> {
         Ok(self.lease(ip))
     }
 
-    fn attached(&self, container_id: &str, ifname: &str) -> Result<Option<Lease>, IpamError> {
-        let key = self.keys.attachment((container_id, ifname));
+    fn attached(&self, container_id: &str, ifname: &str) -> Result<Vec<Lease>, IpamError> {
+        let guards = self.keys.attachments((container_id, ifname));
         // Every ADD asks this first, and a new pod's ADD then needs this node's blocks: one
-        // request reads both.
-        let mut reads = vec![TxnOp::get(
-            key.clone(),
-            Some(GetOptions::new().with_serializable()),
-        )];
+        // request reads both families' keys and the block list.
+        let mut reads: Vec<TxnOp> = guards
+            .iter()
+            .map(|k| TxnOp::get(k.clone(), Some(GetOptions::new().with_serializable())))
+            .collect();
         let with_blocks = self.blocks.borrow().is_none();
         if with_blocks {
             reads.push(self.node_blocks_read());
         }
         let answers = self.store.read_together("read", reads)?;
-        if with_blocks && let Some(resp) = answers.get(1) {
+        if with_blocks && let Some(resp) = answers.get(2) {
             self.keep_node_blocks(resp);
         }
-        let Some(value) = answers
-            .first()
-            .and_then(|g| g.kvs().first())
-            .map(|kv| kv.value().to_vec())
-        else {
-            return Ok(None);
-        };
-        let corrupt = |reason: String| IpamError::CorruptStore {
-            path: key.clone().into(),
-            reason,
-        };
-        let ip: IpAddr = std::str::from_utf8(&value)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| corrupt("etcd value is not an address".into()))?;
-        self.load(&[ip])?;
-        match self.lease(ip) {
-            Some(l) if l.attachment() == Some((container_id, ifname)) => Ok(Some(l)),
-            _ => Err(corrupt(format!(
-                "names {ip}, whose lease is not this attachment's: free the address (berthctl ipam release) and delete the key"
-            ))),
+        let mut named: Vec<(String, IpAddr)> = Vec::new();
+        for (key, answer) in guards.iter().zip(&answers) {
+            let Some(kv) = answer.kvs().first() else {
+                continue;
+            };
+            let ip: IpAddr = std::str::from_utf8(kv.value())
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| IpamError::CorruptStore {
+                    path: key.clone().into(),
+                    reason: "etcd value is not an address".into(),
+                })?;
+            // Before dual-stack, the IPv4 key also guarded an IPv6-only attachment.
+            if !named.iter().any(|(_, seen)| *seen == ip) {
+                named.push((key.clone(), ip));
+            }
         }
+        let ips: Vec<IpAddr> = named.iter().map(|(_, ip)| *ip).collect();
+        self.load(&ips)?;
+        let mut out = Vec::new();
+        for (key, ip) in named {
+            match self.lease(ip) {
+                Some(l) if l.attachment() == Some((container_id, ifname)) => out.push(l),
+                _ => {
+                    return Err(IpamError::CorruptStore {
+                        path: key.into(),
+                        reason: format!(
+                            "names {ip}, whose lease is not this attachment's: free the address (berthctl ipam release) and delete the key"
+                        ),
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|l| l.ip);
+        Ok(out)
     }
 
     fn stuck_to(&self, sticky: &Sticky) -> Result<Vec<Lease>, IpamError> {

@@ -14,6 +14,7 @@ use super::records::{Body, Fields, Kind, Op, Record, attachment_key, nanos, pars
 use super::records::{pool_key, sticky_key};
 use super::state_file::{self, StateFile};
 use crate::error::IpamError;
+use crate::pool::Family;
 use crate::state::{Lease, Leases, Plan, Sticky};
 use crate::view::LeaseView;
 
@@ -103,8 +104,8 @@ impl<'a> Index<'a> {
             .map(|i| &self.records[i].1)
     }
 
-    /// Refuses a state in which one attachment holds two addresses (decoding only the
-    /// leases whose attachment keys collide).
+    /// Refuses a state in which one attachment holds two addresses of one IP family
+    /// (decoding only the leases whose attachment keys collide).
     fn check_attachments(&self) -> Result<(), IpamError> {
         // Every transaction runs this: sorted keys, no allocation per lease.
         let mut keys: Vec<(u64, IpAddr)> = self
@@ -118,9 +119,15 @@ impl<'a> Index<'a> {
             for (_, ip) in run {
                 let (r, l) = self.decode_at(*ip)?;
                 if let Some((c, i)) = l.attachment()
-                    && !attachments.insert((c.to_string(), i.to_string()))
+                    && !attachments.insert((c.to_string(), i.to_string(), Family::of(l.ip)))
                 {
-                    return Err(self.corrupt(&r, format!("attachment {c}/{i} holds two addresses")));
+                    return Err(self.corrupt(
+                        &r,
+                        format!(
+                            "attachment {c}/{i} holds two {} addresses",
+                            Family::of(l.ip)
+                        ),
+                    ));
                 }
             }
         }
@@ -216,21 +223,6 @@ impl<'a> Index<'a> {
         leases.sort_unstable_by_key(|(ip, _, _)| *ip);
         Ok(state_file::encode(&leases))
     }
-
-    /// The first decoded lease among the records `pick` selects that `accept` takes.
-    fn find(
-        &self,
-        pick: impl Fn(&Fields) -> bool,
-        accept: impl Fn(&Lease) -> bool,
-    ) -> Result<Option<Lease>, IpamError> {
-        for (ip, r) in self.records.iter().filter(|(_, r)| pick(&r.fields)) {
-            let l = self.decode(*ip, r)?;
-            if accept(&l) {
-                return Ok(Some(l));
-            }
-        }
-        Ok(None)
-    }
 }
 
 fn slice(all: &[u8], offset: u64, len: u32) -> &[u8] {
@@ -258,12 +250,20 @@ impl LeaseView for Index<'_> {
         self.lookup(ip).map(|r| self.decode(ip, r)).transpose()
     }
 
-    fn attached(&self, container_id: &str, ifname: &str) -> Result<Option<Lease>, IpamError> {
+    fn attached(&self, container_id: &str, ifname: &str) -> Result<Vec<Lease>, IpamError> {
         let key = attachment_key(container_id, ifname);
-        self.find(
-            |f| f.attachment == Some(key),
-            |l| l.attachment() == Some((container_id, ifname)),
-        )
+        let mut out = Vec::new();
+        for (ip, r) in self
+            .records
+            .iter()
+            .filter(|(_, r)| r.fields.attachment == Some(key))
+        {
+            let l = self.decode(*ip, r)?;
+            if l.attachment() == Some((container_id, ifname)) {
+                out.push(l);
+            }
+        }
+        Ok(out)
     }
 
     fn stuck_to(&self, sticky: &Sticky) -> Result<Vec<Lease>, IpamError> {
@@ -455,7 +455,7 @@ mod tests {
             index.attached("c1", "eth0").unwrap(),
             leases.attached("c1", "eth0").unwrap()
         );
-        assert_eq!(index.attached("c1", "eth1").unwrap(), None);
+        assert_eq!(index.attached("c1", "eth1").unwrap(), vec![]);
         let any = |_: IpAddr| true;
         assert_eq!(
             index.oldest_reclaimable("p", &any).unwrap(),
@@ -544,7 +544,35 @@ mod tests {
             .err()
             .expect("refused");
         assert!(
-            matches!(&err, IpamError::CorruptStore { reason, .. } if reason.contains("c1/eth0 holds two addresses")),
+            matches!(&err, IpamError::CorruptStore { reason, .. } if reason.contains("c1/eth0 holds two IPv4 addresses")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn one_attachment_holds_one_address_per_family() {
+        let mut leases = sample();
+        let mut v6 = leases[&"10.0.0.2".parse().unwrap()].clone();
+        v6.ip = "fd00::9".parse().unwrap();
+        leases.insert(v6.ip, v6.clone());
+        let f = fixture(&state_of(&leases));
+        let index = f.index(b"");
+        let both = index.attached("c1", "eth0").unwrap();
+        assert_eq!(both, leases.attached("c1", "eth0").unwrap());
+        assert_eq!(
+            both.iter().map(|l| l.ip.to_string()).collect::<Vec<_>>(),
+            ["10.0.0.2", "fd00::9"]
+        );
+        // A second IPv6 address on the same attachment is refused.
+        let mut twin = v6;
+        twin.ip = "fd00::a".parse().unwrap();
+        leases.insert(twin.ip, twin);
+        let f = fixture(&state_of(&leases));
+        let err = Index::load(Some(&f.state), b"", &f.state_path, &f.journal_path)
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(&err, IpamError::CorruptStore { reason, .. } if reason.contains("c1/eth0 holds two IPv6 addresses")),
             "{err}"
         );
     }

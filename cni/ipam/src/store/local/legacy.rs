@@ -129,14 +129,18 @@ pub(super) fn load(state_path: &Path, journal_path: &Path) -> Result<Legacy, Ipa
     Ok(Legacy::Leases(leases))
 }
 
-/// Refuses a state in which one attachment holds two addresses.
+/// Refuses a state in which one attachment holds two addresses of one IP family.
 fn check_attachments(leases: &Leases) -> Result<(), String> {
     let mut attachments = BTreeSet::new();
     for l in leases.values() {
+        let family = crate::pool::Family::of(l.ip);
         if let Some(a) = l.attachment()
-            && !attachments.insert(a)
+            && !attachments.insert((a, family))
         {
-            return Err(format!("attachment {}/{} holds two addresses", a.0, a.1));
+            return Err(format!(
+                "attachment {}/{} holds two {family} addresses",
+                a.0, a.1
+            ));
         }
     }
     Ok(())
