@@ -398,3 +398,63 @@ fn garbage_collection_gives_back_blocks_that_stay_empty() {
     }
     assert!(owners(&s).contains("new"));
 }
+
+/// Before dual-stack, an IPv6-only attachment was guarded by the key IPv4 keeps
+/// (`attachments/<c>/<i>`): it is still found, and its DEL removes that key too.
+#[test]
+#[ignore = "needs root: run by scripts/test (spawns /usr/bin/etcd)"]
+fn an_ipv6_attachment_of_the_first_layout_is_found_and_released() {
+    let etcd = EtcdServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let mut old = old_lease(
+        "fd00:65::9",
+        LeaseState::Allocated {
+            container_id: "v6-sandbox".into(),
+            ifname: "eth0".into(),
+        },
+        None,
+    );
+    old.pool = "six".into();
+    write_old_layout(&etcd, "/old6", std::slice::from_ref(&old));
+    let s = store(&etcd, "/old6", 64);
+    let config = IpamConfig::from_json(&json!({
+        "pools": [{"name": "six", "subnet": "fd00:65::/120", "gateway": "fd00:65::1"}]
+    }))
+    .unwrap();
+    let node = NodeInfo {
+        node: "new-node".into(),
+        rack: None,
+    };
+    let clock = Arc::new(ManualClock::new(conformance::t0()));
+    let ipam = Ipam::new(&config, node, s.clone(), clock).unwrap();
+    let found = ipam.lookup("net1", "v6-sandbox", "eth0").unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].address.addr(), old.ip);
+    // ADD again is idempotent: the same address, nothing new.
+    assert_eq!(ip_of(&ipam, &req("v6-sandbox", None)), old.ip);
+    ipam.release("net1", "v6-sandbox", "eth0").unwrap();
+    assert!(s.read("net1").unwrap().is_empty());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let left = rt.block_on(async {
+        let mut c = etcd_client::Client::connect([etcd.endpoint.clone()], None)
+            .await
+            .unwrap();
+        c.get(
+            "/old6/net1/attachments/",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only(),
+            ),
+        )
+        .await
+        .unwrap()
+        .kvs()
+        .len()
+    });
+    assert_eq!(left, 0, "no attachment key is left behind");
+    // The sandbox can come back and gets an address of the pool again.
+    assert!(ipam.allocate(&req("v6-sandbox", None)).is_ok());
+}
