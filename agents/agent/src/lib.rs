@@ -3,6 +3,7 @@
 pub mod api;
 pub mod cleanup;
 pub mod config;
+pub mod debug;
 pub mod events;
 pub mod faketime;
 pub mod filelogs;

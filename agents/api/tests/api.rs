@@ -1221,8 +1221,8 @@ async fn faketime_calls_are_scoped_mapped_and_audited() {
 
 /// Debug sessions are authorized on the first message of the Attach stream (namespace by the
 /// guard, profile and image by the service), and a temporary grant widens a caller's roles
-/// until it is revoked or expires. containerd is absent here, so an authorized start gets as
-/// far as UNAVAILABLE — which is how the test tells "allowed" from "denied".
+/// until it is revoked or expires. The backend is a fake: an allowed start reaches it (and the
+/// session's output reaches the client), a denied one never does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debug_is_authorized_on_the_first_message_and_grants_widen_roles() {
     let policy = format!(
@@ -1232,13 +1232,9 @@ async fn debug_is_authorized_on_the_first_message_and_grants_widen_roles() {
          [[bindings]]\nrole = \"debugger\"\nidentities = [\"cn:dora\"]\n"
     );
     let bed = Bed::new(&policy);
-    let debug = berth_debug::DebugConfig {
-        containerd_socket: bed.path("no-containerd.sock"),
-        state_dir: bed.path("debug"),
-        ..Default::default()
-    };
+    let debug = Arc::new(FakeDebug::default());
     let srv = Server::builder(bed.config())
-        .debug(debug)
+        .debug(debug.clone())
         .start()
         .await
         .unwrap();
@@ -1258,7 +1254,23 @@ async fn debug_is_authorized_on_the_first_message_and_grants_widen_roles() {
         let stdin = v1::AttachRequest {
             msg: Some(v1::attach_request::Msg::Stdin(b"id\n".to_vec())),
         };
-        tokio_stream::iter(vec![first, stdin])
+        let close = v1::AttachRequest {
+            msg: Some(v1::attach_request::Msg::CloseStdin(true)),
+        };
+        tokio_stream::iter(vec![first, stdin, close])
+    };
+    // An allowed start: the session's first message, its output, its end.
+    let run_allowed = async |c: &mut v1::debug_client::DebugClient<_>, profile, image| {
+        let mut out = c
+            .attach(start("team-a", profile, image))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut msgs = Vec::new();
+        while let Some(m) = out.message().await.unwrap() {
+            msgs.push(m.msg.unwrap());
+        }
+        msgs
     };
     let code =
         |r: Result<tonic::Response<tonic::Streaming<v1::AttachResponse>>, tonic::Status>| match r {
@@ -1279,9 +1291,43 @@ async fn debug_is_authorized_on_the_first_message_and_grants_widen_roles() {
         .unwrap_err();
     assert_eq!(st.code(), Code::PermissionDenied, "{st:?}");
     assert!(st.message().contains("debug image"), "{st:?}");
-    // Allowed: only the missing containerd stops it.
-    let st = c.attach(start("team-a", "", "")).await.unwrap_err();
-    assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+    assert!(
+        debug.starts.lock().unwrap().is_empty(),
+        "denied starts never reach the backend"
+    );
+    let msgs = run_allowed(&mut c, "", "").await;
+    use v1::attach_response::Msg;
+    match &msgs[..] {
+        [Msg::Session(s), Msg::Stdout(ready), Msg::Exit(end)] => {
+            assert_eq!(
+                (s.id.as_str(), s.container.as_str(), s.container_id.as_str()),
+                ("s-1", "app", "ctr-web-0")
+            );
+            assert_eq!(
+                (s.profile.as_str(), s.caller.as_str()),
+                ("general", "cn:dora")
+            );
+            assert_eq!(s.image, FAKE_DEBUG_IMAGE);
+            assert_eq!(ready, b"ready");
+            assert_eq!(end.exit_status, Some(0));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        debug.starts.lock().unwrap()[0],
+        berth_api::DebugStart {
+            container_id: "ctr-web-0".into(),
+            profile: "general".into(),
+            caller: "cn:dora".into(),
+            image: None,
+            command: vec![],
+            tty: true,
+        }
+    );
+    assert_eq!(
+        debug.typed.lock().unwrap().clone(),
+        [("s-1".to_string(), b"id\n".to_vec())]
+    );
 
     // Temporary privilege: alice (ops) grants dora debug-root; dora cannot grant herself.
     let mut dora_grants =
@@ -1327,11 +1373,19 @@ async fn debug_is_authorized_on_the_first_message_and_grants_widen_roles() {
         ("cn:dora", "cn:alice")
     );
     assert!(g.expires_unix_ms - g.granted_unix_ms == 60_000, "{g:?}");
-    let st = c
-        .attach(start("team-a", "sysadmin", "berth.test/tools:1"))
-        .await
-        .unwrap_err();
-    assert_eq!(st.code(), Code::Unavailable, "granted: {st:?}");
+    let msgs = run_allowed(&mut c, "sysadmin", "berth.test/tools:1").await;
+    assert!(
+        matches!(&msgs[0], Msg::Session(s) if s.profile == "sysadmin" && s.image == "berth.test/tools:1"),
+        "granted: {msgs:?}"
+    );
+    let granted_start = debug.starts.lock().unwrap()[1].clone();
+    assert_eq!(
+        (
+            granted_start.profile.as_str(),
+            granted_start.image.as_deref()
+        ),
+        ("sysadmin", Some("berth.test/tools:1"))
+    );
     let listed = alice
         .list(v1::ListGrantsRequest::default())
         .await
@@ -1372,6 +1426,30 @@ async fn debug_is_authorized_on_the_first_message_and_grants_widen_roles() {
         "pod team-a/web-0 container app profile sysadmin"
     );
     assert!(attach[1]["bytes_received"].as_u64().unwrap() > 0);
+    assert_eq!(
+        (attach[3]["decision"].as_str(), attach[3]["code"].as_i64()),
+        (Some("allow"), Some(0))
+    );
+    assert_eq!(attach[4]["code"], 0, "granted");
+    assert_eq!(
+        attach[5]["code"],
+        Code::PermissionDenied as i32,
+        "revoked: the profile check refuses it"
+    );
+    // What the backend reported inside the session, with the pod the API knows it by.
+    let typed = lines
+        .iter()
+        .find(|l| l["event"] == "debug")
+        .expect("the session's event is audited");
+    assert_eq!(
+        typed["target"],
+        "pod team-a/web-0 container app session s-1"
+    );
+    assert_eq!(
+        (typed["identity"].as_str(), typed["decision"].as_str()),
+        (Some("cn:dora"), Some("allow"))
+    );
+    assert_eq!(typed["detail"]["typed"], 3);
     assert!(lines.iter().any(|l| l["event"] == "call"
         && l["method"] == "/berth.v1.Grants/Grant"
         && l["identity"] == "cn:alice"

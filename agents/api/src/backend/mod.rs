@@ -1,5 +1,8 @@
 //! The seams between the API and the rest of the agent: where a pod's log directories are,
-//! and the IPAM store. The agent passes real implementations; tests pass fakes.
+//! the IPAM store, faketime control and debug containers ([`debug`]). The agent passes real
+//! implementations; tests pass fakes.
+
+pub mod debug;
 
 use std::path::{Path, PathBuf};
 
@@ -110,8 +113,8 @@ impl LogsBackend for DirLayout {
     }
 }
 
-/// The IPAM store as the API sees it. [`crate::ipam_core::CoreIpam`] implements it over
-/// berth-ipam-core; tests use fakes. An empty `network` means every network.
+/// The IPAM store as the API sees it. The agent implements it over berth-ipam-core; tests
+/// use fakes. An empty `network` means every network.
 #[tonic::async_trait]
 pub trait IpamBackend: Send + Sync + 'static {
     /// Leases matching the request's network and pool (the service filters namespaces too).
