@@ -8,13 +8,11 @@
 //! - [`services`]: `berth.v1.{Node,Logs,Ipam,Audit,FakeTime,Debug,Grants}` over the
 //!   [`backend`] seams (each feature is the agent's: this crate depends on none of them);
 //! - [`metrics`]: Prometheus text on a separate port;
-//! - [`pki`]: a small CA for test beds (`berthctl certs init`).
 //!
 //! The agent starts it with [`Server::builder`].
 
 pub mod audit;
 pub mod backend;
-pub mod client;
 pub mod config;
 pub mod error;
 pub mod grants;
@@ -23,7 +21,6 @@ pub mod layer;
 pub mod logs_fs;
 pub mod methods;
 pub mod metrics;
-pub mod pki;
 pub mod policy;
 pub mod server;
 pub mod services;

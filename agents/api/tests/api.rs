@@ -6,8 +6,8 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_api::pki::{Authority, Validity};
 use berth_api::{BackendError, Server};
+use berth_api_client::pki::{Authority, Validity};
 use berth_proto::v1;
 use support::*;
 use tokio_stream::StreamExt;
@@ -72,7 +72,7 @@ async fn allowed_call_works_and_is_audited() {
 async fn assert_refused(
     bed: &Bed,
     srv: &berth_api::RunningServer,
-    files: &berth_api::client::TlsFiles,
+    files: &berth_api_client::TlsFiles,
     reason: &str,
 ) {
     assert_refused_after(bed, srv, files, reason, 0).await
@@ -82,7 +82,7 @@ async fn assert_refused(
 async fn assert_refused_after(
     bed: &Bed,
     srv: &berth_api::RunningServer,
-    files: &berth_api::client::TlsFiles,
+    files: &berth_api_client::TlsFiles,
     reason: &str,
     audited: usize,
 ) {
@@ -183,7 +183,7 @@ async fn revoked_cert_is_refused_after_crl_reload() {
     std::fs::write(&crl, bed.ca.crl(&[], 1, 1).unwrap()).unwrap();
     cfg.tls.as_mut().unwrap().crl = Some(crl.clone());
     let srv = bed.start(cfg).await;
-    let bob_cert = berth_api::pki::ClientSpec {
+    let bob_cert = berth_api_client::pki::ClientSpec {
         common_name: "bob".into(),
         ..Default::default()
     };
@@ -819,7 +819,7 @@ async fn unix_socket_identity_is_the_peer_uid() {
         std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let ch = berth_api::client::connect(&format!("unix://{}", sock.display()), None)
+    let ch = berth_api_client::connect(&format!("unix://{}", sock.display()), None)
         .await
         .unwrap();
     let mut n = v1::node_client::NodeClient::new(ch);

@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_api::client::{self, TlsFiles};
-use berth_api::pki::{Authority, ClientSpec, Issued, Validity};
 use berth_api::{
     ApiConfig, AuditConfig, BackendError, CopiedIn, CopiedOut, DebugAttachment, DebugBackend,
     DebugEvent, DebugEvents, DebugInput, DebugSession, DebugStart, DebugTarget, DirLayout,
     ExecOutput, IpamBackend, RunningServer, Server, TlsConfig,
 };
+use berth_api_client::connect::{self as client, TlsFiles};
+use berth_api_client::pki::{Authority, ClientSpec, Issued, Validity};
 use berth_proto::v1;
 use tonic::transport::Channel;
 
