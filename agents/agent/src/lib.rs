@@ -1,5 +1,7 @@
 //! berth's node agent: NRI plugin (file logs, faketime), log cleanup, gRPC API server
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod cleanup;
 pub mod config;

@@ -11,6 +11,8 @@
 //!
 //! The agent starts it with [`Server::builder`].
 
+#![forbid(unsafe_code)]
+
 pub mod audit;
 pub mod backend;
 pub mod config;

@@ -3,6 +3,8 @@
 //! The binary parses [`cli::Cli`] and calls [`run`]; everything is here so tests can drive
 //! it too.
 
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod commands;
 pub mod debug;
