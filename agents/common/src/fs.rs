@@ -20,6 +20,10 @@ pub const RESOLVE_BENEATH: ResolveFlags = ResolveFlags::BENEATH
 const EAGAIN_TRIES: u32 = 8;
 
 /// `openat2(dir, path, flags | O_CLOEXEC, mode, RESOLVE_BENEATH …)`, retried on `EAGAIN`.
+///
+/// `O_NOFOLLOW` is not needed: `RESOLVE_NO_SYMLINKS` reports every symlink, the last
+/// component included, as `ELOOP` (and with `O_DIRECTORY`, `O_NOFOLLOW` would turn a final
+/// symlink into `ENOTDIR` instead). A mount point on the way is `EXDEV`.
 pub fn openat2_beneath(
     dir: impl AsFd,
     path: impl rustix::path::Arg + Copy,

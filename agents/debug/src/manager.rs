@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use berth_common::error_chain;
 use bytes::Bytes;
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
@@ -945,7 +946,7 @@ impl DebugManager {
             }
             match inner.ctrd.remove_snapshot(&key).await {
                 Ok(()) => report.snapshots.push(key),
-                Err(e) => report.failures.push(format!("{e}: {}", error_chain(&e))),
+                Err(e) => report.failures.push(error_chain(&e)),
             }
         }
         if let Ok(dir) = std::fs::read_dir(&inner.config.state_dir) {
@@ -999,19 +1000,6 @@ impl Drop for Starting<'_> {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = String::new();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        if !s.is_empty() {
-            s.push_str(": ");
-        }
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 fn pidfd(pid: u32) -> Result<AsyncFd<OwnedFd>> {
     let p = rustix::process::Pid::from_raw(pid as i32).ok_or(Error::TargetGone(pid))?;
     let fd = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::NONBLOCK).map_err(
@@ -1039,7 +1027,7 @@ async fn remove_everything(ctrd: &dyn Runtime, id: &str) -> Vec<String> {
     let mut failures = Vec::new();
     let mut note = |r: Result<()>| {
         if let Err(e) = r {
-            failures.push(format!("{e}: {}", error_chain(&e)));
+            failures.push(error_chain(&e));
         }
     };
     note(ctrd.kill(id, "", libc::SIGKILL as u32, true).await);

@@ -555,7 +555,7 @@ mod tests {
         let r = run(async { probe.inspect(&ctr("c1", "/bin/sh", "/bin")).await });
         match r {
             Err(e @ ProbeError::Rpc { .. }) => {
-                let text = crate::faketime::service::chain(&e);
+                let text = berth_common::error_chain(&e);
                 assert!(text.contains("containerd.sock"), "{text}");
                 assert!(text.contains("Snapshots.Stat"), "{text}");
             }

@@ -66,7 +66,7 @@ impl LogsBackend for DirLayout {
                 )));
             }
         }
-        use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+        use rustix::fs::{AtFlags, FileType, Mode, OFlags};
         let io =
             |e: rustix::io::Errno| BackendError::Internal(format!("{}: {e}", self.root.display()));
         let root = rustix::fs::open(
@@ -76,12 +76,11 @@ impl LogsBackend for DirLayout {
         )
         .map_err(io)?;
         let rel = format!("{namespace}/{pod}");
-        let pod_dir = match rustix::fs::openat2(
+        let pod_dir = match berth_common::fs::openat2_beneath(
             &root,
             rel.as_str(),
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
             Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
         ) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::NOENT) => {
