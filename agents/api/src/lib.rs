@@ -38,7 +38,7 @@ pub use backend::{
     DirLayout, FakeTimeBackend, FakeTimeTarget, IpamBackend, LogsBackend, PodLogDir,
 };
 pub use config::{ApiConfig, LogsLimits, MetricsConfig, NodeIdentity, TlsConfig};
-pub use error::{ApiError, BackendError};
+pub use error::{ApiError, BackendError, ServiceError};
 pub use identity::Caller;
 pub use metrics::{Counter, Gauge, Metrics};
 pub use server::{RunningServer, Server, ServerBuilder};

@@ -34,19 +34,6 @@ pub enum PathError {
     },
 }
 
-impl From<PathError> for tonic::Status {
-    fn from(e: PathError) -> Self {
-        let msg = e.to_string();
-        match e {
-            PathError::Invalid { .. } => tonic::Status::invalid_argument(msg),
-            PathError::Escape(_) => tonic::Status::permission_denied(msg),
-            PathError::NotFound(_) => tonic::Status::not_found(msg),
-            PathError::NotRegular(_) => tonic::Status::failed_precondition(msg),
-            PathError::Io { source, .. } => tonic::Status::internal(format!("{msg}: {source}")),
-        }
-    }
-}
-
 /// Lexical check of a client-supplied relative path.
 pub fn validate_rel(path: &str) -> Result<(), PathError> {
     let invalid = |why| {
