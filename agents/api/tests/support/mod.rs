@@ -430,3 +430,11 @@ impl DebugBackend for FakeDebug {
         Err(tonic::Status::unimplemented("the fake copies nothing"))
     }
 }
+
+/// A pod reference as requests carry it.
+pub fn pod(ns: &str, name: &str) -> Option<v1::PodRef> {
+    Some(v1::PodRef {
+        namespace: ns.into(),
+        pod: name.into(),
+    })
+}
