@@ -122,6 +122,38 @@ pub fn chain_line(prev: &[u8; 32], line: &[u8], out: &mut Vec<u8>) -> [u8; 32] {
     h
 }
 
+/// The log's files, oldest first: `audit.log.<keep>` … `audit.log.1`, then `audit.log`.
+pub fn files_oldest_first(config: &AuditConfig) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = (1..=config.keep)
+        .rev()
+        .map(|i| rotated(&config.path, i))
+        .collect();
+    files.push(config.path.clone());
+    files
+}
+
+/// Opens one of the log's files to read it; `None` when it does not exist (rotated files
+/// come and go). Anything but a regular file is refused.
+pub fn open_for_reading(path: &Path) -> Result<Option<File>, AuditError> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(AuditError::Read {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            });
+        }
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(AuditError::Read {
+            path: path.to_path_buf(),
+            reason: "not a regular file".into(),
+        });
+    }
+    Ok(Some(f))
+}
+
 /// What [`verify`] checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
@@ -134,34 +166,16 @@ pub struct Verified {
 /// Checks the hash chain through the log and its rotated files, oldest first. The first
 /// line's predecessor may have been rotated away, so it is taken on trust.
 pub fn verify(config: &AuditConfig) -> Result<Verified, AuditError> {
-    let mut files: Vec<PathBuf> = (1..=config.keep)
-        .rev()
-        .map(|i| rotated(&config.path, i))
-        .collect();
-    files.push(config.path.clone());
     let mut report = Verified {
         files: 0,
         lines: 0,
         skipped: 0,
     };
     let mut expected: Option<[u8; 32]> = None;
-    for path in files {
-        let f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                return Err(AuditError::Read {
-                    path,
-                    reason: e.to_string(),
-                });
-            }
+    for path in files_oldest_first(config) {
+        let Some(f) = open_for_reading(&path)? else {
+            continue;
         };
-        if !f.metadata().is_ok_and(|m| m.is_file()) {
-            return Err(AuditError::Read {
-                path,
-                reason: "not a regular file".into(),
-            });
-        }
         report.files += 1;
         for (i, line) in BufReader::new(f).split(b'\n').enumerate() {
             let line = line.map_err(|e| AuditError::Read {

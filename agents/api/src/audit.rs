@@ -9,14 +9,15 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
 pub use berth_api_client::audit::{
-    AuditConfig, AuditError, AuditRecord, Verified, chain_line, rotated, sha256, verify,
+    AuditConfig, AuditError, AuditRecord, Verified, chain_line, files_oldest_first,
+    open_for_reading, rotated, sha256, verify,
 };
 
 type Ack = oneshot::Sender<Result<(), AuditError>>;
@@ -115,30 +116,12 @@ impl AuditLog {
         filter: &AuditFilter,
         limit: usize,
     ) -> Result<(Vec<AuditRecord>, bool), AuditError> {
-        let mut files: Vec<PathBuf> = (1..=self.config.keep)
-            .rev()
-            .map(|i| rotated(&self.config.path, i))
-            .collect();
-        files.push(self.config.path.clone());
         let mut out = VecDeque::new();
         let mut truncated = false;
-        for path in files {
-            let f = match File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    return Err(AuditError::Read {
-                        path,
-                        reason: e.to_string(),
-                    });
-                }
+        for path in files_oldest_first(&self.config) {
+            let Some(f) = open_for_reading(&path)? else {
+                continue;
             };
-            if !f.metadata().is_ok_and(|m| m.is_file()) {
-                return Err(AuditError::Read {
-                    path,
-                    reason: "not a regular file".into(),
-                });
-            }
             for line in BufReader::new(f).split(b'\n') {
                 let line = line.map_err(|e| AuditError::Read {
                     path: path.clone(),
