@@ -10,6 +10,8 @@
 //!
 //! Every message derives `serde::Serialize` so clients can print it as JSON.
 
+#![forbid(unsafe_code)]
+
 /// The `berth.v1` package.
 pub mod v1 {
     #![allow(

@@ -175,7 +175,7 @@ pub fn server(
         builder = builder.faketime(FakeTimeApi::new(&config.state_dir));
     }
     if let Some(debug) = debug_config(config)? {
-        builder = builder.debug(debug);
+        builder = builder.debug(crate::debug::DebugApi::new(debug));
     }
     Ok(builder)
 }

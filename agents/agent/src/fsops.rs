@@ -8,13 +8,14 @@
 
 use std::ffi::{CStr, OsStr, OsString};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags};
+use berth_common::fs::openat2_beneath;
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::filelogs::layout::RelPath;
@@ -100,11 +101,6 @@ pub trait LogFs: Send + Sync + 'static {
     fn host_path(&self, rel: &RelPath) -> PathBuf;
 }
 
-const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
-    .union(ResolveFlags::NO_SYMLINKS)
-    .union(ResolveFlags::NO_XDEV)
-    .union(ResolveFlags::NO_MAGICLINKS);
-
 /// The real implementation over an fd of the log root.
 pub struct RealFs {
     root: OwnedFd,
@@ -164,24 +160,6 @@ impl RealFs {
         &self.root_path
     }
 
-    /// `O_NOFOLLOW` is not passed: with `O_DIRECTORY` it turns a symlink into `ENOTDIR`, while
-    /// `RESOLVE_NO_SYMLINKS` reports every symlink, the last component included, as `ELOOP`.
-    fn openat2_retry(
-        dir: impl AsFd,
-        path: &CStr,
-        flags: OFlags,
-        mode: Mode,
-    ) -> Result<OwnedFd, Errno> {
-        let mut tries = 0;
-        loop {
-            match rustix::fs::openat2(dir.as_fd(), path, flags, mode, RESOLVE) {
-                // The kernel asks to retry when a rename raced with a BENEATH walk.
-                Err(Errno::AGAIN) if tries < 8 => tries += 1,
-                r => return r,
-            }
-        }
-    }
-
     fn open_dir_path(&self, rel: &Path) -> Result<OwnedFd, FsError> {
         let shown = rel.display().to_string();
         let c = if rel.as_os_str().is_empty() {
@@ -189,7 +167,7 @@ impl RealFs {
         } else {
             cname(rel.as_os_str())
         };
-        let fd = Self::openat2_retry(
+        let fd = openat2_beneath(
             &self.root,
             &c,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -251,7 +229,7 @@ impl RealFs {
                     if st.st_dev != self.root_dev {
                         continue;
                     }
-                    let sub = match Self::openat2_retry(
+                    let sub = match openat2_beneath(
                         dir,
                         name,
                         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -306,7 +284,7 @@ impl RealFs {
                 .push(format!("{shown} (nested deeper than {MAX_DEPTH} levels)"));
             return Ok(false);
         }
-        let sub = match Self::openat2_retry(
+        let sub = match openat2_beneath(
             dir,
             name,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -388,7 +366,7 @@ impl LogFs for RealFs {
                 return None;
             }
             let path = comps[..upto].join("/");
-            let fd = Self::openat2_retry(
+            let fd = openat2_beneath(
                 &self.root,
                 &cname(OsStr::new(&path)),
                 dir_flags,
@@ -403,7 +381,7 @@ impl LogFs for RealFs {
         let (mut fd, start) = match prefix(n.saturating_sub(1)) {
             Some(fd) => (fd, n - 1),
             None => (
-                Self::openat2_retry(&self.root, c".", dir_flags, Mode::empty())
+                openat2_beneath(&self.root, c".", dir_flags, Mode::empty())
                     .map_err(|e| io_err("open", ".", e))?,
                 0,
             ),
@@ -420,7 +398,7 @@ impl LogFs for RealFs {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
             // Open first: the namespace and pod dirs usually exist, and a mkdir that fails
             // with EEXIST still takes the parent's lock. Create only what is missing.
-            let (next, created) = match Self::openat2_retry(&fd, &c, flags, Mode::empty()) {
+            let (next, created) = match openat2_beneath(&fd, &c, flags, Mode::empty()) {
                 Ok(next) => (next, false),
                 Err(Errno::NOENT) => {
                     let created =
@@ -430,7 +408,7 @@ impl LogFs for RealFs {
                             Err(Errno::EXIST) => false,
                             Err(e) => return Err(classify("create", &shown, e)),
                         };
-                    let next = Self::openat2_retry(&fd, &c, flags, Mode::empty())
+                    let next = openat2_beneath(&fd, &c, flags, Mode::empty())
                         .map_err(|e| classify("open", &shown, e))?;
                     (next, created)
                 }
@@ -488,7 +466,7 @@ impl LogFs for RealFs {
 
     fn read_file(&self, rel: &RelPath, max: usize) -> Result<Option<Vec<u8>>, FsError> {
         let shown = rel.to_string();
-        let fd = match Self::openat2_retry(
+        let fd = match openat2_beneath(
             &self.root,
             &cname(rel_to_path(rel).as_os_str()),
             OFlags::RDONLY | OFlags::CLOEXEC,

@@ -1,8 +1,11 @@
 //! berth's node agent: NRI plugin (file logs, faketime), log cleanup, gRPC API server
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod cleanup;
 pub mod config;
+pub mod debug;
 pub mod events;
 pub mod faketime;
 pub mod filelogs;

@@ -1,4 +1,7 @@
 //! berth-agent: parses the command line and hands over to the library.
+
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 
 fn main() {

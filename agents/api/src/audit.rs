@@ -9,97 +9,16 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum AuditError {
-    #[error(
-        "audit log {path} is not writable ({reason}): the call was refused; fix the disk or path"
-    )]
-    Write { path: PathBuf, reason: String },
-    #[error("audit writer has stopped: restart the agent")]
-    Stopped,
-    #[error("cannot read audit log {path}: {reason}")]
-    Read { path: PathBuf, reason: String },
-    #[error(
-        "audit log {path} line {line}: hash chain broken ({reason}): lines were edited, removed or reordered"
-    )]
-    Tampered {
-        path: PathBuf,
-        line: usize,
-        reason: String,
-    },
-}
-
-/// One line of the audit log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AuditRecord {
-    /// SHA-256 (hex) of the previous line in the log: the lines form a hash chain, so an
-    /// edited, removed or reordered line is detected by [`verify`]. Set by the writer.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub prev: String,
-    /// RFC 3339, milliseconds, UTC.
-    pub time: String,
-    /// `call` (one per call), `intent` (before a streaming or mutating call runs) or `debug`
-    /// (an event inside a debug session, with `detail`).
-    pub event: String,
-    pub call_id: String,
-    pub identity: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub groups: Vec<String>,
-    pub transport: String,
-    pub peer: String,
-    pub method: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub target: String,
-    /// `allow` or `deny`.
-    pub decision: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub reason: String,
-    /// gRPC status code of the result.
-    pub code: i32,
-    pub duration_us: u64,
-    pub bytes_sent: u64,
-    pub bytes_received: u64,
-    /// Details of a `debug` event (berth-debug's event as JSON).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<serde_json::Value>,
-}
-
-/// Where and how big.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditConfig {
-    pub path: PathBuf,
-    /// Rotate when the file would grow past this many bytes.
-    #[serde(default = "default_max_bytes")]
-    pub max_bytes: u64,
-    /// Rotated files kept (`audit.log.1` … `audit.log.<keep>`).
-    #[serde(default = "default_keep")]
-    pub keep: u32,
-}
-
-fn default_max_bytes() -> u64 {
-    64 << 20
-}
-fn default_keep() -> u32 {
-    5
-}
-
-impl AuditConfig {
-    pub fn new(path: impl Into<PathBuf>) -> AuditConfig {
-        AuditConfig {
-            path: path.into(),
-            max_bytes: default_max_bytes(),
-            keep: default_keep(),
-        }
-    }
-}
+pub use berth_api_client::audit::{
+    AuditConfig, AuditError, AuditRecord, Verified, chain_line, files_oldest_first,
+    open_for_reading, rotated, sha256, verify,
+};
 
 type Ack = oneshot::Sender<Result<(), AuditError>>;
 
@@ -197,30 +116,12 @@ impl AuditLog {
         filter: &AuditFilter,
         limit: usize,
     ) -> Result<(Vec<AuditRecord>, bool), AuditError> {
-        let mut files: Vec<PathBuf> = (1..=self.config.keep)
-            .rev()
-            .map(|i| rotated(&self.config.path, i))
-            .collect();
-        files.push(self.config.path.clone());
         let mut out = VecDeque::new();
         let mut truncated = false;
-        for path in files {
-            let f = match File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    return Err(AuditError::Read {
-                        path,
-                        reason: e.to_string(),
-                    });
-                }
+        for path in files_oldest_first(&self.config) {
+            let Some(f) = open_for_reading(&path)? else {
+                continue;
             };
-            if !f.metadata().is_ok_and(|m| m.is_file()) {
-                return Err(AuditError::Read {
-                    path,
-                    reason: "not a regular file".into(),
-                });
-            }
             for line in BufReader::new(f).split(b'\n') {
                 let line = line.map_err(|e| AuditError::Read {
                     path: path.clone(),
@@ -251,32 +152,6 @@ fn encode(rec: &AuditRecord) -> Vec<u8> {
     line
 }
 
-fn rotated(path: &Path, i: u32) -> PathBuf {
-    let mut s = path.as_os_str().to_os_string();
-    s.push(format!(".{i}"));
-    PathBuf::from(s)
-}
-
-fn sha256(b: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(b).into()
-}
-
-/// Appends `line` (a serialized record ending in '\n') to `out` with `"prev"` set to `prev`;
-/// returns the new line's hash.
-fn chain_line(prev: &[u8; 32], line: &[u8], out: &mut Vec<u8>) -> [u8; 32] {
-    let body = line.strip_suffix(b"\n").unwrap_or(line);
-    let start = out.len();
-    out.extend_from_slice(b"{\"prev\":\"");
-    out.extend_from_slice(hex::encode(prev).as_bytes());
-    out.extend_from_slice(b"\",");
-    // `body` is a JSON object from serde_json: "{...}", never empty.
-    out.extend_from_slice(&body[1..]);
-    let h = sha256(&out[start..]);
-    out.push(b'\n');
-    h
-}
-
 /// The last complete, parsable line of a file (read from the end).
 fn last_line(path: &Path) -> Option<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
@@ -294,79 +169,6 @@ fn last_line(path: &Path) -> Option<Vec<u8>> {
         .rev()
         .find(|l| !l.is_empty() && serde_json::from_slice::<AuditRecord>(l).is_ok())
         .map(<[u8]>::to_vec)
-}
-
-/// What [`verify`] checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verified {
-    pub files: usize,
-    pub lines: usize,
-    /// Unparsable (torn) lines skipped.
-    pub skipped: usize,
-}
-
-/// Checks the hash chain through the log and its rotated files, oldest first. The first
-/// line's predecessor may have been rotated away, so it is taken on trust.
-pub fn verify(config: &AuditConfig) -> Result<Verified, AuditError> {
-    let mut files: Vec<PathBuf> = (1..=config.keep)
-        .rev()
-        .map(|i| rotated(&config.path, i))
-        .collect();
-    files.push(config.path.clone());
-    let mut report = Verified {
-        files: 0,
-        lines: 0,
-        skipped: 0,
-    };
-    let mut expected: Option<[u8; 32]> = None;
-    for path in files {
-        let f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                return Err(AuditError::Read {
-                    path,
-                    reason: e.to_string(),
-                });
-            }
-        };
-        if !f.metadata().is_ok_and(|m| m.is_file()) {
-            return Err(AuditError::Read {
-                path,
-                reason: "not a regular file".into(),
-            });
-        }
-        report.files += 1;
-        for (i, line) in BufReader::new(f).split(b'\n').enumerate() {
-            let line = line.map_err(|e| AuditError::Read {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            if line.is_empty() {
-                continue;
-            }
-            let Ok(rec) = serde_json::from_slice::<AuditRecord>(&line) else {
-                report.skipped += 1;
-                continue;
-            };
-            if let Some(want) = expected
-                && rec.prev != hex::encode(want)
-            {
-                return Err(AuditError::Tampered {
-                    path,
-                    line: i + 1,
-                    reason: format!(
-                        "prev is {:?}, the line before hashes to {}",
-                        rec.prev,
-                        hex::encode(want)
-                    ),
-                });
-            }
-            expected = Some(sha256(&line));
-            report.lines += 1;
-        }
-    }
-    Ok(report)
 }
 
 /// Filters of `Audit/Query`; empty fields match everything.

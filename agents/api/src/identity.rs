@@ -47,8 +47,7 @@ pub enum IdentityError {
     NoName,
 }
 
-/// Prefix of SAN URIs that name a group rather than the caller.
-pub const GROUP_URI_PREFIX: &str = "berth://group/";
+pub use berth_api_client::pki::GROUP_URI_PREFIX;
 
 impl Caller {
     /// Identity of an mTLS peer from its (already verified) leaf certificate.
@@ -113,7 +112,7 @@ fn push_unique(v: &mut Vec<String>, s: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::{Authority, ClientSpec, Validity};
+    use berth_api_client::pki::{Authority, ClientSpec, Validity};
 
     #[test]
     fn names_and_groups_come_from_cn_ou_and_sans() {

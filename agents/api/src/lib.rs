@@ -5,25 +5,24 @@
 //! - [`policy`]: roles → methods and namespaces, default deny, hot reload;
 //! - [`audit`]: one fsynced JSON line per call, rotation, queries;
 //! - [`layer`]: the tower layer that applies policy and audit to every RPC;
-//! - [`services`]: `berth.v1.{Node,Logs,Ipam,Audit,FakeTime}` over the [`backend`] seams;
+//! - [`services`]: `berth.v1.{Node,Logs,Ipam,Audit,FakeTime,Debug,Grants}` over the
+//!   [`backend`] seams (each feature is the agent's: this crate depends on none of them);
 //! - [`metrics`]: Prometheus text on a separate port;
-//! - [`pki`]: a small CA for test beds (`berthctl certs init`).
 //!
 //! The agent starts it with [`Server::builder`].
 
+#![forbid(unsafe_code)]
+
 pub mod audit;
 pub mod backend;
-pub mod client;
 pub mod config;
 pub mod error;
 pub mod grants;
 pub mod identity;
-pub mod ipam_core;
 pub mod layer;
 pub mod logs_fs;
 pub mod methods;
 pub mod metrics;
-pub mod pki;
 pub mod policy;
 pub mod server;
 pub mod services;
@@ -31,12 +30,15 @@ pub mod transport;
 pub mod watch;
 
 pub use audit::{AuditConfig, AuditLog, AuditRecord};
+pub use backend::debug::{
+    CopiedIn, CopiedOut, DebugAttachment, DebugBackend, DebugEvent, DebugEvents, DebugInput,
+    DebugOutput, DebugSession, DebugStart, DebugTarget, ExecOutput,
+};
 pub use backend::{
     DirLayout, FakeTimeBackend, FakeTimeTarget, IpamBackend, LogsBackend, PodLogDir,
 };
 pub use config::{ApiConfig, LogsLimits, MetricsConfig, NodeIdentity, TlsConfig};
-pub use error::{ApiError, BackendError};
+pub use error::{ApiError, BackendError, ServiceError};
 pub use identity::Caller;
-pub use ipam_core::CoreIpam;
 pub use metrics::{Counter, Gauge, Metrics};
 pub use server::{RunningServer, Server, ServerBuilder};

@@ -11,7 +11,8 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use berth_common::fs::openat2_beneath;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PathError {
@@ -32,24 +33,6 @@ pub enum PathError {
         source: io::Error,
     },
 }
-
-impl From<PathError> for tonic::Status {
-    fn from(e: PathError) -> Self {
-        let msg = e.to_string();
-        match e {
-            PathError::Invalid { .. } => tonic::Status::invalid_argument(msg),
-            PathError::Escape(_) => tonic::Status::permission_denied(msg),
-            PathError::NotFound(_) => tonic::Status::not_found(msg),
-            PathError::NotRegular(_) => tonic::Status::failed_precondition(msg),
-            PathError::Io { source, .. } => tonic::Status::internal(format!("{msg}: {source}")),
-        }
-    }
-}
-
-const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
-    .union(ResolveFlags::NO_SYMLINKS)
-    .union(ResolveFlags::NO_MAGICLINKS)
-    .union(ResolveFlags::NO_XDEV);
 
 /// Lexical check of a client-supplied relative path.
 pub fn validate_rel(path: &str) -> Result<(), PathError> {
@@ -108,13 +91,12 @@ fn map_errno(e: rustix::io::Errno, path: &str) -> PathError {
 /// Opens a regular file below `dir`.
 pub fn open_file(dir: &OwnedFd, rel: &str) -> Result<File, PathError> {
     validate_rel(rel)?;
-    let fd = rustix::fs::openat2(
+    let fd = openat2_beneath(
         dir,
         rel,
         // NONBLOCK: opening a FIFO planted by the pod must not hang the server.
         OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY,
         Mode::empty(),
-        RESOLVE,
     )
     .map_err(|e| map_errno(e, rel))?;
     let st = rustix::fs::fstat(&fd).map_err(|e| map_errno(e, rel))?;
@@ -182,12 +164,11 @@ fn walk_into(
                 });
             }
             FileType::Directory if depth < 16 => {
-                let sub = rustix::fs::openat2(
+                let sub = openat2_beneath(
                     dir,
                     name,
                     OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
                     Mode::empty(),
-                    RESOLVE,
                 );
                 // EXDEV: a mount point (never crossed); other errors: vanished or unreadable.
                 if let Ok(sub) = sub {
@@ -344,9 +325,9 @@ mod tests {
     #[test]
     fn kernel_refuses_dotdot_even_without_the_lexical_check() {
         let (_t, fd) = setup();
-        let r = rustix::fs::openat2(&fd, "../secret", OFlags::RDONLY, Mode::empty(), RESOLVE);
+        let r = openat2_beneath(&fd, "../secret", OFlags::RDONLY, Mode::empty());
         assert_eq!(r.unwrap_err(), rustix::io::Errno::XDEV);
-        let r = rustix::fs::openat2(&fd, "/etc/hostname", OFlags::RDONLY, Mode::empty(), RESOLVE);
+        let r = openat2_beneath(&fd, "/etc/hostname", OFlags::RDONLY, Mode::empty());
         assert_eq!(r.unwrap_err(), rustix::io::Errno::XDEV);
     }
 

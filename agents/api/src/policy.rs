@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use berth_common::error_chain;
 use serde::Deserialize;
 
 use crate::identity::Caller;
@@ -507,18 +508,6 @@ impl PolicyStore {
         *self.inner.watcher.lock().expect("policy lock") = Some(watcher);
         Ok(())
     }
-}
-
-/// `e: cause: cause` on one line, for logs.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::audit::AuditLog;
+use crate::backend::debug::{DebugBackend, DebugEvents};
 use crate::backend::{FakeTimeBackend, IpamBackend, LogsBackend};
 use crate::config::ApiConfig;
 use crate::error::ApiError;
@@ -28,13 +29,8 @@ use crate::layer::{Guard, GuardLayer};
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
 use crate::services::{
-    audit::AuditService,
-    debug::{DebugService, start_manager},
-    faketime::FakeTimeService,
-    grants::GrantsService,
-    ipam::IpamService,
-    logs::LogsService,
-    node::NodeService,
+    audit::AuditService, debug::DebugService, faketime::FakeTimeService, grants::GrantsService,
+    ipam::IpamService, logs::LogsService, node::NodeService,
 };
 use crate::transport::{self, AcceptOptions};
 
@@ -62,7 +58,7 @@ pub struct ServerBuilder {
     logs: Option<Arc<dyn LogsBackend>>,
     ipam: Option<Arc<dyn IpamBackend>>,
     faketime: Option<Arc<dyn FakeTimeBackend>>,
-    debug: Option<berth_debug::DebugConfig>,
+    debug: Option<Arc<dyn DebugBackend>>,
     metrics: Metrics,
 }
 
@@ -140,10 +136,9 @@ impl ServerBuilder {
         self
     }
 
-    /// Serve `berth.v1.Debug` with debug containers made through containerd (connected in
-    /// the background; without this, Debug answers UNIMPLEMENTED).
-    pub fn debug(mut self, config: berth_debug::DebugConfig) -> Self {
-        self.debug = Some(config);
+    /// Serve `berth.v1.Debug` from this backend (without one, Debug answers UNIMPLEMENTED).
+    pub fn debug(mut self, backend: impl DebugBackend) -> Self {
+        self.debug = Some(Arc::new(backend));
         self
     }
 
@@ -290,9 +285,10 @@ impl ServerBuilder {
                 }));
         }
         if let Some(debug) = self.debug {
-            let (handle, sessions) = start_manager(debug, audit.clone());
+            let sessions = crate::backend::debug::Sessions::default();
+            debug.start(DebugEvents::new(audit.clone(), sessions.clone()));
             router = router.add_service(v1::debug_server::DebugServer::new(DebugService {
-                handle,
+                backend: debug,
                 sessions,
                 policy: policy.clone(),
             }));

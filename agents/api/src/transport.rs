@@ -212,7 +212,7 @@ impl TlsStore {
                 Ok(())
             }
             Err(e) => {
-                let msg = crate::policy::error_chain(&e);
+                let msg = berth_common::error_chain(&e);
                 tracing::error!(error = %msg, "new tls material refused; the previous one stays in force");
                 *last = Some(msg);
                 Err(e)

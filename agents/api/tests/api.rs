@@ -6,19 +6,11 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_api::pki::{Authority, Validity};
-use berth_api::{BackendError, Server};
+use berth_api_client::pki::{Authority, Validity};
 use berth_proto::v1;
 use support::*;
 use tokio_stream::StreamExt;
 use tonic::Code;
-
-fn pod(ns: &str, name: &str) -> Option<v1::PodRef> {
-    Some(v1::PodRef {
-        namespace: ns.into(),
-        pod: name.into(),
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_call_works_and_is_audited() {
@@ -72,7 +64,7 @@ async fn allowed_call_works_and_is_audited() {
 async fn assert_refused(
     bed: &Bed,
     srv: &berth_api::RunningServer,
-    files: &berth_api::client::TlsFiles,
+    files: &berth_api_client::TlsFiles,
     reason: &str,
 ) {
     assert_refused_after(bed, srv, files, reason, 0).await
@@ -82,7 +74,7 @@ async fn assert_refused(
 async fn assert_refused_after(
     bed: &Bed,
     srv: &berth_api::RunningServer,
-    files: &berth_api::client::TlsFiles,
+    files: &berth_api_client::TlsFiles,
     reason: &str,
     audited: usize,
 ) {
@@ -183,7 +175,7 @@ async fn revoked_cert_is_refused_after_crl_reload() {
     std::fs::write(&crl, bed.ca.crl(&[], 1, 1).unwrap()).unwrap();
     cfg.tls.as_mut().unwrap().crl = Some(crl.clone());
     let srv = bed.start(cfg).await;
-    let bob_cert = berth_api::pki::ClientSpec {
+    let bob_cert = berth_api_client::pki::ClientSpec {
         common_name: "bob".into(),
         ..Default::default()
     };
@@ -686,87 +678,6 @@ async fn slow_download_client_times_out() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ipam_is_scoped_to_the_namespace_the_caller_named() {
-    let policy = format!(
-        "{POLICY}\n[roles.netops]\nmethods = [\"berth.v1.Ipam/*\"]\nnamespaces = [\"team-a\"]\n\
-         [[bindings]]\nrole = \"netops\"\nidentities = [\"cn:nina\"]\n"
-    );
-    let bed = Bed::new(&policy);
-    let theirs = v1::Allocation {
-        pool: "p".into(),
-        address: "10.9.0.7".into(),
-        state: "allocated".into(),
-        namespace: "team-b".into(),
-        ..Default::default()
-    };
-    let ipam = Arc::new(FakeIpam::with(vec![theirs]));
-    let srv = bed.start_with(bed.config(), ipam.clone()).await;
-    let nina = bed.client_files(&bed.ca, "nina", &[], Validity::days(1));
-    let mut c = v1::ipam_client::IpamClient::new(tls_channel(&srv, &nina).await.unwrap());
-    let a = c
-        .reserve(v1::ReserveRequest {
-            network: "net1".into(),
-            pool: "p".into(),
-            address: "10.9.0.5".into(),
-            namespace: "team-a".into(),
-            owner: "db-0".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        (a.state.as_str(), a.namespace.as_str()),
-        ("reserved", "team-a")
-    );
-    // Claiming team-a while releasing team-b's address: looks like it does not exist.
-    let st = c
-        .release(v1::ReleaseRequest {
-            network: "net1".into(),
-            pool: "p".into(),
-            address: "10.9.0.7".into(),
-            namespace: "team-a".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(st.code(), Code::NotFound);
-    let failed = bed
-        .audit_lines()
-        .into_iter()
-        .find(|l| l["event"] == "call" && l["method"] == "/berth.v1.Ipam/Release")
-        .unwrap();
-    assert_eq!(failed["decision"], "allow");
-    assert_eq!(failed["code"], Code::NotFound as i32);
-    assert_eq!(
-        failed["reason"],
-        "address 10.9.0.7 not found in namespace \"team-a\""
-    );
-    let calls = ipam.calls.lock().unwrap().clone();
-    assert_eq!(calls, ["reserve 10.9.0.5 by cn:nina", "show 10.9.0.7"]);
-    // Listing every namespace needs a "*" scope.
-    let st = c
-        .list(v1::ListAllocationsRequest::default())
-        .await
-        .unwrap_err();
-    assert_eq!(st.code(), Code::PermissionDenied);
-    let mine = c
-        .list(v1::ListAllocationsRequest {
-            namespace: "team-a".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(mine.allocations.len(), 1);
-    // Mutations have an intent line before the call line.
-    let lines = bed.audit_lines();
-    assert_eq!(lines[0]["event"], "intent");
-    assert_eq!(lines[0]["method"], "/berth.v1.Ipam/Reserve");
-    assert_eq!(lines[1]["event"], "call");
-    assert_eq!(lines[1]["call_id"], lines[0]["call_id"]);
-}
-
 /// A client that hangs up while a call runs cannot skip its audit line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hang_up_mid_call_is_still_audited() {
@@ -819,7 +730,7 @@ async fn unix_socket_identity_is_the_peer_uid() {
         std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let ch = berth_api::client::connect(&format!("unix://{}", sock.display()), None)
+    let ch = berth_api_client::connect(&format!("unix://{}", sock.display()), None)
         .await
         .unwrap();
     let mut n = v1::node_client::NodeClient::new(ch);
@@ -1050,331 +961,4 @@ async fn load_1000_concurrent_calls_all_audited() {
         elapsed,
         CALLS as f64 / elapsed.as_secs_f64()
     );
-}
-
-/// A faketime backend that records calls: `team-a/web-0` has an injected `app` container,
-/// `team-a/static-0` a container the shim cannot cover, every other pod is unknown.
-#[derive(Default)]
-struct FakeClock {
-    calls: std::sync::Mutex<Vec<String>>,
-}
-
-impl berth_api::FakeTimeBackend for FakeClock {
-    fn get(
-        &self,
-        t: &berth_api::FakeTimeTarget,
-    ) -> Result<Vec<v1::FakeTimeContainer>, BackendError> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("get {}/{}", t.namespace, t.pod));
-        self.lookup(t, "+2d")
-    }
-    fn set(
-        &self,
-        t: &berth_api::FakeTimeTarget,
-        offset: &str,
-    ) -> Result<Vec<v1::FakeTimeContainer>, BackendError> {
-        self.calls.lock().unwrap().push(format!(
-            "set {}/{} {:?} {offset}",
-            t.namespace, t.pod, t.container
-        ));
-        if t.pod == "static-0" {
-            return Err(BackendError::Precondition(
-                "pod team-a/static-0: no container has the shim (static binary)".into(),
-            ));
-        }
-        self.lookup(t, offset)
-    }
-    fn clear(
-        &self,
-        t: &berth_api::FakeTimeTarget,
-    ) -> Result<Vec<v1::FakeTimeContainer>, BackendError> {
-        self.set(t, "0")
-    }
-}
-
-impl FakeClock {
-    fn lookup(
-        &self,
-        t: &berth_api::FakeTimeTarget,
-        offset: &str,
-    ) -> Result<Vec<v1::FakeTimeContainer>, BackendError> {
-        if (t.namespace.as_str(), t.pod.as_str()) != ("team-a", "web-0") {
-            return Err(BackendError::NotFound(format!(
-                "faketime container of pod {}/{}",
-                t.namespace, t.pod
-            )));
-        }
-        Ok(vec![v1::FakeTimeContainer {
-            namespace: t.namespace.clone(),
-            pod: t.pod.clone(),
-            container: "app".into(),
-            offset: offset.into(),
-            injected: true,
-            covered: Some(true),
-            ..Default::default()
-        }])
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn faketime_calls_are_scoped_mapped_and_audited() {
-    let policy = format!(
-        "{POLICY}\n[roles.clock]\nmethods = [\"berth.v1.FakeTime/*\"]\nnamespaces = [\"team-a\"]\n\
-         [[bindings]]\nrole = \"clock\"\nidentities = [\"cn:tess\"]\n"
-    );
-    let bed = Bed::new(&policy);
-    let clock = Arc::new(FakeClock::default());
-    let srv = Server::builder(bed.config())
-        .faketime(clock.clone())
-        .start()
-        .await
-        .unwrap();
-    let tess = bed.client_files(&bed.ca, "tess", &[], Validity::days(1));
-    let mut c = v1::fake_time_client::FakeTimeClient::new(tls_channel(&srv, &tess).await.unwrap());
-    let set = |ns: &str, name: &str, offset: &str| v1::SetFakeTimeRequest {
-        pod: pod(ns, name),
-        container: "app".into(),
-        offset: offset.into(),
-    };
-
-    let r = c
-        .set(set("team-a", "web-0", "+10d"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.containers.len(), 1);
-    assert_eq!(r.containers[0].offset, "+10d");
-    let got = c
-        .get(v1::FakeTimeRequest {
-            pod: pod("team-a", "web-0"),
-            container: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(got.containers[0].container, "app");
-
-    // Another namespace: denied before the backend runs.
-    let st = c.set(set("team-b", "web-0", "+1d")).await.unwrap_err();
-    assert_eq!(st.code(), Code::PermissionDenied);
-    // Unknown pod, uncovered pod, malformed names and a missing offset.
-    let st = c.set(set("team-a", "nope-0", "+1d")).await.unwrap_err();
-    assert_eq!(st.code(), Code::NotFound, "{st:?}");
-    let st = c.set(set("team-a", "static-0", "+1d")).await.unwrap_err();
-    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
-    assert!(st.message().contains("static binary"), "{st:?}");
-    let st = c.set(set("team-a", "web-0", " ")).await.unwrap_err();
-    assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
-    let st = c.set(set("team-a", "Web_0", "+1d")).await.unwrap_err();
-    assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
-    c.clear(v1::FakeTimeRequest {
-        pod: pod("team-a", "web-0"),
-        container: String::new(),
-    })
-    .await
-    .unwrap();
-
-    assert_eq!(
-        clock.calls.lock().unwrap().clone(),
-        [
-            "set team-a/web-0 Some(\"app\") +10d",
-            "get team-a/web-0",
-            "set team-a/nope-0 Some(\"app\") +1d",
-            "set team-a/static-0 Some(\"app\") +1d",
-            "set team-a/web-0 None 0",
-        ]
-    );
-    let lines = bed.audit_lines();
-    let calls: Vec<_> = lines.iter().filter(|l| l["event"] == "call").collect();
-    assert_eq!(calls[0]["method"], "/berth.v1.FakeTime/Set");
-    assert_eq!(calls[0]["identity"], "cn:tess");
-    assert_eq!(
-        calls[0]["target"],
-        "pod team-a/web-0 container app offset +10d"
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l["event"] == "intent" && l["method"] == "/berth.v1.FakeTime/Set"),
-        "a change has an intent line before it runs"
-    );
-    let denied = calls
-        .iter()
-        .find(|l| l["decision"] == "deny")
-        .expect("the team-b call is audited as denied");
-    assert_eq!(
-        denied["target"],
-        "pod team-b/web-0 container app offset +1d"
-    );
-    let caps = v1::node_client::NodeClient::new(tls_channel(&srv, &bed.alice()).await.unwrap())
-        .capabilities(v1::CapabilitiesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(
-        caps.services.iter().any(|s| s == "berth.v1.FakeTime"),
-        "{caps:?}"
-    );
-}
-
-/// Debug sessions are authorized on the first message of the Attach stream (namespace by the
-/// guard, profile and image by the service), and a temporary grant widens a caller's roles
-/// until it is revoked or expires. containerd is absent here, so an authorized start gets as
-/// far as UNAVAILABLE — which is how the test tells "allowed" from "denied".
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn debug_is_authorized_on_the_first_message_and_grants_widen_roles() {
-    let policy = format!(
-        "{POLICY}\n[roles.debugger]\nmethods = [\"berth.v1.Debug/*\"]\nnamespaces = [\"team-a\"]\n\
-         [roles.debug-root]\nmethods = [\"berth.v1.Debug/*\"]\nnamespaces = [\"team-a\"]\n\
-         debug_profiles = [\"sysadmin\"]\ndebug_images = [\"berth.test/*\"]\n\
-         [[bindings]]\nrole = \"debugger\"\nidentities = [\"cn:dora\"]\n"
-    );
-    let bed = Bed::new(&policy);
-    let debug = berth_debug::DebugConfig {
-        containerd_socket: bed.path("no-containerd.sock"),
-        state_dir: bed.path("debug"),
-        ..Default::default()
-    };
-    let srv = Server::builder(bed.config())
-        .debug(debug)
-        .start()
-        .await
-        .unwrap();
-    let dora = bed.client_files(&bed.ca, "dora", &[], Validity::days(1));
-    let mut c = v1::debug_client::DebugClient::new(tls_channel(&srv, &dora).await.unwrap());
-    let start = |ns: &str, profile: &str, image: &str| {
-        let first = v1::AttachRequest {
-            msg: Some(v1::attach_request::Msg::Start(v1::StartSession {
-                pod: pod(ns, "web-0"),
-                container: "app".into(),
-                profile: profile.into(),
-                image: image.into(),
-                tty: true,
-                ..Default::default()
-            })),
-        };
-        let stdin = v1::AttachRequest {
-            msg: Some(v1::attach_request::Msg::Stdin(b"id\n".to_vec())),
-        };
-        tokio_stream::iter(vec![first, stdin])
-    };
-    let code =
-        |r: Result<tonic::Response<tonic::Streaming<v1::AttachResponse>>, tonic::Status>| match r {
-            Ok(_) => Code::Ok,
-            Err(s) => s.code(),
-        };
-
-    assert_eq!(
-        code(c.attach(start("team-b", "", "")).await),
-        Code::PermissionDenied
-    );
-    let st = c.attach(start("team-a", "sysadmin", "")).await.unwrap_err();
-    assert_eq!(st.code(), Code::PermissionDenied, "{st:?}");
-    assert!(st.message().contains("debug profile sysadmin"), "{st:?}");
-    let st = c
-        .attach(start("team-a", "", "docker.io/library/alpine"))
-        .await
-        .unwrap_err();
-    assert_eq!(st.code(), Code::PermissionDenied, "{st:?}");
-    assert!(st.message().contains("debug image"), "{st:?}");
-    // Allowed: only the missing containerd stops it.
-    let st = c.attach(start("team-a", "", "")).await.unwrap_err();
-    assert_eq!(st.code(), Code::Unavailable, "{st:?}");
-
-    // Temporary privilege: alice (ops) grants dora debug-root; dora cannot grant herself.
-    let mut dora_grants =
-        v1::grants_client::GrantsClient::new(tls_channel(&srv, &dora).await.unwrap());
-    let grant = |who: &str, secs: u32| v1::GrantRequest {
-        identity: who.into(),
-        role: "debug-root".into(),
-        duration_seconds: secs,
-        reason: "INC-42".into(),
-    };
-    assert_eq!(
-        dora_grants
-            .grant(grant("cn:dora", 60))
-            .await
-            .unwrap_err()
-            .code(),
-        Code::PermissionDenied,
-        "dora has no role for Grants at all"
-    );
-    let mut alice =
-        v1::grants_client::GrantsClient::new(tls_channel(&srv, &bed.alice()).await.unwrap());
-    assert_eq!(
-        alice.grant(grant("cn:alice", 60)).await.unwrap_err().code(),
-        Code::PermissionDenied,
-        "nobody grants to themselves"
-    );
-    assert_eq!(
-        alice
-            .grant(grant("cn:dora", 10 * 3600))
-            .await
-            .unwrap_err()
-            .code(),
-        Code::InvalidArgument,
-        "longer than max_grant_duration"
-    );
-    let g = alice
-        .grant(grant("cn:dora", 60))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        (g.identity.as_str(), g.granted_by.as_str()),
-        ("cn:dora", "cn:alice")
-    );
-    assert!(g.expires_unix_ms - g.granted_unix_ms == 60_000, "{g:?}");
-    let st = c
-        .attach(start("team-a", "sysadmin", "berth.test/tools:1"))
-        .await
-        .unwrap_err();
-    assert_eq!(st.code(), Code::Unavailable, "granted: {st:?}");
-    let listed = alice
-        .list(v1::ListGrantsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(listed.grants, vec![g.clone()]);
-    alice
-        .revoke(v1::RevokeGrantRequest { id: g.id.clone() })
-        .await
-        .unwrap();
-    let st = c.attach(start("team-a", "sysadmin", "")).await.unwrap_err();
-    assert_eq!(st.code(), Code::PermissionDenied, "revoked: {st:?}");
-
-    // Every decision is in the audit log, with what was asked for. A refused stream's line
-    // is written as its (empty) body ends, which can be just after the client saw the status.
-    let attach_lines = || {
-        bed.audit_lines()
-            .into_iter()
-            .filter(|l| l["event"] == "call" && l["method"] == "/berth.v1.Debug/Attach")
-            .count()
-    };
-    assert!(
-        eventually(Duration::from_secs(5), || attach_lines() == 6).await,
-        "{} Attach call lines, want 6",
-        attach_lines()
-    );
-    let lines = bed.audit_lines();
-    let attach: Vec<_> = lines
-        .iter()
-        .filter(|l| l["event"] == "call" && l["method"] == "/berth.v1.Debug/Attach")
-        .collect();
-    assert_eq!(attach[0]["decision"], "deny");
-    assert_eq!(attach[0]["target"], "pod team-b/web-0 container app");
-    assert_eq!(attach[1]["decision"], "allow");
-    assert_eq!(attach[1]["code"], Code::PermissionDenied as i32);
-    assert_eq!(
-        attach[1]["target"],
-        "pod team-a/web-0 container app profile sysadmin"
-    );
-    assert!(attach[1]["bytes_received"].as_u64().unwrap() > 0);
-    assert!(lines.iter().any(|l| l["event"] == "call"
-        && l["method"] == "/berth.v1.Grants/Grant"
-        && l["identity"] == "cn:alice"
-        && l["target"] == "identity cn:dora role debug-root for 60s reason INC-42"
-        && l["code"] == 0));
 }

@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
-use berth_api::pki::{ClientSpec, InitSpec};
+use berth_api_client::pki::{ClientSpec, InitSpec};
 use berth_proto::v1;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -681,9 +681,9 @@ pub fn audit_verify(cmd: AuditCmd, fmt: Format, out: &mut dyn Write) -> Result<(
     let AuditCmd::Verify { path, keep } = cmd else {
         bail!("not a verify command");
     };
-    let mut cfg = berth_api::AuditConfig::new(&path);
+    let mut cfg = berth_api_client::audit::AuditConfig::new(&path);
     cfg.keep = keep;
-    let v = berth_api::audit::verify(&cfg)?;
+    let v = berth_api_client::audit::verify(&cfg)?;
     if v.files == 0 {
         bail!("no audit log at {}", path.display());
     }
@@ -732,7 +732,7 @@ pub fn certs(cmd: CertsCmd, fmt: Format, out: &mut dyn Write) -> Result<()> {
         days,
         force,
     };
-    let files = berth_api::pki::init_dir(&dir, &spec)?;
+    let files = berth_api_client::pki::init_dir(&dir, &spec)?;
     if fmt == Format::Json {
         return Ok(output::json(out, &files)?);
     }

@@ -3,11 +3,14 @@
 //! The binary parses [`cli::Cli`] and calls [`run`]; everything is here so tests can drive
 //! it too.
 
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod commands;
-pub mod context;
 pub mod debug;
 pub mod output;
+
+pub use berth_api_client::context;
 
 use std::io::Write;
 
@@ -87,9 +90,9 @@ async fn connect(conn: &cli::ConnArgs) -> Result<tonic::transport::Channel> {
         &overrides,
         std::path::Path::new(context::LOCAL_SOCKET),
     )?;
-    match berth_api::client::connect(&target.endpoint, target.tls.as_ref()).await {
+    match berth_api_client::connect(&target.endpoint, target.tls.as_ref()).await {
         Ok(channel) => Ok(channel),
-        Err(berth_api::client::ClientError::Connect { source, .. }) => Err(Unreachable {
+        Err(berth_api_client::ClientError::Connect { source, .. }) => Err(Unreachable {
             endpoint: target.endpoint,
             hint: target.origin.hint(),
             source,

@@ -1,5 +1,7 @@
 //! berthctl: parse, run, print errors with their causes.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 
 fn main() {

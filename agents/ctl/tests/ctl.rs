@@ -3,7 +3,12 @@
 
 use std::process::Output;
 
-use berth_api::{ApiConfig, AuditConfig, DirLayout, RunningServer, Server, TlsConfig};
+use std::sync::Mutex;
+
+use berth_api::{
+    ApiConfig, AuditConfig, BackendError, DirLayout, IpamBackend, RunningServer, Server, TlsConfig,
+};
+use berth_proto::v1;
 
 const POLICY: &str = r#"
 [roles.admin]
@@ -45,6 +50,86 @@ fn ok(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+/// A node IPAM in memory with one pool, `r7`: reservations and their history, as the agent's
+/// store reports them (berthctl only shows them).
+#[derive(Default)]
+struct FakeIpam {
+    allocations: Mutex<Vec<v1::Allocation>>,
+    history: Mutex<Vec<v1::IpamEvent>>,
+}
+
+#[tonic::async_trait]
+impl IpamBackend for FakeIpam {
+    async fn list(
+        &self,
+        _req: &v1::ListAllocationsRequest,
+    ) -> Result<Vec<v1::Allocation>, BackendError> {
+        Ok(self.allocations.lock().unwrap().clone())
+    }
+    async fn show(&self, _network: &str, address: &str) -> Result<v1::Allocation, BackendError> {
+        self.allocations
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|a| a.address == address)
+            .cloned()
+            .ok_or_else(|| BackendError::NotFound(format!("address {address}")))
+    }
+    async fn history(
+        &self,
+        req: &v1::IpamHistoryRequest,
+    ) -> Result<Vec<v1::IpamEvent>, BackendError> {
+        let history = self.history.lock().unwrap();
+        Ok(history
+            .iter()
+            .filter(|e| req.address.is_empty() || e.address == req.address)
+            .cloned()
+            .collect())
+    }
+    async fn reserve(
+        &self,
+        req: &v1::ReserveRequest,
+        actor: &str,
+    ) -> Result<v1::Allocation, BackendError> {
+        let a = v1::Allocation {
+            network: req.network.clone(),
+            pool: "r7".into(),
+            address: req.address.clone(),
+            node: "node-1".into(),
+            state: "reserved".into(),
+            namespace: req.namespace.clone(),
+            owner: format!("{}/{}", req.namespace, req.owner),
+            note: format!("{} (reserved by {actor})", req.note),
+            hold_until_unix_ms: req.until_unix_ms,
+            ..Default::default()
+        };
+        self.allocations.lock().unwrap().push(a.clone());
+        self.history.lock().unwrap().push(v1::IpamEvent {
+            network: req.network.clone(),
+            pool: "r7".into(),
+            address: req.address.clone(),
+            action: "reserve".into(),
+            namespace: req.namespace.clone(),
+            time_unix_ms: chrono::Utc::now().timestamp_millis(),
+            ..Default::default()
+        });
+        Ok(a)
+    }
+    async fn release(
+        &self,
+        _network: &str,
+        address: &str,
+        _actor: &str,
+    ) -> Result<v1::Allocation, BackendError> {
+        let mut all = self.allocations.lock().unwrap();
+        let i = all
+            .iter()
+            .position(|a| a.address == address)
+            .ok_or_else(|| BackendError::NotFound(format!("address {address}")))?;
+        Ok(all.remove(i))
+    }
 }
 
 struct Bed {
@@ -123,21 +208,9 @@ impl Bed {
         cfg.unix_socket = Some(dir.path().join("api.sock"));
         cfg.node.name = "node-1".into();
         cfg.node.rack = "r7".into();
-        let ipam_cfg = berth_ipam_core::IpamConfig::from_json(&serde_json::json!({
-            "type": "berth-ipam",
-            "store": {"type": "local", "dir": "/nonexistent"},
-            "pools": [{"name": "r7", "subnet": "10.77.0.0/24", "gateway": "10.77.0.1"}]
-        }))
-        .unwrap();
-        let node = berth_ipam_core::NodeInfo {
-            node: "node-1".into(),
-            rack: Some("r7".into()),
-        };
-        let clock = std::sync::Arc::new(berth_ipam_core::SystemClock);
-        let ipam = berth_ipam_core::Ipam::in_memory(&ipam_cfg, node, clock).unwrap();
         let srv = Server::builder(cfg)
             .logs(DirLayout::new(dir.path().join("pods")))
-            .ipam(berth_api::CoreIpam::new(std::sync::Arc::new(ipam)))
+            .ipam(FakeIpam::default())
             .start()
             .await
             .unwrap();

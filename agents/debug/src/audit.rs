@@ -88,6 +88,34 @@ pub enum AuditEvent {
     },
 }
 
+impl AuditEvent {
+    /// The session the event is about, and who caused it.
+    pub fn session_and_caller(&self) -> (&str, &Caller) {
+        match self {
+            AuditEvent::SessionStarted {
+                session, caller, ..
+            }
+            | AuditEvent::SessionEnded {
+                session, caller, ..
+            }
+            | AuditEvent::Attached { session, caller }
+            | AuditEvent::Detached { session, caller }
+            | AuditEvent::CommandLine {
+                session, caller, ..
+            }
+            | AuditEvent::Exec {
+                session, caller, ..
+            }
+            | AuditEvent::FileCopy {
+                session, caller, ..
+            }
+            | AuditEvent::FileCopyFailed {
+                session, caller, ..
+            } => (session, caller),
+        }
+    }
+}
+
 /// Where audit events go. Called synchronously on the session's task: keep it fast (queue
 /// the event, write it elsewhere).
 pub trait AuditSink: Send + Sync + 'static {

@@ -115,6 +115,14 @@ impl Error {
     }
 }
 
+/// The one mapping of this crate's errors to what the agent's `Debug` service answers: the
+/// code of [`Error::code`], this layer's message.
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        tonic::Status::new(e.code(), e.to_string())
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]

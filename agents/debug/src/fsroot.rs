@@ -10,7 +10,8 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use berth_common::fs::openat2_in_root;
+use rustix::fs::{Mode, OFlags};
 use sha2::{Digest, Sha256};
 
 /// Errors of in-root file access; each says what to do next.
@@ -61,8 +62,6 @@ pub struct Root {
     fd: OwnedFd,
 }
 
-const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
-
 impl Root {
     /// Opens `dir` (e.g. `/proc/<pid>/root`) as the root for resolution.
     pub fn open(dir: &Path) -> Result<Root, FsError> {
@@ -76,28 +75,26 @@ impl Root {
     }
 
     fn resolve(&self, path: &str, flags: OFlags, mode: Mode) -> Result<OwnedFd, FsError> {
-        rustix::fs::openat2(&self.fd, path, flags | OFlags::CLOEXEC, mode, RESOLVE).map_err(|e| {
-            match e {
-                rustix::io::Errno::NOENT => FsError::NotFound {
+        openat2_in_root(&self.fd, path, flags, mode).map_err(|e| match e {
+            rustix::io::Errno::NOENT => FsError::NotFound {
+                path: path.to_string(),
+            },
+            rustix::io::Errno::XDEV | rustix::io::Errno::LOOP
+                if flags.contains(OFlags::NOFOLLOW) =>
+            {
+                FsError::NotRegular {
                     path: path.to_string(),
-                },
-                rustix::io::Errno::XDEV | rustix::io::Errno::LOOP
-                    if flags.contains(OFlags::NOFOLLOW) =>
-                {
-                    FsError::NotRegular {
-                        path: path.to_string(),
-                        kind: "symlink",
-                    }
+                    kind: "symlink",
                 }
-                rustix::io::Errno::XDEV | rustix::io::Errno::LOOP => FsError::Escape {
-                    path: path.to_string(),
-                },
-                rustix::io::Errno::NOSYS => FsError::Unsupported,
-                e => FsError::Io {
-                    path: path.to_string(),
-                    source: e.into(),
-                },
             }
+            rustix::io::Errno::XDEV | rustix::io::Errno::LOOP => FsError::Escape {
+                path: path.to_string(),
+            },
+            rustix::io::Errno::NOSYS => FsError::Unsupported,
+            e => FsError::Io {
+                path: path.to_string(),
+                source: e.into(),
+            },
         })
     }
 

@@ -27,6 +27,8 @@ pub enum Profile {
 
 impl Profile {
     pub const ALL: [Profile; 3] = [Profile::General, Profile::Netadmin, Profile::Sysadmin];
+    /// The names of [`Profile::ALL`], as callers spell them.
+    pub const NAMES: &'static [&'static str] = &["general", "netadmin", "sysadmin"];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -174,6 +176,8 @@ mod tests {
             assert_eq!(p.as_str().parse::<Profile>().unwrap(), p);
             assert_eq!(p.to_string(), p.as_str());
         }
+        let names: Vec<_> = Profile::ALL.iter().map(|p| p.as_str()).collect();
+        assert_eq!(names, Profile::NAMES);
         assert_eq!(
             "root".parse::<Profile>(),
             Err(UnknownProfile("root".to_string()))

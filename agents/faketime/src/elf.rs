@@ -673,7 +673,11 @@ pub fn inspect_in_root(
     program: &str,
     path_env: Option<&str>,
 ) -> Result<Coverage, ElfError> {
-    crate::rootfs::inspect(&crate::rootfs::DirRoot::new(root), program, path_env)
+    let view = crate::rootfs::DirRoot::open(root).map_err(|source| ElfError::Io {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    crate::rootfs::inspect(&view, program, path_env)
 }
 
 /// The highest glibc version an x86_64 libc.so.6 defines; `None` for anything else.

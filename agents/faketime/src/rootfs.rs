@@ -3,9 +3,15 @@
 //! can answer "what is at this path" (the agent's view of an image's layers, which needs no
 //! mount). Symbolic links and `#!` lines are followed as the container would follow them.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Component, Path, PathBuf};
+
+use berth_common::fs::openat2_in_root;
+use rustix::fs::{FileType, Mode, OFlags};
 
 use crate::elf::{
     Coverage, ElfError, ElfFile, ElfSource, GLIBC_FLOOR, GlibcVersion, classify, libc_version,
@@ -48,39 +54,67 @@ pub trait RootView {
     fn display(&self, rel: &Path) -> PathBuf;
 }
 
-/// A root that is a directory on this host.
+/// A root that is a directory on this host, opened once: every path is resolved inside it by
+/// the kernel (`openat2(RESOLVE_IN_ROOT)`), so a link the container swaps in while we look
+/// still cannot lead the agent out of the root.
 pub struct DirRoot<'a> {
     root: &'a Path,
+    fd: OwnedFd,
 }
 
 impl<'a> DirRoot<'a> {
-    pub fn new(root: &'a Path) -> Self {
-        DirRoot { root }
+    pub fn open(root: &'a Path) -> io::Result<Self> {
+        let fd = rustix::fs::open(
+            root,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(DirRoot { root, fd })
+    }
+
+    /// An `O_PATH` fd of `rel` itself (a final symbolic link not followed).
+    fn path_fd(&self, rel: &Path) -> io::Result<OwnedFd> {
+        Ok(openat2_in_root(
+            &self.fd,
+            rel,
+            OFlags::PATH | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )?)
     }
 }
 
 impl RootView for DirRoot<'_> {
     fn kind(&self, rel: &Path) -> io::Result<Option<EntryKind>> {
-        match std::fs::symlink_metadata(self.root.join(rel)) {
-            Ok(m) => Ok(Some(kind_of(&m.file_type()))),
+        let fd = match self.path_fd(rel) {
+            Ok(fd) => fd,
             Err(e)
                 if matches!(
                     e.kind(),
                     io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
                 ) =>
             {
-                Ok(None)
+                return Ok(None);
             }
-            Err(e) => Err(e),
-        }
+            Err(e) => return Err(e),
+        };
+        let st = rustix::fs::fstat(&fd)?;
+        Ok(Some(match FileType::from_raw_mode(st.st_mode) {
+            FileType::Symlink => EntryKind::Symlink,
+            FileType::Directory => EntryKind::Dir,
+            FileType::RegularFile => EntryKind::File,
+            _ => EntryKind::Other,
+        }))
     }
 
     fn read_link(&self, rel: &Path) -> io::Result<PathBuf> {
-        std::fs::read_link(self.root.join(rel))
+        let fd = self.path_fd(rel)?;
+        let target = rustix::fs::readlinkat(&fd, c"", Vec::new())?;
+        Ok(PathBuf::from(OsString::from_vec(target.into_bytes())))
     }
 
     fn open(&self, rel: &Path) -> io::Result<File> {
-        File::open(self.root.join(rel))
+        let fd = openat2_in_root(&self.fd, rel, OFlags::RDONLY, Mode::empty())?;
+        Ok(File::from(fd))
     }
 
     fn display(&self, rel: &Path) -> PathBuf {
@@ -281,6 +315,32 @@ fn image_glibc<V: RootView + ?Sized>(view: &V) -> Option<GlibcVersion> {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn a_dir_root_never_lets_a_link_out() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/os-release"), "inside").unwrap();
+        std::os::unix::fs::symlink("/etc/os-release", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../..", root.join("etc/up")).unwrap();
+        let view = DirRoot::open(&root).unwrap();
+        assert_eq!(
+            view.kind(Path::new("abs")).unwrap(),
+            Some(EntryKind::Symlink)
+        );
+        assert_eq!(view.kind(Path::new("etc")).unwrap(), Some(EntryKind::Dir));
+        assert_eq!(view.kind(Path::new("nope/x")).unwrap(), None);
+        assert_eq!(
+            view.read_link(Path::new("abs")).unwrap(),
+            Path::new("/etc/os-release")
+        );
+        // Opened as the container would: the root's file, not the host's.
+        let read = |p: &str| std::io::read_to_string(view.open(Path::new(p)).unwrap()).unwrap();
+        assert_eq!(read("abs"), "inside");
+        assert_eq!(read("etc/up/etc/os-release"), "inside");
+        assert_eq!(view.display(Path::new("abs")), root.join("abs"));
+    }
 
     /// A root held in memory: files are copies of host files, links are targets.
     #[derive(Default)]

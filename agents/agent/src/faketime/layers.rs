@@ -303,7 +303,7 @@ mod tests {
             }
         }
         let _guard = Unmount(&at);
-        let kernel = berth_faketime::rootfs::DirRoot::new(&at);
+        let kernel = berth_faketime::rootfs::DirRoot::open(&at).unwrap();
         for p in [
             "bin",
             "bin/sh",

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use berth_faketime::Coverage;
 use berth_faketime::elf::{ElfError, inspect_in_root};
-use berth_faketime::rootfs::{DirRoot, inspect};
+use berth_faketime::rootfs::inspect;
 use berth_nri::Container;
 use containerd_client::services::v1::snapshots as snap;
 use containerd_client::types::Mount;
@@ -331,7 +331,7 @@ impl<A: SnapshotApi + 'static> ContainerdProbe<A> {
         // stopped waiting for it, so the image's next container finds it.
         tokio::task::spawn_blocking(move || {
             let verdict = match root.under(&api.host_root()) {
-                SnapshotRoot::Dir(d) => inspect(&DirRoot::new(&d), &program, path.as_deref()),
+                SnapshotRoot::Dir(d) => inspect_in_root(&d, &program, path.as_deref()),
                 SnapshotRoot::Layers(l) => inspect(&LayerRoot::new(l), &program, path.as_deref()),
             }?;
             if let Some(k) = key {
@@ -555,7 +555,7 @@ mod tests {
         let r = run(async { probe.inspect(&ctr("c1", "/bin/sh", "/bin")).await });
         match r {
             Err(e @ ProbeError::Rpc { .. }) => {
-                let text = crate::faketime::service::chain(&e);
+                let text = berth_common::error_chain(&e);
                 assert!(text.contains("containerd.sock"), "{text}");
                 assert!(text.contains("Snapshots.Stat"), "{text}");
             }

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use berth_common::error_chain;
 use berth_faketime::env::Injection;
 use berth_faketime::shim::CONTAINER_SHIM_PATH;
 use berth_faketime::{Coverage, Offset, file, install_shim, plan};
@@ -210,7 +211,7 @@ impl FakeTime {
         match wanted {
             Ok(None) => return Ok(None),
             Ok(Some(_)) => {}
-            Err(e) => return Err(self.refuse(pod, ctr, &value, &chain(&e))),
+            Err(e) => return Err(self.refuse(pod, ctr, &value, &error_chain(&e))),
         }
         let started = std::time::Instant::now();
         let probed = judged.unwrap_or(Err(ProbeError::NotJudged));
@@ -228,7 +229,7 @@ impl FakeTime {
         let p = match planned {
             Ok(None) => return Ok(None),
             Ok(Some(p)) => p,
-            Err(e) => return Err(self.refuse(pod, ctr, &value, &chain(&e))),
+            Err(e) => return Err(self.refuse(pod, ctr, &value, &error_chain(&e))),
         };
         let mut entry = Self::entry(pod, ctr, p.offset);
         match probed {
@@ -245,14 +246,14 @@ impl FakeTime {
             Err(e) => {
                 entry.note = format!(
                     "injected before the entry point could be judged ({}); checked when it starts",
-                    chain(&e)
+                    error_chain(&e)
                 );
                 tracing::info!(namespace = %pod.namespace, pod = %pod.name, container = %ctr.name,
-                    reason = %chain(&e), "faketime: entry point not judged at creation");
+                    reason = %error_chain(&e), "faketime: entry point not judged at creation");
             }
         }
         if let Err(e) = p.prepare_host() {
-            return Err(self.refuse(pod, ctr, &value, &chain(&e)));
+            return Err(self.refuse(pod, ctr, &value, &error_chain(&e)));
         }
         entry.injected = true;
         let id = ctr.id.clone();
@@ -260,7 +261,7 @@ impl FakeTime {
             m.insert(id, entry.clone());
         }) {
             let _ = plan::remove_state_dir(&dir);
-            return Err(self.refuse(pod, ctr, &value, &chain(&e)));
+            return Err(self.refuse(pod, ctr, &value, &error_chain(&e)));
         }
         let prepare_us = started.elapsed().as_micros() as u64;
         tracing::info!(namespace = %pod.namespace, pod = %pod.name, container = %ctr.name, id = %ctr.id,
@@ -317,7 +318,7 @@ impl FakeTime {
         if let Err(e) = self.store.update(|m| {
             m.insert(id, kept);
         }) {
-            tracing::error!(error = %chain(&e), "cannot record faketime state");
+            tracing::error!(error = %error_chain(&e), "cannot record faketime state");
         }
         tracing::warn!(namespace = %pod.namespace, pod = %pod.name, container = %ctr.name, id = %ctr.id,
             value, reason = %reason, "faketime not injected: the container runs with the real clock");
@@ -343,7 +344,7 @@ impl FakeTime {
             .store
             .update(|m| m.remove(id).is_some())
             .unwrap_or_else(|e| {
-                tracing::error!(error = %chain(&e), "cannot update faketime state");
+                tracing::error!(error = %error_chain(&e), "cannot update faketime state");
                 false
             });
         let dir = self.store.container_dir(id);
@@ -373,7 +374,7 @@ impl FakeTime {
         let cov = match inspect_process(ctr.pid) {
             Ok(c) => c,
             Err(err) => {
-                tracing::warn!(id = %ctr.id, error = %chain(&err), "faketime: cannot judge the running entry point");
+                tracing::warn!(id = %ctr.id, error = %error_chain(&err), "faketime: cannot judge the running entry point");
                 return;
             }
         };
@@ -391,7 +392,7 @@ impl FakeTime {
                 .container_dir(&ctr.id)
                 .join(file::TIMESTAMP_FILE_NAME);
             if let Err(e) = file::write_timestamp_file(&f, Offset::ZERO) {
-                tracing::error!(error = %chain(&e), "cannot reset the faketime offset");
+                tracing::error!(error = %error_chain(&e), "cannot reset the faketime offset");
             }
             if self.cfg.on_uncovered == OnUncovered::Refuse {
                 tracing::error!(id = %ctr.id, "faketime: on_uncovered = \"refuse\" cannot stop a container that already runs; it was not judged at creation because containerd did not answer at faketime.containerd_address (see the container's note)");
@@ -441,7 +442,7 @@ impl FakeTime {
                 .map(|(id, _)| id.clone())
                 .collect(),
             Err(e) => {
-                tracing::error!(error = %chain(&e), "cannot read faketime state");
+                tracing::error!(error = %error_chain(&e), "cannot read faketime state");
                 return;
             }
         };
@@ -488,7 +489,7 @@ impl FakeTime {
             }
         });
         if let Err(e) = r {
-            tracing::error!(error = %chain(&e), "cannot reconcile faketime state");
+            tracing::error!(error = %error_chain(&e), "cannot reconcile faketime state");
             return;
         }
         // Dirs on disk without a live container (state lost, or removal missed).
@@ -514,18 +515,6 @@ impl FakeTime {
             "faketime synchronized"
         );
     }
-}
-
-/// An error and its sources on one line.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
 }
 
 #[cfg(test)]

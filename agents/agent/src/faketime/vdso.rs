@@ -20,13 +20,14 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use berth_common::error_chain;
 use berth_faketime::Coverage;
 use berth_faketime::vdso::{self, Carried, PatchError, SetOutcome};
 use berth_nri::{Container, HandlerError, PodSandbox};
 use serde::{Deserialize, Serialize};
 
 use super::probe::inspect_process;
-use super::service::{FakeTime, Injected, chain};
+use super::service::{FakeTime, Injected};
 use super::store::{CheckedAt, CoverageRecord, Entry, Store, now_rfc3339};
 use crate::events::Record;
 
@@ -272,7 +273,7 @@ pub fn processes(store: &Store, id: &str, e: &Entry) -> Vec<ProcessStatus> {
                 c.reason()
             ),
             Ok(c) => c.reason(),
-            Err(err) => format!("cannot judge its program: {}", chain(err)),
+            Err(err) => format!("cannot judge its program: {}", error_chain(err)),
         };
         out.push(s);
     }
@@ -319,7 +320,7 @@ impl FakeTime {
     ) -> Result<Option<Injected>, HandlerError> {
         let dir = self.store.container_dir(&ctr.id);
         if let Err(e) = plan.prepare_host() {
-            return Err(self.refuse(pod, ctr, value, &chain(&e)));
+            return Err(self.refuse(pod, ctr, value, &error_chain(&e)));
         }
         entry.injected = false;
         let id = ctr.id.clone();
@@ -328,7 +329,7 @@ impl FakeTime {
             m.insert(id, kept);
         }) {
             let _ = berth_faketime::plan::remove_state_dir(&dir);
-            return Err(self.refuse(pod, ctr, value, &chain(&e)));
+            return Err(self.refuse(pod, ctr, value, &error_chain(&e)));
         }
         let reason = entry.coverage.as_ref().map(|c| c.reason.clone());
         tracing::info!(namespace = %pod.namespace, pod = %pod.name, container = %ctr.name, id = %ctr.id,
@@ -373,7 +374,7 @@ impl FakeTime {
             Ok(c) => c,
             Err(err) if planned => {
                 // judged at creation; the process itself is what gets patched
-                tracing::debug!(id = %ctr.id, error = %chain(&err), "faketime: cannot judge the running entry point");
+                tracing::debug!(id = %ctr.id, error = %error_chain(&err), "faketime: cannot judge the running entry point");
                 Coverage::Static
             }
             Err(_) => return, // the shim's own check reports it
@@ -408,7 +409,7 @@ impl FakeTime {
             Ok(Some(r)) => r,
             Ok(None) => return, // removed meanwhile
             Err(err) => {
-                tracing::error!(id = %ctr.id, error = %chain(&err), "faketime: cannot record the vDSO patch");
+                tracing::error!(id = %ctr.id, error = %error_chain(&err), "faketime: cannot record the vDSO patch");
                 return;
             }
         };

@@ -47,14 +47,7 @@ impl Refusal {
 
     /// The whole chain in one line, for the runtime's error message and the event record.
     pub fn chain(&self) -> String {
-        let mut s = self.to_string();
-        let mut src = std::error::Error::source(self);
-        while let Some(e) = src {
-            s.push_str(": ");
-            s.push_str(&e.to_string());
-            src = e.source();
-        }
-        s
+        berth_common::error_chain(self)
     }
 }
 

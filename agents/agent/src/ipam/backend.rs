@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
-use berth_api::{BackendError, CoreIpam, IpamBackend};
+use berth_api::{BackendError, IpamBackend};
 use berth_proto::v1;
 
 use super::collector::{Collector, GcError};
+use super::core::{CoreIpam, allocation, backend_error};
 
 pub struct AgentIpam {
     core: CoreIpam,
@@ -76,12 +77,12 @@ impl IpamBackend for AgentIpam {
             .map_err(|e| BackendError::Internal(format!("ipam gc task failed: {e}")))?
             .map_err(|e| match e {
                 GcError::Incomplete(_) => BackendError::Unavailable(e.to_string()),
-                GcError::Store(s) => BackendError::from(s),
+                GcError::Store(s) => backend_error(s),
             })?;
         Ok(report
             .collected
             .iter()
-            .map(|l| berth_api::ipam_core::allocation(&self.network, l))
+            .map(|l| allocation(&self.network, l))
             .collect())
     }
 }

@@ -1,9 +1,10 @@
 //! The node's IPAM as the agent sees it: the network named by `ipam_network`, served by the
-//! API's `Ipam` service ([`backend`]), and the collection of leases that the runtime leaked
+//! API's `Ipam` service ([`backend`] over the core's admin calls: [`core`]), and the collection of leases that the runtime leaked
 //! ([`collector`], fed by the pod sandboxes NRI reports: [`sandboxes`]).
 
 pub mod backend;
 pub mod collector;
+pub mod core;
 pub mod sandboxes;
 
 use std::path::Path;

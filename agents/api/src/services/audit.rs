@@ -4,6 +4,7 @@ use berth_proto::v1;
 use tonic::{Request, Response, Status};
 
 use crate::audit::{AuditFilter, AuditLog};
+use crate::error::ServiceError;
 
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 10_000;
@@ -38,8 +39,11 @@ impl v1::audit_server::Audit for AuditService {
         let log = self.log.clone();
         let (records, truncated) = tokio::task::spawn_blocking(move || log.query(&filter, limit))
             .await
-            .map_err(|e| Status::internal(format!("audit query task failed: {e}")))?
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|source| ServiceError::Task {
+                what: "audit query",
+                source,
+            })?
+            .map_err(ServiceError::from)?;
         Ok(Response::new(v1::AuditQueryResponse {
             records: records
                 .into_iter()

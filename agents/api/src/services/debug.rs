@@ -1,29 +1,25 @@
-//! `berth.v1.Debug`: debug containers over [`berth_debug::DebugManager`].
+//! `berth.v1.Debug`: debug containers over a [`DebugBackend`].
 //!
 //! The guard authorized the method for the target pod's namespace (from the first message of
 //! a stream); this service adds what only it can check: the profile and the image against the
 //! caller's roles (`debug_profiles`, `debug_images`), and that a session id named in a request
 //! belongs to the pod the caller was authorized for. What happens inside a session (lines
-//! typed, execs, files copied, start and end) goes to the API audit log as `debug` events.
+//! typed, execs, files copied, start and end) goes to the API audit log as `debug` events
+//! (see [`crate::backend::debug::DebugEvents`]).
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
 
-use berth_debug::{
-    AuditEvent, AuditSink, Caller as DebugCaller, CopyDirection, DebugConfig, DebugManager,
-    ExecOutput, ExecRequest, Input, Output, Profile, SessionInfo, StartRequest, Target,
-};
 use berth_proto::v1;
 use bytes::Bytes;
-use futures_util::Stream;
-use tokio::sync::{OnceCell, mpsc, watch};
+use futures_util::{Stream, StreamExt};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::audit::{AuditLog, AuditRecord};
+use crate::backend::debug::{
+    DebugAttachment, DebugBackend, DebugInput, DebugSession, DebugStart, SessionPod, Sessions,
+};
 use crate::backend::valid_k8s_name;
 use crate::layer::CallContext;
 use crate::policy::PolicyStore;
@@ -35,176 +31,10 @@ const COPY_CHUNK: usize = 64 << 10;
 /// How long a one-shot session's tools process idles (it is terminated after the command).
 const IDLE_COMMAND: [&str; 2] = ["sleep", "2147483647"];
 
-/// Where a session's target is, as the API named it.
-#[derive(Debug, Clone)]
-pub(crate) struct SessionPod {
-    namespace: String,
-    pod: String,
-    container: String,
-    container_id: String,
-}
-
-pub(crate) type Sessions = Arc<Mutex<HashMap<String, SessionPod>>>;
-
-/// The manager, once containerd answered (the agent may start before containerd).
-#[derive(Clone)]
-pub struct DebugHandle {
-    manager: Arc<OnceCell<DebugManager>>,
-    socket: PathBuf,
-    default_image: String,
-    copy_limit: u64,
-}
-
-impl DebugHandle {
-    fn get(&self) -> Result<&DebugManager, Status> {
-        self.manager.get().ok_or_else(|| {
-            Status::unavailable(format!(
-                "debug containers are not ready: containerd at {} has not answered yet; retry \
-                 in a few seconds",
-                self.socket.display()
-            ))
-        })
-    }
-}
-
-/// Starts connecting to containerd in the background (with backoff), then removes what a
-/// previous agent left behind. Calls before that answer UNAVAILABLE.
-pub(crate) fn start_manager(config: DebugConfig, audit: AuditLog) -> (DebugHandle, Sessions) {
-    let sessions: Sessions = Arc::default();
-    let handle = DebugHandle {
-        manager: Arc::new(OnceCell::new()),
-        socket: config.containerd_socket.clone(),
-        default_image: config.image.clone(),
-        copy_limit: config.copy_limit_bytes,
-    };
-    let sink = Arc::new(ApiDebugAudit {
-        audit,
-        sessions: sessions.clone(),
-    });
-    let cell = handle.manager.clone();
-    tokio::spawn(async move {
-        let mut delay = Duration::from_millis(200);
-        loop {
-            match DebugManager::connect(config.clone(), sink.clone()).await {
-                Ok(m) => {
-                    match m.reconcile().await {
-                        Ok(r) if !r.containers.is_empty() || !r.failures.is_empty() => {
-                            tracing::info!(removed = ?r.containers, failures = ?r.failures,
-                                "debug: leftovers of a previous agent reconciled");
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "debug: reconcile failed"),
-                    }
-                    let _ = cell.set(m);
-                    tracing::info!("debug containers ready");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?delay, "debug: containerd not reachable");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
-    });
-    (handle, sessions)
-}
-
-/// Session events into the API's hash-chained audit log.
-struct ApiDebugAudit {
-    audit: AuditLog,
-    sessions: Sessions,
-}
-
-impl AuditSink for ApiDebugAudit {
-    fn record(&self, at: SystemTime, event: AuditEvent) {
-        let (session, caller, method) = match &event {
-            AuditEvent::SessionStarted {
-                session, caller, ..
-            }
-            | AuditEvent::SessionEnded {
-                session, caller, ..
-            }
-            | AuditEvent::Attached { session, caller }
-            | AuditEvent::Detached { session, caller }
-            | AuditEvent::CommandLine {
-                session, caller, ..
-            } => (session, caller, "/berth.v1.Debug/Attach"),
-            AuditEvent::Exec {
-                session, caller, ..
-            } => (session, caller, "/berth.v1.Debug/Exec"),
-            AuditEvent::FileCopy {
-                session,
-                caller,
-                direction,
-                ..
-            }
-            | AuditEvent::FileCopyFailed {
-                session,
-                caller,
-                direction,
-                ..
-            } => (
-                session,
-                caller,
-                match direction {
-                    CopyDirection::In => "/berth.v1.Debug/CopyIn",
-                    CopyDirection::Out => "/berth.v1.Debug/CopyOut",
-                },
-            ),
-        };
-        let pod = self
-            .sessions
-            .lock()
-            .expect("sessions lock")
-            .get(session)
-            .cloned();
-        let target = match pod {
-            Some(p) => format!(
-                "pod {}/{} container {} session {session}",
-                p.namespace, p.pod, p.container
-            ),
-            None => format!("session {session}"),
-        };
-        let denied = matches!(
-            &event,
-            AuditEvent::Exec {
-                denied_by: Some(_),
-                ..
-            }
-        ) || matches!(&event, AuditEvent::FileCopyFailed { .. });
-        let rec = AuditRecord {
-            prev: String::new(),
-            time: chrono::DateTime::<chrono::Utc>::from(at)
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            event: "debug".into(),
-            call_id: String::new(),
-            identity: caller.identity.clone(),
-            groups: Vec::new(),
-            transport: "debug".into(),
-            peer: String::new(),
-            method: method.into(),
-            target,
-            decision: if denied { "deny" } else { "allow" }.into(),
-            reason: String::new(),
-            code: 0,
-            duration_us: 0,
-            bytes_sent: 0,
-            bytes_received: 0,
-            detail: serde_json::to_value(&event).ok(),
-        };
-        self.audit.append_detached(&rec);
-    }
-}
-
 pub struct DebugService {
-    pub(crate) handle: DebugHandle,
+    pub(crate) backend: Arc<dyn DebugBackend>,
     pub(crate) sessions: Sessions,
     pub(crate) policy: PolicyStore,
-}
-
-fn debug_status(e: berth_debug::Error) -> Status {
-    Status::new(e.code(), e.to_string())
 }
 
 fn check_pod(pod: Option<v1::PodRef>) -> Result<v1::PodRef, Status> {
@@ -219,8 +49,13 @@ fn check_pod(pod: Option<v1::PodRef>) -> Result<v1::PodRef, Status> {
     Ok(pod)
 }
 
-fn caller_of(ctx: &CallContext) -> DebugCaller {
-    DebugCaller::new(ctx.caller.identity.clone())
+/// "a, b or c".
+fn one_of(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => (*one).to_string(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
 }
 
 impl DebugService {
@@ -230,17 +65,19 @@ impl DebugService {
         ctx: &CallContext,
         profile: &str,
         image: &str,
-    ) -> Result<(Profile, Option<String>), Status> {
+    ) -> Result<(String, Option<String>), Status> {
         let profile_name = if profile.is_empty() {
             "general"
         } else {
             profile
         };
-        let parsed: Profile = profile_name.parse().map_err(|_| {
-            Status::invalid_argument(format!(
-                "unknown debug profile {profile_name:?}: use general, netadmin or sysadmin"
-            ))
-        })?;
+        let profiles = self.backend.profiles();
+        if !profiles.contains(&profile_name) {
+            return Err(Status::invalid_argument(format!(
+                "unknown debug profile {profile_name:?}: use {}",
+                one_of(profiles)
+            )));
+        }
         let policy = self.policy.current();
         if !policy.allows_debug_profile(&ctx.roles, profile_name) {
             return Err(Status::permission_denied(format!(
@@ -251,19 +88,19 @@ impl DebugService {
             )));
         }
         let image = image.trim();
-        if image.is_empty() || image == self.handle.default_image {
-            return Ok((parsed, None));
+        let default_image = self.backend.default_image();
+        if image.is_empty() || image == default_image {
+            return Ok((profile_name.to_string(), None));
         }
         if !policy.allows_debug_image(&ctx.roles, image) {
             return Err(Status::permission_denied(format!(
-                "roles [{}] of {} do not allow debug image {image} (the default is {}; a role \
-                 needs it in debug_images)",
+                "roles [{}] of {} do not allow debug image {image} (the default is \
+                 {default_image}; a role needs it in debug_images)",
                 ctx.roles.join(", "),
                 ctx.caller.identity,
-                self.handle.default_image
             )));
         }
-        Ok((parsed, Some(image.to_string())))
+        Ok((profile_name.to_string(), Some(image.to_string())))
     }
 
     /// The session `id`, which must target `pod`: another pod's session looks missing.
@@ -283,71 +120,66 @@ impl DebugService {
         }
     }
 
-    async fn find(
-        &self,
-        pod: &v1::PodRef,
-        container: &str,
-    ) -> Result<(DebugManager, SessionPod), Status> {
-        let m = self.handle.get()?.clone();
-        let (id, name) = m
+    async fn find(&self, pod: &v1::PodRef, container: &str) -> Result<SessionPod, Status> {
+        let target = self
+            .backend
             .find_target(
                 &pod.namespace,
                 &pod.pod,
                 (!container.is_empty()).then_some(container),
             )
-            .await
-            .map_err(debug_status)?;
-        Ok((
-            m,
-            SessionPod {
-                namespace: pod.namespace.clone(),
-                pod: pod.pod.clone(),
-                container: name,
-                container_id: id,
-            },
-        ))
+            .await?;
+        Ok(SessionPod {
+            namespace: pod.namespace.clone(),
+            pod: pod.pod.clone(),
+            container: target.container,
+            container_id: target.container_id,
+        })
     }
 
     /// Starts a session and remembers which pod it is for.
-    async fn start(
-        &self,
-        m: &DebugManager,
-        target: SessionPod,
-        req: StartRequest,
-    ) -> Result<SessionInfo, Status> {
-        let info = m.start(req).await.map_err(debug_status)?;
-        self.remember(m, target, &info);
+    async fn start(&self, target: SessionPod, req: DebugStart) -> Result<DebugSession, Status> {
+        let info = self.backend.start_session(req).await?;
+        self.remember(target, &info);
         Ok(info)
     }
 
     /// Starts a session with its caller attached from the start (see
-    /// [`DebugManager::start_attached`]).
+    /// [`DebugBackend::start_attached`]).
     async fn start_attached(
         &self,
-        m: &DebugManager,
         target: SessionPod,
-        req: StartRequest,
-    ) -> Result<(SessionInfo, berth_debug::Attachment), Status> {
-        let (info, attachment) = m.start_attached(req).await.map_err(debug_status)?;
-        self.remember(m, target, &info);
+        req: DebugStart,
+    ) -> Result<(DebugSession, DebugAttachment), Status> {
+        let (info, attachment) = self.backend.start_attached(req).await?;
+        self.remember(target, &info);
         Ok((info, attachment))
     }
 
-    fn remember(&self, m: &DebugManager, target: SessionPod, info: &SessionInfo) {
+    fn remember(&self, target: SessionPod, info: &DebugSession) {
         self.sessions
             .lock()
             .expect("sessions lock")
-            .insert(info.id.clone(), target.clone());
+            .insert(info.id.clone(), target);
         // Forget the session once it is over.
         let sessions = self.sessions.clone();
-        let (m2, id) = (m.clone(), info.id.clone());
+        let (backend, id) = (self.backend.clone(), info.id.clone());
         tokio::spawn(async move {
-            m2.wait_ended(&id).await;
+            backend.wait_ended(&id).await;
             sessions.lock().expect("sessions lock").remove(&id);
         });
     }
 
-    fn to_proto(&self, info: &SessionInfo) -> v1::DebugSession {
+    /// The live session `id`.
+    fn live_session(&self, id: &str) -> Result<DebugSession, Status> {
+        self.backend
+            .sessions()?
+            .into_iter()
+            .find(|i| i.id == id)
+            .ok_or_else(|| Status::not_found(format!("no debug session {id}")))
+    }
+
+    fn to_proto(&self, info: &DebugSession) -> v1::DebugSession {
         let pod = self
             .sessions
             .lock()
@@ -369,8 +201,8 @@ impl DebugService {
                 .map(|p| p.container_id.clone())
                 .unwrap_or_default(),
             target_pid: info.target_pid,
-            caller: info.caller.identity.clone(),
-            profile: info.profile.as_str().into(),
+            caller: info.caller.clone(),
+            profile: info.profile.clone(),
             image: info.image.clone(),
             command: info.command.clone(),
             tty: info.tty,
@@ -380,33 +212,23 @@ impl DebugService {
     }
 }
 
-fn to_input(msg: v1::attach_request::Msg) -> Option<Input> {
+fn clamp_u16(v: u32) -> u16 {
+    v.min(u32::from(u16::MAX)) as u16
+}
+
+fn to_input(msg: v1::attach_request::Msg) -> Option<DebugInput> {
     use v1::attach_request::Msg;
     Some(match msg {
-        Msg::Stdin(b) => Input::Stdin(b.into()),
-        Msg::Resize(r) => Input::Resize {
-            cols: r.cols.min(u32::from(u16::MAX)) as u16,
-            rows: r.rows.min(u32::from(u16::MAX)) as u16,
+        Msg::Stdin(b) => DebugInput::Stdin(b.into()),
+        Msg::Resize(r) => DebugInput::Resize {
+            cols: clamp_u16(r.cols),
+            rows: clamp_u16(r.rows),
         },
-        Msg::Signal(s) => Input::Signal(s),
-        Msg::CloseStdin(true) => Input::CloseStdin,
+        Msg::Signal(s) => DebugInput::Signal(s),
+        Msg::CloseStdin(true) => DebugInput::CloseStdin,
         // A second start/attach on the same stream, or close_stdin=false: nothing to do.
         Msg::CloseStdin(false) | Msg::Start(_) | Msg::Attach(_) => return None,
     })
-}
-
-fn to_output(o: Output) -> v1::AttachResponse {
-    use v1::attach_response::Msg;
-    v1::AttachResponse {
-        msg: Some(match o {
-            Output::Stdout(b) => Msg::Stdout(b.to_vec()),
-            Output::Stderr(b) => Msg::Stderr(b.to_vec()),
-            Output::Exit(end) => Msg::Exit(v1::SessionEnd {
-                reason: end.reason.to_string(),
-                exit_status: end.exit_status,
-            }),
-        }),
-    }
 }
 
 #[tonic::async_trait]
@@ -427,36 +249,29 @@ impl v1::debug_server::Debug for DebugService {
             .await?
             .and_then(|m| m.msg)
             .ok_or_else(|| Status::invalid_argument("Attach needs a first message"))?;
-        let caller = caller_of(&ctx);
+        let caller = ctx.caller.identity.clone();
         let (info, attachment, initial_size) = match first {
             Msg::Start(s) => {
                 let pod = check_pod(s.pod)?;
                 let (profile, image) = self.authorize(&ctx, &s.profile, &s.image)?;
-                let (m, target) = self.find(&pod, &s.container).await?;
-                let req = StartRequest {
-                    target: Target::Container(target.container_id.clone()),
+                let target = self.find(&pod, &s.container).await?;
+                let req = DebugStart {
+                    container_id: target.container_id.clone(),
                     profile,
-                    caller: caller.clone(),
+                    caller,
                     image,
                     command: s.command,
                     tty: s.tty,
                 };
-                let (info, attachment) = self.start_attached(&m, target, req).await?;
+                let (info, attachment) = self.start_attached(target, req).await?;
                 let size = (s.tty && s.cols > 0 && s.rows > 0).then_some((s.cols, s.rows));
                 (info, attachment, size)
             }
             Msg::Attach(a) => {
                 let pod = check_pod(a.pod)?;
                 self.session_of(&pod, &a.session_id)?;
-                let m = self.handle.get()?.clone();
-                let info = m
-                    .list()
-                    .into_iter()
-                    .find(|i| i.id == a.session_id)
-                    .ok_or_else(|| {
-                        Status::not_found(format!("no debug session {}", a.session_id))
-                    })?;
-                let attachment = m.attach(&info.id, &caller).await.map_err(debug_status)?;
+                let info = self.live_session(&a.session_id)?;
+                let attachment = self.backend.attach(&info.id, &caller).await?;
                 (info, attachment, None)
             }
             _ => {
@@ -469,9 +284,9 @@ impl v1::debug_server::Debug for DebugService {
         let mut output = attachment.output;
         if let Some((cols, rows)) = initial_size {
             let _ = input
-                .send(Input::Resize {
-                    cols: cols.min(u32::from(u16::MAX)) as u16,
-                    rows: rows.min(u32::from(u16::MAX)) as u16,
+                .send(DebugInput::Resize {
+                    cols: clamp_u16(cols),
+                    rows: clamp_u16(rows),
                 })
                 .await;
         }
@@ -483,9 +298,10 @@ impl v1::debug_server::Debug for DebugService {
         // Session output → client, `exit` last.
         tokio::spawn(async move {
             if tx.send(Ok(first_msg)).await.is_ok() {
-                while let Some(o) = output.recv().await {
-                    let last = matches!(o, Output::Exit(_));
-                    if tx.send(Ok(to_output(o))).await.is_err() || last {
+                while let Some(msg) = output.next().await {
+                    let last = matches!(msg, v1::attach_response::Msg::Exit(_));
+                    let response = v1::AttachResponse { msg: Some(msg) };
+                    if tx.send(Ok(response)).await.is_err() || last {
                         break;
                     }
                 }
@@ -530,56 +346,41 @@ impl v1::debug_server::Debug for DebugService {
         if r.command.is_empty() {
             return Err(Status::invalid_argument("Exec needs a command"));
         }
-        let caller = caller_of(&ctx);
+        let caller = ctx.caller.identity.clone();
         // In a live session, or in a session made for this command and ended after it.
-        let (m, session, own) = if r.session_id.is_empty() {
+        let (session, own) = if r.session_id.is_empty() {
             let (profile, image) = self.authorize(&ctx, &r.profile, &r.image)?;
-            let (m, target) = self.find(&pod, &r.container).await?;
-            let req = StartRequest {
-                target: Target::Container(target.container_id.clone()),
+            let target = self.find(&pod, &r.container).await?;
+            let req = DebugStart {
+                container_id: target.container_id.clone(),
                 profile,
                 caller: caller.clone(),
                 image,
                 command: IDLE_COMMAND.iter().map(|s| s.to_string()).collect(),
                 tty: false,
             };
-            let info = self.start(&m, target, req).await?;
-            (m, info.id, true)
+            let info = self.start(target, req).await?;
+            (info.id, true)
         } else {
             self.session_of(&pod, &r.session_id)?;
-            (self.handle.get()?.clone(), r.session_id.clone(), false)
+            (r.session_id.clone(), false)
         };
-        let end = move |m: DebugManager, id: String| async move {
-            if own && let Err(e) = m.terminate(&id).await {
-                tracing::warn!(session = %id, error = %e, "debug: ending an exec session failed");
+        let backend = self.backend.clone();
+        let end = move |backend: Arc<dyn DebugBackend>, id: String| async move {
+            if own && let Err(e) = backend.terminate(&id).await {
+                tracing::warn!(session = %id, error = %e.message(), "debug: ending an exec session failed");
             }
         };
-        let stream = match m
-            .exec(
-                &session,
-                ExecRequest {
-                    argv: r.command,
-                    caller,
-                },
-            )
-            .await
-        {
+        let mut output = match backend.exec(&session, r.command, &caller).await {
             Ok(s) => s,
             Err(e) => {
-                end(m, session).await;
-                return Err(debug_status(e));
+                end(backend, session).await;
+                return Err(e);
             }
         };
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
-            use v1::debug_exec_response::Msg;
-            let mut output = stream.output;
-            while let Some(o) = output.recv().await {
-                let msg = match o {
-                    ExecOutput::Stdout(b) => Msg::Stdout(b.to_vec()),
-                    ExecOutput::Stderr(b) => Msg::Stderr(b.to_vec()),
-                    ExecOutput::Exit(s) => Msg::ExitStatus(s),
-                };
+            while let Some(msg) = output.next().await {
                 if tx
                     .send(Ok(v1::DebugExecResponse { msg: Some(msg) }))
                     .await
@@ -588,7 +389,7 @@ impl v1::debug_server::Debug for DebugService {
                     break;
                 }
             }
-            end(m, session).await;
+            end(backend, session).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -606,13 +407,14 @@ impl v1::debug_server::Debug for DebugService {
             ));
         };
         let pod = check_pod(h.pod)?;
-        if h.size > self.handle.copy_limit {
+        let copy_limit = self.backend.copy_limit();
+        if h.size > copy_limit {
             return Err(Status::resource_exhausted(format!(
-                "{} is {} bytes, more than the agent's copy limit of {} bytes",
-                h.path, h.size, self.handle.copy_limit
+                "{} is {} bytes, more than the agent's copy limit of {copy_limit} bytes",
+                h.path, h.size
             )));
         }
-        let (m, target) = self.find(&pod, &h.container).await?;
+        let target = self.find(&pod, &h.container).await?;
         let mut data = Vec::with_capacity(h.size as usize);
         while let Some(msg) = inbound.message().await? {
             if let Some(Msg::Data(d)) = msg.msg {
@@ -634,16 +436,16 @@ impl v1::debug_server::Debug for DebugService {
             )));
         }
         let mode = if h.mode == 0 { 0o644 } else { h.mode & 0o7777 };
-        let written = m
-            .copy_into(
-                &Target::Container(target.container_id),
+        let written = self
+            .backend
+            .copy_in(
+                &target.container_id,
                 &h.path,
                 data,
                 mode,
-                &caller_of(&ctx),
+                &ctx.caller.identity,
             )
-            .await
-            .map_err(debug_status)?;
+            .await?;
         Ok(Response::new(v1::CopyInResponse {
             path: h.path,
             size: written.size,
@@ -659,15 +461,11 @@ impl v1::debug_server::Debug for DebugService {
         let ctx = super::context(&req)?;
         let r = req.into_inner();
         let pod = check_pod(r.pod)?;
-        let (m, target) = self.find(&pod, &r.container).await?;
-        let file = m
-            .copy_out_of(
-                &Target::Container(target.container_id),
-                &r.path,
-                &caller_of(&ctx),
-            )
-            .await
-            .map_err(debug_status)?;
+        let target = self.find(&pod, &r.container).await?;
+        let file = self
+            .backend
+            .copy_out(&target.container_id, &r.path, &ctx.caller.identity)
+            .await?;
         let header = v1::CopyOutResponse {
             msg: Some(Msg::Header(v1::CopyOutHeader {
                 path: r.path,
@@ -694,9 +492,9 @@ impl v1::debug_server::Debug for DebugService {
         req: Request<v1::ListSessionsRequest>,
     ) -> Result<Response<v1::ListSessionsResponse>, Status> {
         let r = req.into_inner();
-        let m = self.handle.get()?;
-        let sessions = m
-            .list()
+        let sessions = self
+            .backend
+            .sessions()?
             .iter()
             .map(|i| self.to_proto(i))
             .filter(|s| {
@@ -713,10 +511,28 @@ impl v1::debug_server::Debug for DebugService {
         let r = req.into_inner();
         let pod = check_pod(r.pod)?;
         self.session_of(&pod, &r.session_id)?;
-        let m = self.handle.get()?;
-        let info = m.list().into_iter().find(|i| i.id == r.session_id);
+        let info = self
+            .backend
+            .sessions()?
+            .into_iter()
+            .find(|i| i.id == r.session_id);
         let session = info.map(|i| self.to_proto(&i));
-        m.terminate(&r.session_id).await.map_err(debug_status)?;
+        self.backend.terminate(&r.session_id).await?;
         Ok(Response::new(v1::TerminateResponse { session }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_of_lists_the_names_as_a_sentence() {
+        assert_eq!(one_of(&[]), "");
+        assert_eq!(one_of(&["general"]), "general");
+        assert_eq!(
+            one_of(&["general", "netadmin", "sysadmin"]),
+            "general, netadmin or sysadmin"
+        );
     }
 }

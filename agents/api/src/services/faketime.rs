@@ -7,7 +7,7 @@ use berth_proto::v1;
 use tonic::{Request, Response, Status};
 
 use crate::backend::{FakeTimeBackend, FakeTimeTarget, valid_k8s_name};
-use crate::error::BackendError;
+use crate::error::{BackendError, ServiceError};
 
 pub struct FakeTimeService {
     pub(crate) backend: Arc<dyn FakeTimeBackend>,
@@ -54,7 +54,10 @@ impl FakeTimeService {
         let backend = self.backend.clone();
         let containers = tokio::task::spawn_blocking(move || f(backend.as_ref()))
             .await
-            .map_err(|e| Status::internal(format!("faketime task failed: {e}")))??;
+            .map_err(|source| ServiceError::Task {
+                what: "faketime",
+                source,
+            })??;
         Ok(Response::new(v1::FakeTimeResponse { containers }))
     }
 }

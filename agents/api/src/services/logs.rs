@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::backend::{LogsBackend, PodLogDir};
 use crate::config::LogsLimits;
+use crate::error::ServiceError;
 use crate::logs_fs;
 
 const CHUNK: usize = 64 << 10;
@@ -92,7 +93,10 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Status::internal(format!("worker task failed: {e}")))?
+        .map_err(|source| ServiceError::Task {
+            what: "worker",
+            source,
+        })?
 }
 
 impl LogsService {
@@ -172,13 +176,9 @@ impl v1::logs_server::Logs for LogsService {
         let (d2, rel) = (dir.clone(), r.path.clone());
         let (file, start) = blocking(move || {
             let mut f = logs_fs::open_file(&d2, &rel)?;
-            let len = f
-                .metadata()
-                .map_err(|e| Status::internal(e.to_string()))?
-                .len();
+            let len = f.metadata().map_err(ServiceError::from)?.len();
             let start = if r.tail_lines > 0 {
-                logs_fs::tail_offset(&mut f, r.tail_lines)
-                    .map_err(|e| Status::internal(e.to_string()))?
+                logs_fs::tail_offset(&mut f, r.tail_lines).map_err(ServiceError::from)?
             } else if r.offset > len {
                 return Err(Status::out_of_range(format!(
                     "offset {} is past the end of the file ({len} bytes)",
@@ -259,7 +259,7 @@ impl v1::logs_server::Logs for LogsService {
                 .and_then(|mut w| {
                     w.flush()
                         .map(|_| ())
-                        .map_err(|e| Status::internal(e.to_string()))
+                        .map_err(|e| ServiceError::from(e).into())
                 });
             if let Err(st) = res {
                 let mut a = abort2.lock().expect("abort lock");
@@ -291,7 +291,7 @@ impl Follower {
         start: u64,
         tx: &mpsc::Sender<Result<v1::LogChunk, Status>>,
     ) -> Result<(), Status> {
-        let ioe = |e: io::Error| Status::internal(format!("reading log file: {e}"));
+        let ioe = |e: io::Error| Status::from(ServiceError::ReadLog(e));
         let mut ino = file.metadata().map_err(ioe)?.ino();
         let mut file = tokio::fs::File::from_std(file);
         let mut pos = file.seek(SeekFrom::Start(start)).await.map_err(ioe)?;
@@ -347,7 +347,7 @@ impl Follower {
             let (dir, rel) = (self.dir.clone(), self.rel.clone());
             let reopened = tokio::task::spawn_blocking(move || logs_fs::open_file(&dir, &rel))
                 .await
-                .map_err(|e| Status::internal(e.to_string()))?;
+                .map_err(ServiceError::from)?;
             if let Ok(f) = reopened {
                 let new_ino = f.metadata().map_err(ioe)?.ino();
                 if new_ino != ino {

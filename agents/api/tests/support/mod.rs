@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_api::client::{self, TlsFiles};
-use berth_api::pki::{Authority, ClientSpec, Issued, Validity};
 use berth_api::{
-    ApiConfig, AuditConfig, BackendError, DirLayout, IpamBackend, RunningServer, Server, TlsConfig,
+    ApiConfig, AuditConfig, BackendError, CopiedIn, CopiedOut, DebugAttachment, DebugBackend,
+    DebugEvent, DebugEvents, DebugInput, DebugSession, DebugStart, DebugTarget, DirLayout,
+    ExecOutput, IpamBackend, RunningServer, Server, TlsConfig,
 };
+use berth_api_client::connect::{self as client, TlsFiles};
+use berth_api_client::pki::{Authority, ClientSpec, Issued, Validity};
 use berth_proto::v1;
 use tonic::transport::Channel;
 
@@ -278,4 +280,161 @@ impl IpamBackend for FakeIpam {
             .ok_or_else(|| BackendError::NotFound(format!("address {address}")))?;
         Ok(all.remove(i))
     }
+}
+
+/// Stdin bytes a fake session received, with the session's id.
+pub type Typed = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// Debug containers in memory: records what was started and typed; an attached session
+/// says `ready`, echoes nothing and ends when its client closes stdin.
+#[derive(Default)]
+pub struct FakeDebug {
+    pub starts: Mutex<Vec<DebugStart>>,
+    pub typed: Typed,
+    events: Mutex<Option<DebugEvents>>,
+}
+
+pub const FAKE_DEBUG_IMAGE: &str = "berth.test/debug-tools:1";
+
+impl FakeDebug {
+    fn session(&self, req: &DebugStart) -> DebugSession {
+        let mut starts = self.starts.lock().unwrap();
+        starts.push(req.clone());
+        DebugSession {
+            id: format!("s-{}", starts.len()),
+            target_pid: 4242,
+            caller: req.caller.clone(),
+            profile: req.profile.clone(),
+            image: req.image.clone().unwrap_or_else(|| FAKE_DEBUG_IMAGE.into()),
+            command: req.command.clone(),
+            tty: req.tty,
+            started_at: std::time::SystemTime::now(),
+            attached: true,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl DebugBackend for FakeDebug {
+    fn start(&self, events: DebugEvents) {
+        *self.events.lock().unwrap() = Some(events);
+    }
+    fn profiles(&self) -> &'static [&'static str] {
+        &["general", "netadmin", "sysadmin"]
+    }
+    fn default_image(&self) -> &str {
+        FAKE_DEBUG_IMAGE
+    }
+    fn copy_limit(&self) -> u64 {
+        1 << 20
+    }
+    async fn find_target(
+        &self,
+        _namespace: &str,
+        pod: &str,
+        container: Option<&str>,
+    ) -> Result<DebugTarget, tonic::Status> {
+        Ok(DebugTarget {
+            container_id: format!("ctr-{pod}"),
+            container: container.unwrap_or("app").into(),
+        })
+    }
+    async fn start_session(&self, req: DebugStart) -> Result<DebugSession, tonic::Status> {
+        Ok(self.session(&req))
+    }
+    async fn start_attached(
+        &self,
+        req: DebugStart,
+    ) -> Result<(DebugSession, DebugAttachment), tonic::Status> {
+        use berth_proto::v1::attach_response::Msg;
+        let session = self.session(&req);
+        let (input, mut typed_rx) = tokio::sync::mpsc::channel::<DebugInput>(8);
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(8);
+        let (typed, events, id) = (
+            self.typed.clone(),
+            self.events.lock().unwrap().clone(),
+            session.id.clone(),
+        );
+        let caller = req.caller.clone();
+        tokio::spawn(async move {
+            let _ = out_tx.send(Msg::Stdout(b"ready".to_vec())).await;
+            while let Some(i) = typed_rx.recv().await {
+                match i {
+                    DebugInput::Stdin(b) => {
+                        typed.lock().unwrap().push((id.clone(), b.to_vec()));
+                        if let Some(ev) = &events {
+                            ev.record(
+                                std::time::SystemTime::now(),
+                                DebugEvent {
+                                    session: id.clone(),
+                                    identity: caller.clone(),
+                                    method: "/berth.v1.Debug/Attach",
+                                    denied: false,
+                                    detail: Some(serde_json::json!({"typed": b.len()})),
+                                },
+                            );
+                        }
+                    }
+                    DebugInput::CloseStdin => break,
+                    DebugInput::Resize { .. } | DebugInput::Signal(_) => {}
+                }
+            }
+            let _ = out_tx
+                .send(Msg::Exit(v1::SessionEnd {
+                    reason: "exited".into(),
+                    exit_status: Some(0),
+                }))
+                .await;
+        });
+        let output = Box::pin(tokio_stream::wrappers::ReceiverStream::new(out_rx));
+        Ok((session, DebugAttachment { input, output }))
+    }
+    async fn attach(&self, session: &str, _caller: &str) -> Result<DebugAttachment, tonic::Status> {
+        Err(tonic::Status::not_found(format!(
+            "no debug session {session}"
+        )))
+    }
+    fn sessions(&self) -> Result<Vec<DebugSession>, tonic::Status> {
+        Ok(Vec::new())
+    }
+    async fn exec(
+        &self,
+        _session: &str,
+        _argv: Vec<String>,
+        _caller: &str,
+    ) -> Result<ExecOutput, tonic::Status> {
+        Err(tonic::Status::unimplemented("the fake runs no commands"))
+    }
+    async fn terminate(&self, _session: &str) -> Result<(), tonic::Status> {
+        Ok(())
+    }
+    async fn wait_ended(&self, _session: &str) {
+        std::future::pending::<()>().await
+    }
+    async fn copy_in(
+        &self,
+        _container_id: &str,
+        _path: &str,
+        _data: Vec<u8>,
+        _mode: u32,
+        _caller: &str,
+    ) -> Result<CopiedIn, tonic::Status> {
+        Err(tonic::Status::unimplemented("the fake copies nothing"))
+    }
+    async fn copy_out(
+        &self,
+        _container_id: &str,
+        _path: &str,
+        _caller: &str,
+    ) -> Result<CopiedOut, tonic::Status> {
+        Err(tonic::Status::unimplemented("the fake copies nothing"))
+    }
+}
+
+/// A pod reference as requests carry it.
+pub fn pod(ns: &str, name: &str) -> Option<v1::PodRef> {
+    Some(v1::PodRef {
+        namespace: ns.into(),
+        pod: name.into(),
+    })
 }

@@ -1,21 +1,19 @@
-//! The containerd calls the session manager makes: image import + unpack into the debug
-//! namespace, containers, tasks, execs and snapshots. Each request carries its namespace.
+//! Tools images: the record copied from the namespace the image was imported into (its blobs
+//! made visible in ours), the layers unpacked into our snapshotter, and the snapshots a
+//! session's root is prepared from.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use containerd_client::services::v1 as api;
 use containerd_client::services::v1::snapshots as snap;
 use containerd_client::types::{Descriptor, Mount};
 use futures::StreamExt;
-use prost_types::Any;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tonic::Request;
 use tonic::transport::Channel;
 
+use super::{Ctrd, ImageInfo, ignore_not_found};
 use crate::error::{Error, Result};
-use crate::spec::{PROCESS_TYPE_URL, SPEC_TYPE_URL};
 
 const INDEX_TYPES: [&str; 2] = [
     "application/vnd.docker.distribution.manifest.list.v2+json",
@@ -26,198 +24,7 @@ const MANIFEST_TYPES: [&str; 2] = [
     "application/vnd.oci.image.manifest.v1+json",
 ];
 
-/// runc shim options (`containerd.runc.v1.Options`), only the fields berth sets.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RuncOptions {
-    #[prost(string, tag = "6")]
-    binary_name: String,
-    #[prost(string, tag = "7")]
-    root: String,
-}
-
-/// An app container of a pod, as CRI labelled it in containerd.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodContainer {
-    pub id: String,
-    /// `io.kubernetes.container.name`.
-    pub name: String,
-    /// Creation time (newest wins when a restarted container's old one is still listed).
-    pub created_unix_ns: i64,
-}
-
-/// What the session manager needs from an unpacked image.
-#[derive(Clone, Debug)]
-pub(crate) struct ImageInfo {
-    pub name: String,
-    /// The chain id of the top layer: the parent of each session's snapshot.
-    pub chain_id: String,
-    pub env: Vec<String>,
-    pub cmd: Vec<String>,
-    pub cwd: String,
-}
-
-#[derive(Clone)]
-pub(crate) struct Ctrd {
-    channel: Channel,
-    /// A containerd lease protecting what this handle creates from garbage collection
-    /// until the objects are referenced (image record, container record).
-    lease: Option<String>,
-    pub ns: String,
-    pub snapshotter: String,
-    runtime: String,
-    runc: Option<Any>,
-}
-
-fn req_leased<T>(ns: &str, lease: Option<&str>, msg: T) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut().insert(
-        "containerd-namespace",
-        ns.parse().expect("namespace names are ASCII"),
-    );
-    if let Some(lease) = lease {
-        r.metadata_mut().insert(
-            "containerd-lease",
-            lease.parse().expect("lease ids are ASCII"),
-        );
-    }
-    r
-}
-
-fn not_found(e: &tonic::Status) -> bool {
-    e.code() == tonic::Code::NotFound
-}
-
 impl Ctrd {
-    pub async fn connect(
-        socket: &Path,
-        ns: &str,
-        snapshotter: &str,
-        runtime: &str,
-        runc_binary: Option<&Path>,
-        runc_root: Option<&Path>,
-    ) -> Result<Ctrd> {
-        let channel =
-            containerd_client::connect(socket)
-                .await
-                .map_err(|source| Error::Connect {
-                    path: socket.to_path_buf(),
-                    source,
-                })?;
-        let runc = (runc_binary.is_some() || runc_root.is_some()).then(|| {
-            let opts = RuncOptions {
-                binary_name: runc_binary
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                root: runc_root
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-            };
-            Any {
-                type_url: "containerd.runc.v1.Options".into(),
-                value: prost::Message::encode_to_vec(&opts),
-            }
-        });
-        Ok(Ctrd {
-            channel,
-            lease: None,
-            ns: ns.to_string(),
-            snapshotter: snapshotter.to_string(),
-            runtime: runtime.to_string(),
-            runc,
-        })
-    }
-
-    fn req<T>(&self, ns: &str, msg: T) -> Request<T> {
-        req_leased(ns, self.lease.as_deref(), msg)
-    }
-
-    /// Creates a lease (expiring by itself after an hour, should the agent die) and returns
-    /// a handle whose requests carry it.
-    pub async fn leased(&self, purpose: &str) -> Result<Ctrd> {
-        let id = format!("berth-debug-{purpose}-{}", uuid::Uuid::new_v4().simple());
-        let expire = humantime::format_rfc3339_seconds(
-            std::time::SystemTime::now() + std::time::Duration::from_secs(3600),
-        );
-        let mut labels = HashMap::new();
-        labels.insert("containerd.io/gc.expire".to_string(), expire.to_string());
-        api::leases_client::LeasesClient::new(self.channel.clone())
-            .create(req_leased(
-                &self.ns,
-                None,
-                api::CreateRequest {
-                    id: id.clone(),
-                    labels,
-                },
-            ))
-            .await
-            .map_err(Error::containerd("creating a lease"))?;
-        Ok(Ctrd {
-            lease: Some(id),
-            ..self.clone()
-        })
-    }
-
-    /// Deletes this handle's lease (what it protected must be referenced by now).
-    pub async fn release(&self) -> Result<()> {
-        let Some(id) = &self.lease else { return Ok(()) };
-        match api::leases_client::LeasesClient::new(self.channel.clone())
-            .delete(req_leased(
-                &self.ns,
-                None,
-                api::DeleteRequest {
-                    id: id.clone(),
-                    sync: false,
-                },
-            ))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if not_found(&e) => Ok(()),
-            Err(e) => Err(Error::containerd(format!("deleting lease {id}"))(e)),
-        }
-    }
-
-    fn tasks(&self) -> api::tasks_client::TasksClient<Channel> {
-        api::tasks_client::TasksClient::new(self.channel.clone())
-    }
-    fn containers(&self) -> api::containers_client::ContainersClient<Channel> {
-        api::containers_client::ContainersClient::new(self.channel.clone())
-    }
-    fn snapshots(&self) -> snap::snapshots_client::SnapshotsClient<Channel> {
-        snap::snapshots_client::SnapshotsClient::new(self.channel.clone())
-    }
-    fn content(&self) -> api::content_client::ContentClient<Channel> {
-        api::content_client::ContentClient::new(self.channel.clone())
-    }
-    fn images(&self) -> api::images_client::ImagesClient<Channel> {
-        api::images_client::ImagesClient::new(self.channel.clone())
-    }
-
-    /// The pid of a running task in another namespace (the target's).
-    pub async fn task_pid(&self, ns: &str, container_id: &str) -> Result<Option<u32>> {
-        let got = self
-            .tasks()
-            .get(self.req(
-                ns,
-                api::GetRequest {
-                    container_id: container_id.to_string(),
-                    exec_id: String::new(),
-                },
-            ))
-            .await;
-        match got {
-            Ok(r) => Ok(r
-                .into_inner()
-                .process
-                .filter(|p| p.status == containerd_client::types::v1::Status::Running as i32)
-                .map(|p| p.pid)),
-            Err(e) if not_found(&e) => Ok(None),
-            Err(e) => Err(Error::containerd("getting the target task")(e)),
-        }
-    }
-
-    // ---- images ------------------------------------------------------------------------
-
     /// Makes `image` usable in our namespace: copies the image record (and makes its blobs
     /// visible) from `source_ns` if needed, and unpacks its layers into our snapshotter.
     pub async fn ensure_image(&self, image: &str, source_ns: &str) -> Result<ImageInfo> {
@@ -318,7 +125,7 @@ impl Ctrd {
     }
 
     async fn image_target(&self, ns: &str, image: &str) -> Result<Option<Descriptor>> {
-        match self
+        let got = self
             .images()
             .get(self.req(
                 ns,
@@ -326,14 +133,12 @@ impl Ctrd {
                     name: image.to_string(),
                 },
             ))
-            .await
-        {
-            Ok(r) => Ok(r.into_inner().image.and_then(|i| i.target)),
-            Err(e) if not_found(&e) => Ok(None),
-            Err(e) => Err(Error::containerd(format!("getting image {image} in {ns}"))(
-                e,
-            )),
-        }
+            .await;
+        Ok(
+            ignore_not_found(got, format!("getting image {image} in {ns}"))?
+                .and_then(|r| r.image)
+                .and_then(|i| i.target),
+        )
     }
 
     /// Copies the image record from `source_ns`, making each blob visible in our namespace
@@ -566,7 +371,7 @@ impl Ctrd {
     }
 
     async fn snapshot_exists(&self, key: &str) -> Result<bool> {
-        match self
+        let stat = self
             .snapshots()
             .stat(self.req(
                 &self.ns,
@@ -575,12 +380,8 @@ impl Ctrd {
                     key: key.to_string(),
                 },
             ))
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if not_found(&e) => Ok(false),
-            Err(e) => Err(Error::containerd(format!("stat snapshot {key}"))(e)),
-        }
+            .await;
+        Ok(ignore_not_found(stat, format!("stat snapshot {key}"))?.is_some())
     }
 
     /// Applies each layer missing from the snapshotter on top of its parent chain.
@@ -667,7 +468,7 @@ impl Ctrd {
     }
 
     pub async fn remove_snapshot(&self, key: &str) -> Result<()> {
-        match self
+        let removed = self
             .snapshots()
             .remove(self.req(
                 &self.ns,
@@ -676,12 +477,8 @@ impl Ctrd {
                     key: key.to_string(),
                 },
             ))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if not_found(&e) => Ok(()),
-            Err(e) => Err(Error::containerd(format!("removing snapshot {key}"))(e)),
-        }
+            .await;
+        ignore_not_found(removed, format!("removing snapshot {key}")).map(|_| ())
     }
 
     /// Active (writable) snapshots: session roots and interrupted unpacks.
@@ -709,296 +506,6 @@ impl Ctrd {
             );
         }
         Ok(keys)
-    }
-
-    // ---- containers and tasks ----------------------------------------------------------
-
-    pub async fn create_container(
-        &self,
-        id: &str,
-        image: &str,
-        spec: &Value,
-        labels: HashMap<String, String>,
-    ) -> Result<()> {
-        self.containers()
-            .create(self.req(
-                &self.ns,
-                api::CreateContainerRequest {
-                    container: Some(api::Container {
-                        id: id.to_string(),
-                        labels,
-                        image: image.to_string(),
-                        runtime: Some(api::container::Runtime {
-                            name: self.runtime.clone(),
-                            options: self.runc.clone(),
-                        }),
-                        spec: Some(Any {
-                            type_url: SPEC_TYPE_URL.into(),
-                            value: serde_json::to_vec(spec).expect("spec serializes"),
-                        }),
-                        snapshotter: self.snapshotter.clone(),
-                        snapshot_key: id.to_string(),
-                        created_at: None,
-                        updated_at: None,
-                        extensions: HashMap::new(),
-                        sandbox: String::new(),
-                    }),
-                },
-            ))
-            .await
-            .map_err(Error::containerd(format!("creating container {id}")))?;
-        Ok(())
-    }
-
-    pub async fn list_containers(&self) -> Result<Vec<String>> {
-        Ok(self
-            .containers()
-            .list(self.req(&self.ns, api::ListContainersRequest { filters: vec![] }))
-            .await
-            .map_err(Error::containerd("listing containers"))?
-            .into_inner()
-            .containers
-            .into_iter()
-            .map(|c| c.id)
-            .collect())
-    }
-
-    /// The app containers (not the sandbox) CRI made for `pod_namespace/pod` in `ns`.
-    pub async fn pod_containers(
-        &self,
-        ns: &str,
-        pod_namespace: &str,
-        pod: &str,
-    ) -> Result<Vec<PodContainer>> {
-        // containerd's filter syntax quotes values; pod and namespace names are DNS names,
-        // which never need escaping (the caller checked them).
-        let filter = format!(
-            "labels.\"io.kubernetes.pod.namespace\"=={pod_namespace},labels.\"io.kubernetes.pod.name\"=={pod},labels.\"io.cri-containerd.kind\"==container"
-        );
-        let list = self
-            .containers()
-            .list(self.req(
-                ns,
-                api::ListContainersRequest {
-                    filters: vec![filter],
-                },
-            ))
-            .await
-            .map_err(Error::containerd("listing the pod's containers"))?
-            .into_inner()
-            .containers;
-        Ok(list
-            .into_iter()
-            .map(|c| PodContainer {
-                name: c
-                    .labels
-                    .get("io.kubernetes.container.name")
-                    .cloned()
-                    .unwrap_or_default(),
-                created_unix_ns: c
-                    .created_at
-                    .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
-                    .unwrap_or(0),
-                id: c.id,
-            })
-            .collect())
-    }
-
-    pub async fn delete_container(&self, id: &str) -> Result<()> {
-        match self
-            .containers()
-            .delete(self.req(&self.ns, api::DeleteContainerRequest { id: id.to_string() }))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if not_found(&e) => Ok(()),
-            Err(e) => Err(Error::containerd(format!("deleting container {id}"))(e)),
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub async fn create_task(
-        &self,
-        id: &str,
-        rootfs: Vec<Mount>,
-        stdin: &str,
-        stdout: &str,
-        stderr: &str,
-        terminal: bool,
-    ) -> Result<u32> {
-        Ok(self
-            .tasks()
-            .create(self.req(
-                &self.ns,
-                api::CreateTaskRequest {
-                    container_id: id.to_string(),
-                    rootfs,
-                    stdin: stdin.to_string(),
-                    stdout: stdout.to_string(),
-                    stderr: stderr.to_string(),
-                    terminal,
-                    checkpoint: None,
-                    options: self.runc.clone(),
-                    runtime_path: String::new(),
-                },
-            ))
-            .await
-            .map_err(Error::containerd(format!("creating task {id}")))?
-            .into_inner()
-            .pid)
-    }
-
-    pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
-        Ok(self
-            .tasks()
-            .start(self.req(
-                &self.ns,
-                api::StartRequest {
-                    container_id: id.to_string(),
-                    exec_id: exec_id.to_string(),
-                },
-            ))
-            .await
-            .map_err(Error::containerd(format!("starting {id} {exec_id}")))?
-            .into_inner()
-            .pid)
-    }
-
-    /// Waits for the task (or exec) to exit; returns its exit status.
-    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<u32> {
-        Ok(self
-            .tasks()
-            .wait(self.req(
-                &self.ns,
-                api::WaitRequest {
-                    container_id: id.to_string(),
-                    exec_id: exec_id.to_string(),
-                },
-            ))
-            .await
-            .map_err(Error::containerd(format!("waiting for {id} {exec_id}")))?
-            .into_inner()
-            .exit_status)
-    }
-
-    pub async fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<()> {
-        match self
-            .tasks()
-            .kill(self.req(
-                &self.ns,
-                api::KillRequest {
-                    container_id: id.to_string(),
-                    exec_id: exec_id.to_string(),
-                    signal,
-                    all,
-                },
-            ))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if not_found(&e) => Ok(()),
-            Err(e) => Err(Error::containerd(format!(
-                "signal {signal} to {id} {exec_id}"
-            ))(e)),
-        }
-    }
-
-    pub async fn resize(&self, id: &str, exec_id: &str, cols: u32, rows: u32) -> Result<()> {
-        self.tasks()
-            .resize_pty(self.req(
-                &self.ns,
-                api::ResizePtyRequest {
-                    container_id: id.to_string(),
-                    exec_id: exec_id.to_string(),
-                    width: cols,
-                    height: rows,
-                },
-            ))
-            .await
-            .map_err(Error::containerd(format!("resizing the tty of {id}")))?;
-        Ok(())
-    }
-
-    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
-        self.tasks()
-            .close_io(self.req(
-                &self.ns,
-                api::CloseIoRequest {
-                    container_id: id.to_string(),
-                    exec_id: exec_id.to_string(),
-                    stdin: true,
-                },
-            ))
-            .await
-            .map_err(Error::containerd(format!("closing stdin of {id}")))?;
-        Ok(())
-    }
-
-    pub async fn delete_task(&self, id: &str) -> Result<()> {
-        match self
-            .tasks()
-            .delete(self.req(
-                &self.ns,
-                api::DeleteTaskRequest {
-                    container_id: id.to_string(),
-                },
-            ))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if not_found(&e) => Ok(()),
-            Err(e) => Err(Error::containerd(format!("deleting task {id}"))(e)),
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub async fn exec(
-        &self,
-        id: &str,
-        exec_id: &str,
-        process: &Value,
-        stdin: &str,
-        stdout: &str,
-        stderr: &str,
-        terminal: bool,
-    ) -> Result<()> {
-        self.tasks()
-            .exec(self.req(
-                &self.ns,
-                api::ExecProcessRequest {
-                    container_id: id.to_string(),
-                    stdin: stdin.to_string(),
-                    stdout: stdout.to_string(),
-                    stderr: stderr.to_string(),
-                    terminal,
-                    spec: Some(Any {
-                        type_url: PROCESS_TYPE_URL.into(),
-                        value: serde_json::to_vec(process).expect("process serializes"),
-                    }),
-                    exec_id: exec_id.to_string(),
-                },
-            ))
-            .await
-            .map_err(Error::containerd(format!("exec in {id}")))?;
-        Ok(())
-    }
-
-    pub async fn delete_process(&self, id: &str, exec_id: &str) -> Result<()> {
-        match self
-            .tasks()
-            .delete_process(self.req(
-                &self.ns,
-                api::DeleteProcessRequest {
-                    container_id: id.to_string(),
-                    exec_id: exec_id.to_string(),
-                },
-            ))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if not_found(&e) => Ok(()),
-            Err(e) => Err(Error::containerd(format!("deleting exec {exec_id}"))(e)),
-        }
     }
 }
 
@@ -1067,17 +574,5 @@ mod tests {
         assert!(!platform_matches(
             &serde_json::json!({"platform": {"os": "linux", "architecture": "s390x"}})
         ));
-    }
-
-    #[test]
-    fn runc_options_encode_with_containerds_field_numbers() {
-        let bytes = prost::Message::encode_to_vec(&RuncOptions {
-            binary_name: "/usr/sbin/runc".into(),
-            root: "/r".into(),
-        });
-        // field 6, wire type 2 → 0x32; field 7 → 0x3a.
-        assert_eq!(bytes[0], 0x32);
-        assert_eq!(bytes[1] as usize, "/usr/sbin/runc".len());
-        assert_eq!(bytes[2 + "/usr/sbin/runc".len()], 0x3a);
     }
 }

@@ -11,7 +11,9 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
-use crate::identity::GROUP_URI_PREFIX;
+/// Prefix of SAN URIs that name a group rather than the caller (the server reads them back
+/// as the caller's groups).
+pub const GROUP_URI_PREFIX: &str = "berth://group/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {

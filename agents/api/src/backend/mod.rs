@@ -1,5 +1,8 @@
 //! The seams between the API and the rest of the agent: where a pod's log directories are,
-//! and the IPAM store. The agent passes real implementations; tests pass fakes.
+//! the IPAM store, faketime control and debug containers ([`debug`]). The agent passes real
+//! implementations; tests pass fakes.
+
+pub mod debug;
 
 use std::path::{Path, PathBuf};
 
@@ -63,7 +66,7 @@ impl LogsBackend for DirLayout {
                 )));
             }
         }
-        use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+        use rustix::fs::{AtFlags, FileType, Mode, OFlags};
         let io =
             |e: rustix::io::Errno| BackendError::Internal(format!("{}: {e}", self.root.display()));
         let root = rustix::fs::open(
@@ -73,12 +76,11 @@ impl LogsBackend for DirLayout {
         )
         .map_err(io)?;
         let rel = format!("{namespace}/{pod}");
-        let pod_dir = match rustix::fs::openat2(
+        let pod_dir = match berth_common::fs::openat2_beneath(
             &root,
             rel.as_str(),
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
             Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
         ) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::NOENT) => {
@@ -110,8 +112,8 @@ impl LogsBackend for DirLayout {
     }
 }
 
-/// The IPAM store as the API sees it. [`crate::ipam_core::CoreIpam`] implements it over
-/// berth-ipam-core; tests use fakes. An empty `network` means every network.
+/// The IPAM store as the API sees it. The agent implements it over berth-ipam-core; tests
+/// use fakes. An empty `network` means every network.
 #[tonic::async_trait]
 pub trait IpamBackend: Send + Sync + 'static {
     /// Leases matching the request's network and pool (the service filters namespaces too).

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use berth_ipam_core::{Event, HistoryQuery, Ipam, IpamError, Lease, LeaseState, Reservation};
 use berth_proto::v1;
 
-use crate::backend::IpamBackend;
-use crate::error::BackendError;
+use berth_api::{BackendError, IpamBackend};
 
 /// The agent's IPAM, served by `berth.v1.Ipam`.
 #[derive(Clone)]
@@ -23,26 +22,20 @@ impl CoreIpam {
     }
 }
 
-fn chain(e: &IpamError) -> String {
-    crate::policy::error_chain(e)
-}
-
-impl From<IpamError> for BackendError {
-    fn from(e: IpamError) -> Self {
-        let msg = chain(&e);
-        match e {
-            IpamError::UnknownPool(_) => BackendError::NotFound(msg),
-            IpamError::Exhausted { .. } => BackendError::Exhausted(msg),
-            IpamError::AddressUnavailable { .. } | IpamError::NoPool { .. } => {
-                BackendError::Precondition(msg)
-            }
-            IpamError::InvalidAnnotation { .. } => BackendError::Invalid(msg),
-            IpamError::Unavailable(_) | IpamError::ClockSkew { .. } => {
-                BackendError::Unavailable(msg)
-            }
-            #[allow(unreachable_patterns)]
-            _ => BackendError::Internal(msg),
+/// The one mapping of the IPAM core's errors to what `berth.v1.Ipam` answers, with the whole
+/// chain as the message.
+pub fn backend_error(e: IpamError) -> BackendError {
+    let msg = berth_common::error_chain(&e);
+    match e {
+        IpamError::UnknownPool(_) => BackendError::NotFound(msg),
+        IpamError::Exhausted { .. } => BackendError::Exhausted(msg),
+        IpamError::AddressUnavailable { .. } | IpamError::NoPool { .. } => {
+            BackendError::Precondition(msg)
         }
+        IpamError::InvalidAnnotation { .. } => BackendError::Invalid(msg),
+        IpamError::Unavailable(_) | IpamError::ClockSkew { .. } => BackendError::Unavailable(msg),
+        #[allow(unreachable_patterns)]
+        _ => BackendError::Internal(msg),
     }
 }
 
@@ -141,7 +134,7 @@ impl CoreIpam {
 
 fn networks(ipam: &Ipam, network: &str) -> Result<Vec<String>, BackendError> {
     if network.is_empty() {
-        Ok(ipam.networks()?)
+        ipam.networks().map_err(backend_error)
     } else {
         Ok(vec![network.to_string()])
     }
@@ -161,7 +154,7 @@ impl IpamBackend for CoreIpam {
         self.run(move |ipam| {
             let mut out = Vec::new();
             for n in networks(ipam, &network)? {
-                let mut leases = ipam.list(&n)?;
+                let mut leases = ipam.list(&n).map_err(backend_error)?;
                 leases.sort_by_key(|l| l.ip);
                 out.extend(leases.iter().map(|l| allocation(&n, l)));
             }
@@ -174,7 +167,7 @@ impl IpamBackend for CoreIpam {
         let (network, addr) = (network.to_string(), ip(address)?);
         self.run(move |ipam| {
             for n in networks(ipam, &network)? {
-                if let Some(l) = ipam.show(&n, addr)? {
+                if let Some(l) = ipam.show(&n, addr).map_err(backend_error)? {
                     return Ok(allocation(&n, &l));
                 }
             }
@@ -203,7 +196,8 @@ impl IpamBackend for CoreIpam {
             let mut out = Vec::new();
             for n in networks(ipam, &network)? {
                 out.extend(
-                    ipam.history(&n, &query)?
+                    ipam.history(&n, &query)
+                        .map_err(backend_error)?
                         .iter()
                         .filter(|e| pool.is_empty() || e.pool == pool)
                         .map(|e| event(&n, e)),
@@ -240,8 +234,13 @@ impl IpamBackend for CoreIpam {
             note: Some(note),
         };
         let network = req.network.clone();
-        self.run(move |ipam| Ok(allocation(&network, &ipam.reserve(&network, addr, &r)?)))
-            .await
+        self.run(move |ipam| {
+            Ok(allocation(
+                &network,
+                &ipam.reserve(&network, addr, &r).map_err(backend_error)?,
+            ))
+        })
+        .await
     }
 
     async fn release(
@@ -251,10 +250,12 @@ impl IpamBackend for CoreIpam {
         _actor: &str,
     ) -> Result<v1::Allocation, BackendError> {
         let (network, addr) = (network.to_string(), ip(address)?);
-        self.run(move |ipam| match ipam.release_ip(&network, addr)? {
-            Some(l) => Ok(allocation(&network, &l)),
-            None => Err(BackendError::NotFound(format!("address {addr}"))),
-        })
+        self.run(
+            move |ipam| match ipam.release_ip(&network, addr).map_err(backend_error)? {
+                Some(l) => Ok(allocation(&network, &l)),
+                None => Err(BackendError::NotFound(format!("address {addr}"))),
+            },
+        )
         .await
     }
 }

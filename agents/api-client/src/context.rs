@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use berth_api::client::TlsFiles;
+use crate::connect::TlsFiles;
 use serde::{Deserialize, Serialize};
 
 /// The agent's local socket on a node (the `unix_socket` of the DaemonSet and the systemd

@@ -1,0 +1,73 @@
+//! Small pieces the agent crates share, so that each rule is written once:
+//!
+//! - [`error_chain`]: an error and its causes on one line;
+//! - [`fs::openat2_beneath`]: opening a path beneath a directory fd without following
+//!   symlinks, magic links or mount points out of it.
+//!
+//! It depends on no berth crate, so the API can use it without a feature crate.
+
+#![forbid(unsafe_code)]
+
+pub mod fs;
+
+/// `error: cause: cause …` on one line, for logs and status messages. The errors' `Display`
+/// describe their own layer only, so no part is printed twice.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+/// Only the causes of `e` (what [`error_chain`] adds after `e` itself), or `None` when it
+/// has none: for a message that already says what failed in its own words.
+pub fn error_causes(e: &dyn std::error::Error) -> Option<String> {
+    let first = e.source()?;
+    Some(error_chain(first))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn chains_join_every_layer_once() {
+        let e = Layer(
+            "cannot open x",
+            Some(Box::new(Layer(
+                "permission denied",
+                Some(Box::new(Layer("os error 13", None))),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&e),
+            "cannot open x: permission denied: os error 13"
+        );
+        assert_eq!(
+            error_causes(&e).as_deref(),
+            Some("permission denied: os error 13")
+        );
+        let alone = Layer("alone", None);
+        assert_eq!(error_chain(&alone), "alone");
+        assert_eq!(error_causes(&alone), None);
+    }
+}
