@@ -14,8 +14,7 @@ use berth_ipam_core::store::etcd::EtcdStore;
 use berth_ipam_core::store::{HistoryLimits, Store};
 use berth_ipam_core::testsupport::EtcdServer;
 use berth_ipam_core::{
-    AllocateRequest, Allocator, Ipam, IpamConfig, Lease, LeaseState, ManualClock, NodeInfo,
-    PodIdentity, Sticky,
+    AllocateRequest, Allocator, Ipam, IpamConfig, Lease, LeaseState, ManualClock, NodeInfo, Sticky,
 };
 use serde_json::json;
 
@@ -50,18 +49,7 @@ fn ipam(store: Arc<EtcdStore>, node: &str, subnet: &str) -> Ipam {
 }
 
 fn req(cid: &str, pod: Option<&str>) -> AllocateRequest {
-    AllocateRequest {
-        network: "net1".into(),
-        container_id: cid.into(),
-        ifname: "eth0".into(),
-        pod: pod.map(|n| PodIdentity {
-            namespace: "ns".into(),
-            name: n.into(),
-            uid: None,
-        }),
-        annotations: BTreeMap::new(),
-        pools: Vec::new(),
-    }
+    conformance::req("net1", cid, pod)
 }
 
 fn ip_of(ipam: &Ipam, r: &AllocateRequest) -> IpAddr {
@@ -201,25 +189,16 @@ fn a_sticky_pod_keeps_its_address_on_another_node() {
 
 /// What the first etcd store wrote: leases and attachment keys, no sticky index, no blocks.
 fn write_old_layout(etcd: &EtcdServer, prefix: &str, leases: &[Lease]) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut c = etcd_client::Client::connect([etcd.endpoint.clone()], None)
-            .await
-            .unwrap();
-        for l in leases {
-            let key = format!("{prefix}/net1/leases/{}", l.ip);
-            c.put(key, serde_json::to_vec(l).unwrap(), None)
-                .await
-                .unwrap();
-            if let Some((cid, ifname)) = l.attachment() {
-                let key = format!("{prefix}/net1/attachments/{cid}/{ifname}");
-                c.put(key, l.ip.to_string(), None).await.unwrap();
-            }
+    let mut pairs = Vec::new();
+    for l in leases {
+        let lease = serde_json::to_vec(l).unwrap();
+        pairs.push((format!("{prefix}/net1/leases/{}", l.ip), lease));
+        if let Some((cid, ifname)) = l.attachment() {
+            let key = format!("{prefix}/net1/attachments/{cid}/{ifname}");
+            pairs.push((key, l.ip.to_string().into_bytes()));
         }
-    });
+    }
+    conformance::etcd_put(&etcd.endpoint, &pairs);
 }
 
 fn old_lease(ip: &str, state: LeaseState, sticky: Option<&str>) -> Lease {
@@ -272,31 +251,7 @@ fn a_network_of_the_first_etcd_store_is_read_and_indexed_once() {
     );
     // The pod held by the old store gets its address back; that decision indexes the network.
     assert_eq!(ip_of(&new, &req("db0-again", Some("db-0"))), old[0].ip);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let keys = rt.block_on(async {
-        let mut c = etcd_client::Client::connect([etcd.endpoint.clone()], None)
-            .await
-            .unwrap();
-        let r = c
-            .get(
-                "/old/net1/",
-                Some(etcd_client::GetOptions::new().with_prefix()),
-            )
-            .await
-            .unwrap();
-        r.kvs()
-            .iter()
-            .map(|kv| {
-                (
-                    kv.key_str().unwrap().to_string(),
-                    kv.value_str().unwrap().to_string(),
-                )
-            })
-            .collect::<BTreeMap<String, String>>()
-    });
+    let keys = conformance::etcd_keys(&etcd.endpoint, "/old/net1/");
     assert_eq!(keys.get("/old/net1/layout").map(String::as_str), Some("2"));
     assert!(
         keys.contains_key("/old/net1/sticky/ns/db-0/10.63.0.7"),
@@ -433,27 +388,7 @@ fn an_ipv6_attachment_of_the_first_layout_is_found_and_released() {
     assert_eq!(ip_of(&ipam, &req("v6-sandbox", None)), old.ip);
     ipam.release("net1", "v6-sandbox", "eth0").unwrap();
     assert!(s.read("net1").unwrap().is_empty());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let left = rt.block_on(async {
-        let mut c = etcd_client::Client::connect([etcd.endpoint.clone()], None)
-            .await
-            .unwrap();
-        c.get(
-            "/old6/net1/attachments/",
-            Some(
-                etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_keys_only(),
-            ),
-        )
-        .await
-        .unwrap()
-        .kvs()
-        .len()
-    });
+    let left = conformance::etcd_keys(&etcd.endpoint, "/old6/net1/attachments/").len();
     assert_eq!(left, 0, "no attachment key is left behind");
     // The sandbox can come back and gets an address of the pool again.
     assert!(ipam.allocate(&req("v6-sandbox", None)).is_ok());

@@ -119,16 +119,7 @@ fn corrupt_etcd_value_is_refused_naming_the_key() {
         .allocate_one(&conformance::req("net1", "c1", None))
         .unwrap();
     let key = format!("/corrupt/net1/leases/{}", a.address.addr());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut c = etcd_client::Client::connect([etcd.endpoint.clone()], None)
-            .await
-            .unwrap();
-        c.put(key.as_str(), "{nope", None).await.unwrap();
-    });
+    conformance::etcd_put(&etcd.endpoint, &[(key.clone(), b"{nope".to_vec())]);
     // An ADD reads only the leases it decides about (its node's block): the sandbox whose
     // lease is damaged meets the damage, on ADD again, DEL and CHECK alike.
     let again = ipam

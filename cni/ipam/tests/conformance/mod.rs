@@ -70,6 +70,51 @@ pub fn req(net: &str, cid: &str, pod: Option<&str>) -> AllocateRequest {
     }
 }
 
+/// Writes keys straight into etcd, as another program (or an older berth) would.
+pub fn etcd_put(endpoint: &str, pairs: &[(String, Vec<u8>)]) {
+    with_etcd(endpoint, |mut c| async move {
+        for (k, v) in pairs {
+            c.put(k.as_str(), v.clone(), None).await.unwrap();
+        }
+    });
+}
+
+/// Every key under `prefix` with its value, read straight from etcd.
+pub fn etcd_keys(endpoint: &str, prefix: &str) -> BTreeMap<String, String> {
+    with_etcd(endpoint, |mut c| async move {
+        let r = c
+            .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .unwrap();
+        r.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key_str().unwrap().to_string(),
+                    kv.value_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    })
+}
+
+fn with_etcd<T, F, Fut>(endpoint: &str, f: F) -> T
+where
+    F: FnOnce(etcd_client::Client) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = etcd_client::Client::connect([endpoint.to_string()], None)
+            .await
+            .unwrap();
+        f(c).await
+    })
+}
+
 fn lease(ip: &str, cid: &str) -> Lease {
     Lease {
         ip: ip.parse().unwrap(),
