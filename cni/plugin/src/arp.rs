@@ -146,11 +146,9 @@ impl ArpSocket {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: fd is a fresh, owned descriptor.
-        Ok(ArpSocket {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            proto,
-        })
+        // SAFETY: fd is a fresh descriptor socket(2) just returned; nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(ArpSocket { fd, proto })
     }
 
     /// Receives only from link `index` from now on.
