@@ -13,6 +13,8 @@ pub mod apply;
 #[allow(unsafe_code)]
 pub mod arp;
 pub mod config;
+#[allow(unsafe_code)]
+mod detach;
 pub mod error;
 #[cfg(test)]
 pub(crate) mod fake;
