@@ -850,8 +850,9 @@ impl Pty {
 
     /// Whether the slave side is in canonical mode with echo (a shell's usual settings).
     fn cooked(&self) -> bool {
-        // SAFETY: tcgetattr fills a zeroed termios for a descriptor we own.
+        // SAFETY: termios is plain integers, for which all-zero bytes are a valid value.
         let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: tcgetattr fills the termios for a descriptor we own.
         let rc = unsafe { libc::tcgetattr(self.slave.as_raw_fd(), &mut t) };
         assert_eq!(rc, 0);
         t.c_lflag & libc::ICANON != 0 && t.c_lflag & libc::ECHO != 0

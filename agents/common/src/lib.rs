@@ -1,4 +1,4 @@
-//! Small pieces the agent crates share, so that each rule is written once:
+//! Small pieces the agent and CNI crates share, so that each rule is written once:
 //!
 //! - [`error_chain`]: an error and its causes on one line;
 //! - [`fs::openat2_beneath`]: opening a path beneath a directory fd without following
@@ -10,14 +10,19 @@
 
 pub mod fs;
 
-/// `error: cause: cause …` on one line, for logs and status messages. The errors' `Display`
-/// describe their own layer only, so no part is printed twice.
+/// `error: cause: cause …` on one line, for logs and status messages. Our errors' `Display`
+/// describe their own layer only; a library error that already prints its cause (tonic's
+/// `Status`, some `io::Error`s) would repeat it, so a cause whose text the line already
+/// contains is left out.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cause = c.source();
     }
     s
@@ -47,6 +52,21 @@ mod tests {
         fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
             self.1.as_deref().map(|l| l as _)
         }
+    }
+
+    #[test]
+    fn a_cause_the_line_already_contains_is_not_repeated() {
+        let e = Layer(
+            "etcd request failed: connection refused",
+            Some(Box::new(Layer(
+                "connection refused",
+                Some(Box::new(Layer("os error 111", None))),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&e),
+            "etcd request failed: connection refused: os error 111"
+        );
     }
 
     #[test]

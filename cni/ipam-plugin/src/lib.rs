@@ -5,6 +5,8 @@
 //! (pod annotations, `ips` capability), and returns `ips`/`routes`. The protocol (env, stdin,
 //! versions, error JSON) is `berth-cni-spec`'s executor.
 
+#![forbid(unsafe_code)]
+
 use berth_cni_spec::{CniError, CniResult, Context, ErrorCode, IpConfig, Plugin, Route};
 use berth_ipam_core::logic::ANN_IP;
 use berth_ipam_core::{

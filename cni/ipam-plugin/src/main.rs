@@ -30,6 +30,7 @@ extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
     // SAFETY: fds 0 and 1 are open for the process's lifetime (the runtime passes pipes; a
     // closed one makes the calls fail, which is handled) and nothing else owns them here.
     let mut stdin = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
+    // SAFETY: as for fd 0 just above.
     let mut stdout = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(1) });
     // Network configs are a few hundred bytes: room up front reads one in one call instead of
     // read_to_end's growing probes.

@@ -9,6 +9,8 @@
 //! Layers: [`logic`] decides (pure, over a snapshot, with an injected time), [`store`] commits
 //! atomically (local files, etcd, memory), [`ipam`] ties them to a [`clock`] and a [`node`].
 
+#![forbid(unsafe_code)]
+
 pub mod allocator;
 pub mod clock;
 pub mod config;

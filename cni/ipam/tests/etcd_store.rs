@@ -73,9 +73,11 @@ fn hung_etcd_fails_with_code_11_and_recovers_consistent() {
     struct Cont(i32);
     impl Drop for Cont {
         fn drop(&mut self) {
+            // SAFETY: kill(2) takes plain integers; the pid is the test's own etcd child.
             unsafe { libc::kill(self.0, libc::SIGCONT) };
         }
     }
+    // SAFETY: kill(2) takes plain integers; the pid is the test's own etcd child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
     let guard = Cont(pid);
     for r in [

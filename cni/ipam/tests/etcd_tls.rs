@@ -163,6 +163,7 @@ fn failover_serves_from_the_next_endpoint_within_the_timeout() {
     struct Cont(i32);
     impl Drop for Cont {
         fn drop(&mut self) {
+            // SAFETY: kill(2) takes plain integers; the pid is the test's own etcd child.
             unsafe { libc::kill(self.0, libc::SIGCONT) };
         }
     }
@@ -171,6 +172,7 @@ fn failover_serves_from_the_next_endpoint_within_the_timeout() {
     let ipam = conformance::ipam(s.clone(), Arc::new(ManualClock::new(conformance::t0())));
     let a = conformance::AllocateOne::allocate_one(&ipam, &conformance::req("net1", "c1", None))
         .unwrap();
+    // SAFETY: kill(2) takes plain integers; the pid is the test's own etcd child.
     assert_eq!(unsafe { libc::kill(first.pid() as i32, libc::SIGSTOP) }, 0);
     let guard = Cont(first.pid() as i32);
     let started = Instant::now();

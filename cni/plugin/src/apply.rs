@@ -6,7 +6,7 @@ use std::time::Duration;
 use berth_cni_spec::{CniError, CniResult};
 
 use crate::config::{IfaceKind, NetworkSpec};
-use crate::error::{ADDRESS_CONFLICT, CHECK_MISMATCH, from_net};
+use crate::error::{ADDRESS_CONFLICT, CHECK_MISMATCH};
 use crate::names::host_veth_name;
 use crate::net::{LinkState, NetError, NetOps, Ns};
 use crate::plan::{Applied, LinkPlan, Plan, mac_string, vlan_link_name};
@@ -57,8 +57,8 @@ fn must(
     ns: Ns,
     name: &str,
 ) -> Result<LinkState, CniError> {
-    net_result.map_err(|e| from_net(&e))?.ok_or_else(|| {
-        from_net(&NetError::NotFound {
+    net_result?.ok_or_else(|| {
+        CniError::from(NetError::NotFound {
             ns,
             name: name.to_string(),
         })
@@ -119,7 +119,7 @@ fn apply_steps(
     journal: &mut Vec<Undo>,
 ) -> Result<Applied, CniError> {
     if plan.ip_forward {
-        net.enable_ip_forward().map_err(|e| from_net(&e))?;
+        net.enable_ip_forward()?;
     }
     let mut applied = Applied::default();
     let mut pod_index = Vec::with_capacity(plan.interfaces.len());
@@ -132,7 +132,7 @@ fn apply_steps(
                 bridge,
                 hairpin,
             } => {
-                let br = match net.link(Ns::Host, &bridge.name).map_err(|e| from_net(&e))? {
+                let br = match net.link(Ns::Host, &bridge.name)? {
                     Some(l) if l.kind.as_deref() == Some("bridge") => l,
                     Some(l) => {
                         return Err(CniError::invalid_config(format!(
@@ -143,10 +143,7 @@ fn apply_steps(
                         .with_details("name a bridge (or a free name) in \"bridge\""));
                     }
                     None => {
-                        if net
-                            .create_bridge(&bridge.name, bridge.mtu)
-                            .map_err(|e| from_net(&e))?
-                        {
+                        if net.create_bridge(&bridge.name, bridge.mtu)? {
                             journal.push(Undo::DeleteBridgeIfUnused {
                                 bridge: bridge.name.clone(),
                                 uplink: bridge.uplink.clone(),
@@ -156,23 +153,18 @@ fn apply_steps(
                     }
                 };
                 if !br.up {
-                    net.set_link(Ns::Host, br.index, None, None)
-                        .map_err(|e| from_net(&e))?;
+                    net.set_link(Ns::Host, br.index, None, None)?;
                 }
                 for addr in &bridge.addresses {
-                    net.add_address(Ns::Host, br.index, *addr)
-                        .map_err(|e| from_net(&e))?;
+                    net.add_address(Ns::Host, br.index, *addr)?;
                 }
                 if let Some(uplink) = &bridge.uplink {
-                    let ul = net
-                        .link(Ns::Host, uplink)
-                        .map_err(|e| from_net(&e))?
-                        .ok_or_else(|| {
-                            CniError::invalid_config(format!(
-                                "uplink NIC {uplink} not found on the host"
-                            ))
-                            .with_details("name an existing host NIC in \"uplink\"")
-                        })?;
+                    let ul = net.link(Ns::Host, uplink)?.ok_or_else(|| {
+                        CniError::invalid_config(format!(
+                            "uplink NIC {uplink} not found on the host"
+                        ))
+                        .with_details("name an existing host NIC in \"uplink\"")
+                    })?;
                     match ul.controller {
                         Some(c) if c == br.index => {}
                         Some(_) => {
@@ -180,32 +172,26 @@ fn apply_steps(
                                 "uplink NIC {uplink} is already a port of another bridge or bond"
                             )));
                         }
-                        None => net
-                            .set_link(Ns::Host, ul.index, Some(br.index), None)
-                            .map_err(|e| from_net(&e))?,
+                        None => net.set_link(Ns::Host, ul.index, Some(br.index), None)?,
                     }
                 }
-                net.create_veth(host_name, &iface.name, iface.mtu, iface.mac)
-                    .map_err(|e| from_net(&e))?;
+                net.create_veth(host_name, &iface.name, iface.mtu, iface.mac)?;
                 journal.push(Undo::DeleteLink(Ns::Host, host_name.clone()));
                 let host = must(net.link(Ns::Host, host_name), Ns::Host, host_name)?;
-                net.set_link(Ns::Host, host.index, Some(br.index), Some(alias))
-                    .map_err(|e| from_net(&e))?;
+                net.set_link(Ns::Host, host.index, Some(br.index), Some(alias))?;
                 if *hairpin {
-                    net.set_hairpin(host.index).map_err(|e| from_net(&e))?;
+                    net.set_hairpin(host.index)?;
                 }
                 host.mac
             }
             LinkPlan::Macvlan { master, vlan } => {
                 let mut m = net
-                    .link(Ns::Host, master)
-                    .map_err(|e| from_net(&e))?
+                    .link(Ns::Host, master)?
                     .ok_or_else(|| missing_master(master))?;
                 if let Some(id) = vlan {
                     // The VLAN link is shared by every pod of the pool: created once, kept.
                     let name = vlan_link_name(master, *id);
-                    net.create_vlan(&name, m.index, *id)
-                        .map_err(|e| from_net(&e))?;
+                    net.create_vlan(&name, m.index, *id)?;
                     m = must(net.link(Ns::Host, &name), Ns::Host, &name)?;
                     if m.kind.as_deref() != Some("vlan") {
                         return Err(CniError::invalid_config(format!(
@@ -213,12 +199,10 @@ fn apply_steps(
                         )));
                     }
                     if !m.up {
-                        net.set_link(Ns::Host, m.index, None, None)
-                            .map_err(|e| from_net(&e))?;
+                        net.set_link(Ns::Host, m.index, None, None)?;
                     }
                 }
-                net.create_macvlan(m.index, &iface.name, iface.mtu, iface.mac)
-                    .map_err(|e| from_net(&e))?;
+                net.create_macvlan(m.index, &iface.name, iface.mtu, iface.mac)?;
                 journal.push(Undo::DeleteLink(Ns::Pod, iface.name.clone()));
                 None
             }
@@ -234,30 +218,23 @@ fn apply_steps(
         let index = pod_index[i];
         if !plan.arp.probe {
             for a in &iface.addresses {
-                net.add_address(Ns::Pod, index, a.address)
-                    .map_err(|e| from_net(&e))?;
+                net.add_address(Ns::Pod, index, a.address)?;
             }
-            net.set_link(Ns::Pod, index, None, None)
-                .map_err(|e| from_net(&e))?;
+            net.set_link(Ns::Pod, index, None, None)?;
             continue;
         }
-        net.set_link(Ns::Pod, index, None, None)
-            .map_err(|e| from_net(&e))?;
-        net.wait_oper_up(Ns::Pod, &iface.name, OPER_UP_TIMEOUT)
-            .map_err(|e| from_net(&e))?;
+        net.set_link(Ns::Pod, index, None, None)?;
+        net.wait_oper_up(Ns::Pod, &iface.name, OPER_UP_TIMEOUT)?;
         let timeout = Duration::from_millis(plan.arp.probe_timeout_ms);
         // Every family's probe goes out at once and shares one wait.
         let ips: Vec<std::net::IpAddr> = iface.addresses.iter().map(|a| a.address.addr()).collect();
-        if let Some((ip, other)) = net
-            .arp_probe(
-                index,
-                applied.macs[i].1,
-                &ips,
-                plan.arp.probe_count,
-                timeout,
-            )
-            .map_err(|e| from_net(&e))?
-        {
+        if let Some((ip, other)) = net.arp_probe(
+            index,
+            applied.macs[i].1,
+            &ips,
+            plan.arp.probe_count,
+            timeout,
+        )? {
             let pool = iface
                 .addresses
                 .iter()
@@ -277,15 +254,13 @@ fn apply_steps(
             )));
         }
         for a in &iface.addresses {
-            net.add_address(Ns::Pod, index, a.address)
-                .map_err(|e| from_net(&e))?;
+            net.add_address(Ns::Pod, index, a.address)?;
         }
     }
     // Routes once every address is up, so each gateway is on-link.
     for (i, iface) in plan.interfaces.iter().enumerate() {
         for r in &iface.routes {
-            net.add_route(Ns::Pod, pod_index[i], r)
-                .map_err(|e| from_net(&e))?;
+            net.add_route(Ns::Pod, pod_index[i], r)?;
         }
     }
     if plan.arp.garp_count > 0 {
@@ -293,11 +268,9 @@ fn apply_steps(
             // Frames sent before both ends are up (linkwatch) are dropped, and a bridge
             // port forwards only once its carrier is seen.
             if let LinkPlan::Veth { host_name, .. } = &iface.link {
-                net.wait_oper_up(Ns::Host, host_name, OPER_UP_TIMEOUT)
-                    .map_err(|e| from_net(&e))?;
+                net.wait_oper_up(Ns::Host, host_name, OPER_UP_TIMEOUT)?;
             }
-            net.wait_oper_up(Ns::Pod, &iface.name, OPER_UP_TIMEOUT)
-                .map_err(|e| from_net(&e))?;
+            net.wait_oper_up(Ns::Pod, &iface.name, OPER_UP_TIMEOUT)?;
             // Gratuitous ARP for IPv4, unsolicited neighbour advertisements for IPv6.
             for a in &iface.addresses {
                 net.announce(
@@ -306,8 +279,7 @@ fn apply_steps(
                     a.address.addr(),
                     plan.arp.garp_count,
                     Duration::from_millis(plan.arp.garp_interval_ms),
-                )
-                .map_err(|e| from_net(&e))?;
+                )?;
             }
         }
     }
@@ -324,11 +296,7 @@ pub fn preflight(net: &mut dyn NetOps, spec: &NetworkSpec) -> Result<(), CniErro
     for iface in &spec.interfaces {
         match &iface.kind {
             IfaceKind::Macvlan { master } => {
-                if net
-                    .link(Ns::Host, master)
-                    .map_err(|e| from_net(&e))?
-                    .is_none()
-                {
+                if net.link(Ns::Host, master)?.is_none() {
                     return Err(missing_master(master));
                 }
             }
@@ -336,11 +304,7 @@ pub fn preflight(net: &mut dyn NetOps, spec: &NetworkSpec) -> Result<(), CniErro
                 uplink: Some(uplink),
                 ..
             } => {
-                if net
-                    .link(Ns::Host, uplink)
-                    .map_err(|e| from_net(&e))?
-                    .is_none()
-                {
+                if net.link(Ns::Host, uplink)?.is_none() {
                     return Err(CniError::invalid_config(format!(
                         "uplink NIC {uplink} not found on the host"
                     ))
@@ -356,12 +320,8 @@ pub fn preflight(net: &mut dyn NetOps, spec: &NetworkSpec) -> Result<(), CniErro
 /// Checks that the pod has none of the interfaces yet (an ADD repeated without DEL).
 pub fn pod_preflight(net: &mut dyn NetOps, spec: &NetworkSpec) -> Result<(), CniError> {
     for iface in &spec.interfaces {
-        if net
-            .link(Ns::Pod, &iface.name)
-            .map_err(|e| from_net(&e))?
-            .is_some()
-        {
-            return Err(from_net(&NetError::Exists {
+        if net.link(Ns::Pod, &iface.name)?.is_some() {
+            return Err(CniError::from(NetError::Exists {
                 ns: Ns::Pod,
                 name: iface.name.clone(),
             }));
@@ -414,8 +374,7 @@ pub fn check(
     };
     for iface in &spec.interfaces {
         let pod = net
-            .link(Ns::Pod, &iface.name)
-            .map_err(|e| from_net(&e))?
+            .link(Ns::Pod, &iface.name)?
             .ok_or_else(|| mismatch(format!("interface {} is missing in the pod", iface.name)))?;
         if !pod.up {
             return Err(mismatch(format!("interface {} is down", iface.name)));
@@ -434,9 +393,7 @@ pub fn check(
                     mac_string(&have)
                 )));
             }
-            let have = net
-                .addresses(Ns::Pod, pod.index)
-                .map_err(|e| from_net(&e))?;
+            let have = net.addresses(Ns::Pod, pod.index)?;
             for ip in prev.ips.iter().filter(|ip| ip.interface == Some(idx)) {
                 if !have.contains(&ip.address) {
                     return Err(mismatch(format!(
@@ -453,13 +410,10 @@ pub fn check(
         }
         if let IfaceKind::Bridge { bridge, .. } = &iface.kind {
             let host_name = host_veth_name(network, container_id, &iface.name);
-            let host = net
-                .link(Ns::Host, &host_name)
-                .map_err(|e| from_net(&e))?
-                .ok_or_else(|| {
-                    mismatch(format!("host end {host_name} of {} is missing", iface.name))
-                })?;
-            let br = net.link(Ns::Host, bridge).map_err(|e| from_net(&e))?;
+            let host = net.link(Ns::Host, &host_name)?.ok_or_else(|| {
+                mismatch(format!("host end {host_name} of {} is missing", iface.name))
+            })?;
+            let br = net.link(Ns::Host, bridge)?;
             if br.is_none() || host.controller != br.map(|b| b.index) {
                 return Err(mismatch(format!(
                     "host end {host_name} is not a port of bridge {bridge}"
@@ -467,7 +421,7 @@ pub fn check(
             }
         }
     }
-    let live = net.routes(Ns::Pod).map_err(|e| from_net(&e))?;
+    let live = net.routes(Ns::Pod)?;
     for r in &prev.routes {
         if !live
             .iter()

@@ -1,6 +1,7 @@
 //! ARP frames (RFC 826) for probes (RFC 5227) and gratuitous announcements, and the raw
 //! `AF_PACKET` socket that sends and receives them inside a namespace.
 
+use crate::detach::fork_detached;
 use crate::sockwait::{Received, recv_before};
 use std::io;
 use std::net::Ipv4Addr;
@@ -146,11 +147,9 @@ impl ArpSocket {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: fd is a fresh, owned descriptor.
-        Ok(ArpSocket {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            proto,
-        })
+        // SAFETY: fd is a fresh descriptor socket(2) just returned; nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(ArpSocket { fd, proto })
     }
 
     /// Receives only from link `index` from now on.
@@ -260,10 +259,8 @@ pub fn hold_in_background(sock: &ArpSocket) -> io::Result<()> {
 const HOLD: Duration = Duration::from_millis(200);
 
 /// Sends `count` more copies of `frame` (an announcement) `interval` apart from a detached
-/// child process, so
-/// the plugin can answer the runtime at once; the child keeps the socket a little longer
-/// (see [`hold_in_background`]). The child closes stdin/stdout/stderr first (the runtime
-/// waits for EOF on our stdout) and only makes async-signal-safe calls.
+/// child process ([`fork_detached`]), so the plugin can answer the runtime at once; the
+/// child keeps the socket a little longer (see [`hold_in_background`]).
 pub fn announce_in_background(
     sock: &ArpSocket,
     index: u32,
@@ -272,12 +269,7 @@ pub fn announce_in_background(
     interval: Duration,
 ) -> io::Result<()> {
     let proto = sock.proto;
-    let devnull = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")?;
     let fd = sock.raw_fd();
-    let null = devnull.as_raw_fd();
     let ts = libc::timespec {
         tv_sec: interval.as_secs() as _, // time_t: named by the field, whatever the C library calls it
         tv_nsec: interval.subsec_nanos() as libc::c_long,
@@ -286,30 +278,19 @@ pub fn announce_in_background(
         tv_sec: 0,
         tv_nsec: HOLD.subsec_nanos() as libc::c_long,
     };
-    // SAFETY: after fork the child only calls async-signal-safe functions (dup2, setsid,
-    // nanosleep, sendto, _exit) and never returns into Rust code.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // SAFETY: see above.
-        unsafe {
-            libc::dup2(null, 0);
-            libc::dup2(null, 1);
-            libc::dup2(null, 2);
-            libc::setsid();
-            for _ in 0..count {
-                libc::nanosleep(&ts, std::ptr::null_mut());
-                let _ = send_raw(fd, index, proto, frame);
-            }
-            libc::nanosleep(&hold, std::ptr::null_mut());
-            libc::_exit(0);
+    let child = || {
+        for _ in 0..count {
+            // SAFETY: ts is a valid timespec; no remainder is asked for.
+            unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+            let _ = send_raw(fd, index, proto, frame);
         }
-    }
-    // Not waited for: the plugin exits long before the helper, which is then reparented
-    // and reaped by init. Waiting would put a scheduling round trip on ADD's path.
-    Ok(())
+        // SAFETY: as above.
+        unsafe { libc::nanosleep(&hold, std::ptr::null_mut()) };
+        0
+    };
+    // SAFETY: the child only calls nanosleep and sendto (async-signal-safe) on the frame
+    // and timespecs prepared above; send_raw neither allocates nor panics.
+    unsafe { fork_detached(child) }
 }
 
 #[cfg(test)]

@@ -14,19 +14,22 @@ pub const INTERFACE_EXISTS: ErrorCode = ErrorCode::Plugin(121);
 /// CHECK found the live state different from `prevResult`.
 pub const CHECK_MISMATCH: ErrorCode = ErrorCode::Plugin(130);
 
-/// Maps a kernel-seam error to CNI: message from the error, the cause chain in details.
-pub fn from_net(e: &NetError) -> CniError {
-    let code = match e {
-        NetError::Exists { .. } => INTERFACE_EXISTS,
-        NetError::Netns { .. } | NetError::NoPodNs => ErrorCode::InvalidEnvironment,
-        NetError::Netlink { source, .. } | NetError::Io { source, .. }
-            if matches!(source.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) =>
-        {
-            ErrorCode::TryAgainLater
-        }
-        _ => NETWORK_SETUP,
-    };
-    CniError::from_error(code, e)
+/// Lets `?` turn a kernel-seam error into CNI: message from the error, the cause chain in
+/// details, and the code the runtime acts on (EBUSY/EAGAIN mean "try again later").
+impl From<NetError> for CniError {
+    fn from(e: NetError) -> CniError {
+        let code = match &e {
+            NetError::Exists { .. } => INTERFACE_EXISTS,
+            NetError::Netns { .. } | NetError::NoPodNs => ErrorCode::InvalidEnvironment,
+            NetError::Netlink { source, .. } | NetError::Io { source, .. }
+                if matches!(source.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) =>
+            {
+                ErrorCode::TryAgainLater
+            }
+            _ => NETWORK_SETUP,
+        };
+        CniError::from_error(code, &e)
+    }
 }
 
 /// Maps an IPAM error with the IPAM library's own code.

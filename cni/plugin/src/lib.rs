@@ -6,9 +6,15 @@
 //! [`plan::Plan`] (pure); [`apply::apply`] executes it through the [`net::NetOps`] seam
 //! ([`netlink::RealNet`] in production), undoing everything if a step fails.
 
+// Unsafe code (raw sockets, fork, setns, poll) is confined to the modules that allow it.
+#![deny(unsafe_code)]
+
 pub mod apply;
+#[allow(unsafe_code)]
 pub mod arp;
 pub mod config;
+#[allow(unsafe_code)]
+mod detach;
 pub mod error;
 #[cfg(test)]
 pub(crate) mod fake;
@@ -16,9 +22,11 @@ pub mod ipam;
 pub mod names;
 pub mod ndp;
 pub mod net;
+#[allow(unsafe_code)]
 pub mod netlink;
 pub mod plan;
 pub mod plugin;
+#[allow(unsafe_code)]
 mod sockwait;
 pub mod trace;
 

@@ -1,5 +1,7 @@
 //! The `berth-cni` binary: the CNI executor around [`berth_cni::BerthCni`].
 
+#![forbid(unsafe_code)]
+
 /// One process per CNI call: its allocations come from a static arena and are never freed
 /// one by one (`berth_cni_spec::arena`).
 #[global_allocator]

@@ -8,7 +8,7 @@ use berth_ipam_core::{AllocateRequest, Allocation, Allocator, Attachment, PodIde
 
 use crate::apply::{self, pod_preflight, preflight, teardown};
 use crate::config::NetworkSpec;
-use crate::error::{NETWORK_SETUP, from_ipam, from_net};
+use crate::error::{NETWORK_SETUP, from_ipam};
 use crate::ipam::IpamOpener;
 use crate::names::parse_alias;
 use crate::net::{ArpNeeds, NetError, NetOps, Ns};
@@ -152,7 +152,7 @@ impl<N: NetOpener, I: IpamOpener> Plugin for BerthCni<N, I> {
             raw_socket: spec.arp.probe || spec.arp.garp_count > 0,
             ndp_socket: may_give_ipv6(spec.ipam.as_ref()),
         };
-        let mut net = self.net.open(Some(netns), arp).map_err(|e| from_net(&e))?;
+        let mut net = self.net.open(Some(netns), arp)?;
         trace::mark("ADD: netlink opened");
         // Host NICs are checked before an address is taken. The pod namespace's sockets are
         // being opened on their own thread meanwhile; the pod is checked after allocation
@@ -222,7 +222,7 @@ impl<N: NetOpener, I: IpamOpener> Plugin for BerthCni<N, I> {
             },
             None => self.net.open(None, none),
         };
-        let mut net = net.map_err(|e| from_net(&e))?;
+        let mut net = net?;
         trace::mark("DEL: netlink opened");
         // The address is released while the kernel unlists the links (closing them waits
         // for an RCU grace period): the two are independent, so neither waits for the other.
@@ -260,10 +260,7 @@ impl<N: NetOpener, I: IpamOpener> Plugin for BerthCni<N, I> {
                 .with_details("the runtime passes the ADD result as prevResult")
         })?;
         let netns = ctx.env.netns.as_deref().expect("CHECK has CNI_NETNS");
-        let mut net = self
-            .net
-            .open(Some(netns), ArpNeeds::default())
-            .map_err(|e| from_net(&e))?;
+        let mut net = self.net.open(Some(netns), ArpNeeds::default())?;
         apply::check(
             net.as_mut(),
             &ctx.config.name,
@@ -319,13 +316,10 @@ impl<N: NetOpener, I: IpamOpener> Plugin for BerthCni<N, I> {
             .iter()
             .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
             .collect();
-        let mut net = self
-            .net
-            .open(None, ArpNeeds::default())
-            .map_err(|e| from_net(&e))?;
+        let mut net = self.net.open(None, ArpNeeds::default())?;
         let mut failures = Vec::new();
         // Host veth ends of attachments the runtime no longer knows (alias says whose they are).
-        for link in net.links(Ns::Host).map_err(|e| from_net(&e))? {
+        for link in net.links(Ns::Host)? {
             let Some(alias) = link.alias.as_deref() else {
                 continue;
             };

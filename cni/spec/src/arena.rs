@@ -177,6 +177,8 @@ mod tests {
     fn blocks_are_aligned_disjoint_and_the_last_one_is_reused() {
         static ARENA: OneShotArena = OneShotArena::new();
         let arena = &ARENA;
+        // SAFETY: every pointer is one this arena just returned, used within the size and
+        // layout it was allocated with and freed with that same layout.
         unsafe {
             let a = arena.alloc(layout(3, 1));
             let b = arena.alloc(layout(16, 64));
@@ -201,6 +203,8 @@ mod tests {
     fn the_most_recent_block_grows_in_place_and_others_move_with_their_contents() {
         static ARENA: OneShotArena = OneShotArena::new();
         let arena = &ARENA;
+        // SAFETY: every pointer is one this arena just returned, used within the size and
+        // layout it was allocated with and freed with that same layout.
         unsafe {
             let a = arena.alloc(layout(4, 1));
             a.copy_from_nonoverlapping(b"abcd".as_ptr(), 4);
@@ -218,6 +222,8 @@ mod tests {
     fn what_does_not_fit_comes_from_the_system_and_goes_back_there() {
         static ARENA: OneShotArena = OneShotArena::new();
         let arena = &ARENA;
+        // SAFETY: every pointer is one this arena just returned, used within the size and
+        // layout it was allocated with and freed with that same layout.
         unsafe {
             let big = arena.alloc(layout(ARENA_BYTES + 1, 8));
             assert!(!big.is_null());
@@ -246,6 +252,8 @@ mod tests {
     fn zeroed_blocks_are_zero_even_where_a_freed_block_wrote() {
         static ARENA: OneShotArena = OneShotArena::new();
         let arena = &ARENA;
+        // SAFETY: every pointer is one this arena just returned, used within the size and
+        // layout it was allocated with and freed with that same layout.
         unsafe {
             let a = arena.alloc(layout(64, 8));
             a.write_bytes(0xff, 64);
@@ -265,6 +273,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut blocks = Vec::new();
                     for _ in 0..2000 {
+                        // SAFETY: p is a fresh 24-byte block from the arena, written in bounds.
                         unsafe {
                             let p = arena.alloc(layout(24, 8));
                             p.write_bytes(t + 1, 24);
@@ -278,6 +287,7 @@ mod tests {
         for h in handles {
             let (t, blocks) = h.join().unwrap();
             for p in blocks {
+                // SAFETY: each block is 24 initialised bytes that are never freed.
                 let bytes = unsafe { std::slice::from_raw_parts(p as *const u8, 24) };
                 assert!(
                     bytes.iter().all(|&b| b == t + 1),

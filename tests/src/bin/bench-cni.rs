@@ -410,10 +410,8 @@ fn stats(v: &[Duration]) -> Stats {
 fn main() -> Result<()> {
     let args = parse_args()?;
     // SAFETY: geteuid has no preconditions.
-    ensure!(
-        unsafe { libc::geteuid() } == 0,
-        "bench-cni needs root (network namespaces)"
-    );
+    let euid = unsafe { libc::geteuid() };
+    ensure!(euid == 0, "bench-cni needs root (network namespaces)");
     let bin_dir = match std::env::var_os("BERTH_BIN_DIR") {
         Some(d) => PathBuf::from(d),
         None => std::env::current_exe()?

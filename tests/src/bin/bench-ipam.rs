@@ -208,8 +208,9 @@ impl RunResult {
 
 /// User + system CPU seconds of all waited-for children so far.
 fn children_cpu() -> f64 {
-    // SAFETY: getrusage only writes into the struct we pass.
+    // SAFETY: rusage is plain integers, for which all-zero bytes are a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage only writes into the struct we pass.
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(ru.ru_utime) + tv(ru.ru_stime)
@@ -451,8 +452,8 @@ fn main() -> Result<()> {
     );
     let berth_build = berth_e2e::bench_report::plugin_build(&berth);
     println!("berth-ipam: {berth_build}");
-    // SAFETY: getloadavg writes at most 3 doubles into the array.
     let mut load = [0f64; 3];
+    // SAFETY: getloadavg writes at most 3 doubles into the array.
     unsafe { libc::getloadavg(load.as_mut_ptr(), 3) };
     println!(
         "machine: {} CPUs, load average {:.2} (rates are only comparable inside one run)",

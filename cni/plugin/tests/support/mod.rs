@@ -13,11 +13,8 @@ pub const BERTH: &str = env!("CARGO_BIN_EXE_berth-cni");
 /// Fails (never skips) when the test cannot run.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "needs root: run by scripts/test"
-    );
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "needs root: run by scripts/test");
     for tool in ["/usr/sbin/ip", "/usr/bin/ping"] {
         assert!(
             Path::new(tool).exists() || Path::new(&tool.replace("/usr", "")).exists(),

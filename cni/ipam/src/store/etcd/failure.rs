@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use berth_common::error_chain;
+
 use super::EtcdStore;
 use crate::error::IpamError;
 
@@ -120,12 +122,12 @@ impl EtcdStore {
             let mut cause = format!("{msg} (gRPC code {:?})", status.code());
             if let Some(source) = std::error::Error::source(status) {
                 cause.push_str(": ");
-                cause.push_str(&chain(source));
+                cause.push_str(&error_chain(source));
             }
             return f(cause, broken);
         }
         // Transport and I/O errors: this endpoint is unreachable.
-        f(chain(e), true)
+        f(error_chain(e), true)
     }
 
     /// A TLS failure found in the error's causes, as an explanation, or `None`.
@@ -159,7 +161,7 @@ impl EtcdStore {
             Some(rustls::Error::AlertReceived(a)) => format!("{a:?}"),
             Some(other) => return Some(format!("TLS: {other}")),
             None => {
-                let text = chain(e);
+                let text = error_chain(e);
                 let (_, rest) = text.split_once("received fatal alert: ")?;
                 rest.split(|c: char| !c.is_ascii_alphanumeric())
                     .next()
@@ -213,22 +215,6 @@ pub(super) fn unavailable(
         ));
     }
     IpamError::Unavailable(msg)
-}
-
-/// The error and its causes on one line, without repeating a cause that its parent's text
-/// already contains.
-pub(super) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = c.source();
-    }
-    out
 }
 
 /// The first error of type `T` among `e` and its causes.
