@@ -220,8 +220,8 @@ mod tests {
         std::fs::create_dir_all(store.container_dir("c1")).unwrap();
         let api = FakeTimeApi::new(tmp.path());
         let target = |pod: &str, container: Option<&str>| FakeTimeTarget {
-            namespace: "shop".into(),
-            pod: pod.into(),
+            namespace: "shop".parse().unwrap(),
+            pod: pod.parse().unwrap(),
             container: container.map(str::to_owned),
         };
 

@@ -112,6 +112,22 @@ impl From<ServiceError> for tonic::Status {
     }
 }
 
+/// Why the guard refused a call it had authorized: the audit record could not be written.
+/// berth fails closed (no unaudited call runs), and the caller may retry: UNAVAILABLE.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("audit write task failed: {0}")]
+    AuditTask(#[from] tokio::task::JoinError),
+}
+
+impl From<GuardError> for tonic::Status {
+    fn from(e: GuardError) -> Self {
+        tonic::Status::unavailable(e.to_string())
+    }
+}
+
 /// For `?` in the services: the mapping is [`ServiceError`]'s.
 impl From<BackendError> for tonic::Status {
     fn from(e: BackendError) -> Self {
@@ -165,5 +181,16 @@ mod tests {
         });
         assert_eq!(st.code(), Code::Internal);
         assert!(st.message().starts_with("worker task failed: "), "{st:?}");
+    }
+
+    #[tokio::test]
+    async fn an_audit_the_guard_cannot_write_is_unavailable() {
+        let join = tokio::spawn(async { panic!("boom") }).await.unwrap_err();
+        let st = Status::from(GuardError::from(join));
+        assert_eq!(st.code(), Code::Unavailable);
+        assert!(
+            st.message().starts_with("audit write task failed: "),
+            "{st:?}"
+        );
     }
 }

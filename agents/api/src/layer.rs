@@ -27,6 +27,7 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 
 use crate::audit::{AuditLog, AuditRecord};
+use crate::error::GuardError;
 use crate::grants::Grants;
 use crate::identity::Caller;
 use crate::methods;
@@ -236,7 +237,7 @@ impl Guard {
         self.metrics.observe_call(&rec.method, code, elapsed);
         self.audit.append(&rec).await.map_err(|e| {
             self.metrics.audit_failed();
-            Status::unavailable(e.to_string())
+            GuardError::from(e).into()
         })
     }
 
@@ -345,7 +346,7 @@ impl Guard {
             intent.code = Code::Ok as i32;
             if let Err(e) = self.audit.append(&intent).await {
                 self.metrics.audit_failed();
-                let st = Status::unavailable(e.to_string());
+                let st = Status::from(GuardError::from(e));
                 self.metrics
                     .observe_call(&method, st.code(), started.elapsed());
                 return Ok(status_response(st));
@@ -542,9 +543,8 @@ impl http_body::Body for AuditedBody {
         let this = &mut *self;
         loop {
             if let Some((task, _)) = this.pending.as_mut() {
-                let res = std::task::ready!(Pin::new(task).poll(cx)).unwrap_or_else(|e| {
-                    Err(Status::unavailable(format!("audit write task failed: {e}")))
-                });
+                let res = std::task::ready!(Pin::new(task).poll(cx))
+                    .unwrap_or_else(|e| Err(GuardError::from(e).into()));
                 let (_, trailers) = this.pending.take().expect("pending");
                 this.done = true;
                 return Poll::Ready(match res {

@@ -23,6 +23,7 @@ pub mod layer;
 pub mod logs_fs;
 pub mod methods;
 pub mod metrics;
+pub mod pod;
 pub mod policy;
 pub mod server;
 pub mod services;

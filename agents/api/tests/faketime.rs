@@ -65,8 +65,8 @@ impl FakeClock {
             )));
         }
         Ok(vec![v1::FakeTimeContainer {
-            namespace: t.namespace.clone(),
-            pod: t.pod.clone(),
+            namespace: t.namespace.to_string(),
+            pod: t.pod.to_string(),
             container: "app".into(),
             offset: offset.into(),
             injected: true,

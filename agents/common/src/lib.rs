@@ -2,13 +2,16 @@
 //!
 //! - [`error_chain`]: an error and its causes on one line;
 //! - [`fs::openat2_beneath`]: opening a path beneath a directory fd without following
-//!   symlinks, magic links or mount points out of it.
+//!   symlinks, magic links or mount points out of it;
+//! - [`names`]: names checked once where they enter ([`names::K8sName`], and the
+//!   [`validated_name!`] macro the CNI crates define theirs with).
 //!
 //! It depends on no berth crate, so the API can use it without a feature crate.
 
 #![forbid(unsafe_code)]
 
 pub mod fs;
+pub mod names;
 
 /// `error: cause: cause …` on one line, for logs and status messages. Our errors' `Display`
 /// describe their own layer only; a library error that already prints its cause (tonic's

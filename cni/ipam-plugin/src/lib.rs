@@ -96,9 +96,10 @@ pub fn request(ctx: &Context) -> AllocateRequest {
         annotations.entry(ANN_IP.to_string()).or_insert(ip);
     }
     AllocateRequest {
-        network: ctx.config.name.clone(),
+        network: ctx.config.name.to_string(),
         container_id: ctx.env.container_id.clone(),
-        ifname: ctx.env.ifname.clone(),
+        // ADD, DEL and CHECK always have one (`Env::from_vars`).
+        ifname: ctx.env.ifname.as_deref().unwrap_or_default().to_string(),
         pod,
         annotations,
         pools: vec![],
@@ -136,21 +137,22 @@ impl Plugin for BerthIpam {
     fn del(&self, ctx: &Context) -> Result<(), CniError> {
         let alloc = open(ctx)?;
         alloc
-            .release(&ctx.config.name, &ctx.env.container_id, &ctx.env.ifname)
+            .release(&ctx.config.name, &ctx.env.container_id, ctx.env.ifname()?)
             .map_err(|e| cni_error(&e))
     }
 
     fn check(&self, ctx: &Context) -> Result<(), CniError> {
         let alloc = open(ctx)?;
+        let ifname = ctx.env.ifname()?;
         let all = alloc
-            .lookup(&ctx.config.name, &ctx.env.container_id, &ctx.env.ifname)
+            .lookup(&ctx.config.name, &ctx.env.container_id, ifname)
             .map_err(|e| cni_error(&e))?;
         if all.is_empty() {
             return Err(CniError::new(
                 ErrorCode::UnknownContainer,
                 format!(
                     "no address is allocated to {}/{} on network {}",
-                    ctx.env.container_id, ctx.env.ifname, ctx.config.name
+                    ctx.env.container_id, ifname, ctx.config.name
                 ),
             ));
         }

@@ -223,6 +223,25 @@ fn bad_input_maps_to_cni_codes_and_changes_nothing() {
     let mut none = c.clone();
     none.as_object_mut().unwrap().remove("ipam");
     assert_eq!(code_of(&none, "c1", POD), Some(7));
+    // A pod name that is no Kubernetes name would be a key segment (4), and a network name
+    // against the spec a file name (7).
+    for hostile in [
+        "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=../../x",
+        "K8S_POD_NAMESPACE=a/b;K8S_POD_NAME=web-0",
+    ] {
+        let (_, e) = add(&c, "c1", hostile);
+        assert_eq!(e["code"], 4, "{hostile}: {e}");
+        assert!(
+            e["msg"]
+                .as_str()
+                .unwrap()
+                .contains("not a valid Kubernetes name"),
+            "{e}"
+        );
+    }
+    let mut dotted = c.clone();
+    dotted["name"] = json!(".pnet");
+    assert_eq!(code_of(&dotted, "c1", POD), Some(7));
     assert!(
         !dir.path().join("pnet.leases").exists(),
         "nothing was written by failed calls"

@@ -323,7 +323,7 @@ pub fn pod_preflight(net: &mut dyn NetOps, spec: &NetworkSpec) -> Result<(), Cni
         if net.link(Ns::Pod, &iface.name)?.is_some() {
             return Err(CniError::from(NetError::Exists {
                 ns: Ns::Pod,
-                name: iface.name.clone(),
+                name: iface.name.to_string(),
             }));
         }
     }
@@ -382,7 +382,7 @@ pub fn check(
         let prev_idx = prev
             .interfaces
             .iter()
-            .position(|i| i.name == iface.name && i.sandbox.is_some());
+            .position(|i| i.name == iface.name.as_str() && i.sandbox.is_some());
         if let Some(idx) = prev_idx {
             if let (Some(want), Some(have)) = (&prev.interfaces[idx].mac, pod.mac)
                 && !want.eq_ignore_ascii_case(&mac_string(&have))
@@ -452,7 +452,7 @@ mod tests {
         for (k, val) in v.as_object().unwrap() {
             base[k] = val.clone();
         }
-        NetworkSpec::from_value(&base, "eth0").unwrap()
+        NetworkSpec::from_value(&base, &"eth0".parse().unwrap()).unwrap()
     }
 
     fn alloc(addr: &str, gw: &str) -> Allocation {

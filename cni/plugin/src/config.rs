@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use berth_cni_spec::CniError;
-use berth_cni_spec::env::validate_ifname;
+use berth_cni_spec::IfName;
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::Value;
@@ -92,17 +92,17 @@ impl Default for ArpConf {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IfaceConf {
     #[serde(default)]
-    pub name: Option<String>,
+    pub name: Option<IfName>,
     #[serde(default)]
     pub mode: Option<Mode>,
     #[serde(default)]
-    pub bridge: Option<String>,
+    pub bridge: Option<IfName>,
     #[serde(default)]
     pub gateway_mode: Option<GatewayMode>,
     #[serde(default)]
-    pub uplink: Option<String>,
+    pub uplink: Option<IfName>,
     #[serde(default)]
-    pub master: Option<String>,
+    pub master: Option<IfName>,
     #[serde(default)]
     pub mtu: Option<u32>,
     #[serde(default)]
@@ -130,13 +130,13 @@ pub struct BerthConf {
     #[serde(default)]
     mode: Option<Mode>,
     #[serde(default)]
-    bridge: Option<String>,
+    bridge: Option<IfName>,
     #[serde(default)]
     gateway_mode: Option<GatewayMode>,
     #[serde(default)]
-    uplink: Option<String>,
+    uplink: Option<IfName>,
     #[serde(default)]
-    master: Option<String>,
+    master: Option<IfName>,
     #[serde(default)]
     mtu: Option<u32>,
     #[serde(default)]
@@ -204,7 +204,7 @@ impl BerthConf {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IfaceSpec {
     /// The name inside the pod.
-    pub name: String,
+    pub name: IfName,
     pub kind: IfaceKind,
     pub mtu: Option<u32>,
     pub mac: Option<[u8; 6]>,
@@ -218,13 +218,13 @@ pub struct IfaceSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IfaceKind {
     Bridge {
-        bridge: String,
+        bridge: IfName,
         gateway_mode: GatewayMode,
-        uplink: Option<String>,
+        uplink: Option<IfName>,
         hairpin: bool,
     },
     Macvlan {
-        master: String,
+        master: IfName,
     },
 }
 
@@ -276,13 +276,20 @@ const MAX_MTU: u32 = 65535;
 impl NetworkSpec {
     /// Reads and validates the config. `ifname` is `CNI_IFNAME` (the single NIC's name, and
     /// the first NIC's default name).
-    pub fn from_value(raw: &Value, ifname: &str) -> Result<NetworkSpec, CniError> {
-        let conf: BerthConf = serde_json::from_value(raw.clone())
-            .map_err(|e| bad(format!("invalid berth-cni config: {e}")))?;
+    pub fn from_value(raw: &Value, ifname: &IfName) -> Result<NetworkSpec, CniError> {
+        // The path names the field a bad value sits in (`interfaces[1].master`): names are
+        // checked by their types while they are read.
+        let conf: BerthConf = serde_path_to_error::deserialize(raw.clone()).map_err(|e| match e
+            .path()
+            .to_string()
+        {
+            path if path == "." => bad(format!("invalid berth-cni config: {}", e.inner())),
+            path => bad(format!("invalid berth-cni config at {path}: {}", e.inner())),
+        })?;
         NetworkSpec::from_conf(conf, ifname)
     }
 
-    pub fn from_conf(conf: BerthConf, ifname: &str) -> Result<NetworkSpec, CniError> {
+    pub fn from_conf(conf: BerthConf, ifname: &IfName) -> Result<NetworkSpec, CniError> {
         let top = conf.top_iface();
         let listed = conf.interfaces.is_some();
         let raw_ifaces = match conf.interfaces {
@@ -304,8 +311,9 @@ impl NetworkSpec {
         for (i, c) in raw_ifaces.into_iter().enumerate() {
             let name = match (&c.name, i) {
                 (Some(n), _) => n.clone(),
-                (None, 0) => ifname.to_string(),
-                (None, i) => format!("eth{i}"),
+                (None, 0) => ifname.clone(),
+                (None, i) => IfName::try_from(format!("eth{i}"))
+                    .map_err(|e| bad(format!("interfaces[{i}]: {e}; give it a \"name\"")))?,
             };
             let at = if listed {
                 format!("interfaces[{i}] ({name})")
@@ -357,8 +365,7 @@ impl NetworkSpec {
     }
 }
 
-fn iface_spec(c: IfaceConf, name: String, at: &str) -> Result<IfaceSpec, CniError> {
-    validate_ifname(&name).map_err(|m| bad(format!("{at}: {m}")))?;
+fn iface_spec(c: IfaceConf, name: IfName, at: &str) -> Result<IfaceSpec, CniError> {
     let pools = match (c.pool.clone(), c.pools.clone()) {
         (Some(_), p) if !p.is_empty() => {
             return Err(bad(format!("{at}: both \"pool\" and \"pools\" are set"))
@@ -395,12 +402,10 @@ fn iface_spec(c: IfaceConf, name: String, at: &str) -> Result<IfaceSpec, CniErro
                     "{at}: bridge mode needs \"bridge\" (the bridge's name, e.g. berth0)"
                 ))
             })?;
-            validate_ifname(&bridge).map_err(|m| bad(format!("{at}: bridge: {m}")))?;
-            if let Some(up) = &c.uplink {
-                validate_ifname(up).map_err(|m| bad(format!("{at}: uplink: {m}")))?;
-                if *up == bridge {
-                    return Err(bad(format!("{at}: uplink and bridge are both {up:?}")));
-                }
+            if let Some(up) = &c.uplink
+                && *up == bridge
+            {
+                return Err(bad(format!("{at}: uplink and bridge are both {up:?}")));
             }
             let gateway_mode = c.gateway_mode.unwrap_or(if c.uplink.is_some() {
                 GatewayMode::External
@@ -432,7 +437,6 @@ fn iface_spec(c: IfaceConf, name: String, at: &str) -> Result<IfaceSpec, CniErro
                     "name the host NIC the macvlan sits on, e.g. \"master\": \"eth1\"",
                 )
             })?;
-            validate_ifname(&master).map_err(|m| bad(format!("{at}: master: {m}")))?;
             IfaceKind::Macvlan { master }
         }
     };
@@ -542,7 +546,7 @@ mod tests {
     }
 
     fn parse(fields: Value) -> Result<NetworkSpec, CniError> {
-        NetworkSpec::from_value(&with(fields), "eth0")
+        NetworkSpec::from_value(&with(fields), &"eth0".parse().unwrap())
     }
 
     #[test]
@@ -555,7 +559,7 @@ mod tests {
         assert_eq!(
             i.kind,
             IfaceKind::Bridge {
-                bridge: "berth0".into(),
+                bridge: "berth0".parse().unwrap(),
                 gateway_mode: GatewayMode::Bridge,
                 uplink: None,
                 hairpin: false
@@ -601,7 +605,7 @@ mod tests {
         assert_eq!(
             s.interfaces[0].kind,
             IfaceKind::Macvlan {
-                master: "eth1".into()
+                master: "eth1".parse().unwrap()
             }
         );
         assert_eq!(
@@ -735,7 +739,21 @@ mod tests {
             (json!({"interfaces": []}), "is empty"),
             (
                 json!({"interfaces": [{"name": "eth0123456789012", "mode": "bridge", "bridge": "b"}]}),
-                "16 bytes",
+                "at interfaces[0].name: interface name \"eth0123456789012\" is 16 bytes",
+            ),
+            (
+                json!({"interfaces": [
+                {"name": "a", "mode": "bridge", "bridge": "b", "defaultRoute": true},
+                {"name": "c", "mode": "macvlan", "master": "eth0:1"}]}),
+                "at interfaces[1].master: interface name \"eth0:1\" contains ':'",
+            ),
+            (
+                json!({"mode": "bridge", "bridge": "br/0"}),
+                "at bridge: interface name \"br/0\" contains '/'",
+            ),
+            (
+                json!({"mode": "bridge", "bridge": "b", "uplink": ""}),
+                "at uplink: interface name is empty",
             ),
             (
                 json!({"interfaces": [{"name": "a", "mode": "bridge", "bridge": "b"}, {"name": "a", "mode": "bridge", "bridge": "c"}]}),

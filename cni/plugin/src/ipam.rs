@@ -60,7 +60,7 @@ impl ExecAllocator {
             base: DelegateEnv {
                 container_id: ctx.env.container_id.clone(),
                 netns: ctx.env.netns.clone(),
-                ifname: ctx.env.ifname.clone(),
+                ifname: ctx.env.ifname.as_deref().unwrap_or_default().to_string(),
                 args: raw_args(ctx),
                 path: ctx.env.path.clone(),
             },
@@ -91,10 +91,13 @@ fn raw_args(ctx: &Context) -> String {
         parts.push("IgnoreUnknown=1".to_string());
     }
     for (k, v) in [
-        ("K8S_POD_NAMESPACE", &a.k8s_pod_namespace),
-        ("K8S_POD_NAME", &a.k8s_pod_name),
-        ("K8S_POD_INFRA_CONTAINER_ID", &a.k8s_pod_infra_container_id),
-        ("K8S_POD_UID", &a.k8s_pod_uid),
+        ("K8S_POD_NAMESPACE", a.k8s_pod_namespace.as_deref()),
+        ("K8S_POD_NAME", a.k8s_pod_name.as_deref()),
+        (
+            "K8S_POD_INFRA_CONTAINER_ID",
+            a.k8s_pod_infra_container_id.as_deref(),
+        ),
+        ("K8S_POD_UID", a.k8s_pod_uid.as_deref()),
     ] {
         if let Some(v) = v {
             parts.push(format!("{k}={v}"));

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use berth_cni_spec::result::{CniResult, Interface, IpConfig, Route};
-use berth_cni_spec::{CniError, ErrorCode};
+use berth_cni_spec::{CniError, ErrorCode, IfName};
 use berth_ipam_core::Allocation;
 use ipnet::IpNet;
 
@@ -217,16 +217,16 @@ pub fn build(
                     host_name: host_veth_name(network, container_id, &iface.name),
                     alias: attachment_alias(network, container_id, &iface.name),
                     bridge: BridgePlan {
-                        name: bridge.clone(),
+                        name: bridge.to_string(),
                         mtu: iface.mtu,
                         addresses,
-                        uplink: uplink.clone(),
+                        uplink: uplink.as_ref().map(IfName::to_string),
                     },
                     hairpin: *hairpin,
                 }
             }
             IfaceKind::Macvlan { master } => LinkPlan::Macvlan {
-                master: master.clone(),
+                master: master.to_string(),
                 vlan,
             },
         };
@@ -301,7 +301,7 @@ pub fn build(
             push_unique(&mut routes, RoutePlan { dst: r.dst, gw });
         }
         interfaces.push(IfacePlan {
-            name: iface.name.clone(),
+            name: iface.name.to_string(),
             link,
             mtu: iface.mtu,
             mac: iface.mac,
@@ -389,7 +389,7 @@ mod tests {
         for (k, val) in v.as_object().unwrap() {
             base[k] = val.clone();
         }
-        NetworkSpec::from_value(&base, "eth0").unwrap()
+        NetworkSpec::from_value(&base, &"eth0".parse().unwrap()).unwrap()
     }
 
     fn alloc(addr: &str, gw: Option<&str>, pool: &str) -> Allocation {

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use berth_cni_spec::config::POD_ANNOTATIONS;
-use berth_cni_spec::{CniError, CniResult, Context, ErrorCode, Plugin};
+use berth_cni_spec::{CniError, CniResult, Context, ErrorCode, IfName, Plugin};
 use berth_ipam_core::{AllocateRequest, Allocation, Allocator, Attachment, PodIdentity};
 
 use crate::apply::{self, pod_preflight, preflight, teardown};
@@ -50,11 +50,8 @@ const KNOWN_ARGS: &[&str] = &[];
 
 fn spec_of(ctx: &Context) -> Result<NetworkSpec, CniError> {
     // STATUS and GC come without CNI_IFNAME; they never use the single NIC's name.
-    let ifname = if ctx.env.ifname.is_empty() {
-        "eth0"
-    } else {
-        &ctx.env.ifname
-    };
+    let eth0 = IfName::try_from("eth0").expect("eth0 is an interface name");
+    let ifname = ctx.env.ifname.as_ref().unwrap_or(&eth0);
     NetworkSpec::from_value(&ctx.config.raw, ifname)
 }
 
@@ -87,7 +84,7 @@ impl<N: NetOpener, I: IpamOpener> BerthCni<N, I> {
             BTreeMap::new()
         };
         AllocateRequest {
-            network: ctx.config.name.clone(),
+            network: ctx.config.name.to_string(),
             container_id: ctx.env.container_id.clone(),
             ifname: ifname.to_string(),
             pod,

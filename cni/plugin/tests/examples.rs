@@ -32,7 +32,8 @@ fn spec(name: &str) -> (Value, NetworkSpec) {
     let entry = berth_entry(&list);
     berth_cni_spec::NetConf::parse(entry.to_string().as_bytes())
         .unwrap_or_else(|e| panic!("{name}: {e}"));
-    let spec = NetworkSpec::from_value(&entry, "eth0").unwrap_or_else(|e| panic!("{name}: {e}"));
+    let spec = NetworkSpec::from_value(&entry, &"eth0".parse().unwrap())
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     let ipam = berth_ipam_core::IpamConfig::from_json(&entry["ipam"])
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     ipam.pools().unwrap_or_else(|e| panic!("{name}: {e}"));

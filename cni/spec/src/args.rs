@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use berth_common::names::K8sName;
+
 use crate::error::CniError;
 
 /// Parsed `CNI_ARGS`.
@@ -9,8 +11,10 @@ use crate::error::CniError;
 pub struct CniArgs {
     /// `IgnoreUnknown=1|true`: keys the plugin does not know must be ignored, not refused.
     pub ignore_unknown: bool,
-    pub k8s_pod_namespace: Option<String>,
-    pub k8s_pod_name: Option<String>,
+    /// `K8S_POD_NAMESPACE` and `K8S_POD_NAME` become key and file-name segments in IPAM, so
+    /// they are checked here: a value that is no Kubernetes name is code 4.
+    pub k8s_pod_namespace: Option<K8sName>,
+    pub k8s_pod_name: Option<K8sName>,
     pub k8s_pod_uid: Option<String>,
     pub k8s_pod_infra_container_id: Option<String>,
     /// Every other key, in order of name.
@@ -45,8 +49,8 @@ impl CniArgs {
                         }
                     }
                 }
-                "K8S_POD_NAMESPACE" => args.k8s_pod_namespace = Some(v),
-                "K8S_POD_NAME" => args.k8s_pod_name = Some(v),
+                "K8S_POD_NAMESPACE" => args.k8s_pod_namespace = k8s_name(k, v)?,
+                "K8S_POD_NAME" => args.k8s_pod_name = k8s_name(k, v)?,
                 "K8S_POD_UID" => args.k8s_pod_uid = Some(v),
                 "K8S_POD_INFRA_CONTAINER_ID" => args.k8s_pod_infra_container_id = Some(v),
                 _ => {
@@ -79,12 +83,23 @@ impl CniArgs {
     }
 
     /// The pod's namespace and name, when both were sent.
-    pub fn pod(&self) -> Option<(&str, &str)> {
+    pub fn pod(&self) -> Option<(&K8sName, &K8sName)> {
         Some((
-            self.k8s_pod_namespace.as_deref()?,
-            self.k8s_pod_name.as_deref()?,
+            self.k8s_pod_namespace.as_ref()?,
+            self.k8s_pod_name.as_ref()?,
         ))
     }
+}
+
+/// An empty value is no value (a runtime outside Kubernetes may send the key empty).
+fn k8s_name(key: &str, value: String) -> Result<Option<K8sName>, CniError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    K8sName::try_from(value).map(Some).map_err(|e| {
+        CniError::invalid_env(format!("CNI_ARGS {key}: {e}"))
+            .with_details("the runtime passes the pod's namespace and name here")
+    })
 }
 
 #[cfg(test)]
@@ -100,7 +115,10 @@ mod tests {
         )
         .unwrap();
         assert!(a.ignore_unknown);
-        assert_eq!(a.pod(), Some(("default", "web-0")));
+        assert_eq!(
+            a.pod().map(|(ns, n)| (ns.as_str(), n.as_str())),
+            Some(("default", "web-0"))
+        );
         assert_eq!(a.k8s_pod_uid.as_deref(), Some("u-1"));
         assert_eq!(a.k8s_pod_infra_container_id.as_deref(), Some("abc123"));
         assert!(a.other.is_empty());
@@ -125,6 +143,25 @@ mod tests {
             .unwrap()
             .check_unknown(&[])
             .unwrap();
+    }
+
+    #[test]
+    fn pod_names_that_are_no_kubernetes_names_are_code_4() {
+        for bad in [
+            "K8S_POD_NAMESPACE=../x;K8S_POD_NAME=p",
+            "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=a/b",
+            "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=Web",
+        ] {
+            let e = CniArgs::parse(bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidEnvironment, "{bad}");
+            assert!(
+                e.msg.contains("not a valid Kubernetes name"),
+                "{bad}: {}",
+                e.msg
+            );
+        }
+        let a = CniArgs::parse("K8S_POD_NAMESPACE=;K8S_POD_NAME=p").unwrap();
+        assert_eq!(a.pod(), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{CniError, ErrorCode};
+use crate::names::NetworkName;
 use crate::result::{CniResult, Dns};
 use crate::version::CniVersion;
 
@@ -82,7 +83,7 @@ pub struct GcAttachment {
 #[derive(Clone, Debug, PartialEq)]
 pub struct NetConf {
     pub cni_version: CniVersion,
-    pub name: String,
+    pub name: NetworkName,
     pub plugin_type: String,
     pub capabilities: Capabilities,
     /// The `ipam` section, for the plugin (or a delegated IPAM plugin) to read.
@@ -126,22 +127,6 @@ pub fn peek_version(stdin: &[u8]) -> Option<CniVersion> {
     v.get("cniVersion")?.as_str()?.parse().ok()
 }
 
-/// Checks a network name as the spec requires: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
-pub fn validate_network_name(name: &str) -> Result<(), CniError> {
-    let mut chars = name.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(
-            CniError::invalid_config(format!("invalid network name {name:?}")).with_details(
-                "start with a letter or digit and use only letters, digits, '_', '.', '-'",
-            ),
-        )
-    }
-}
-
 impl NetConf {
     /// Decodes stdin: malformed JSON is code 6, a missing or wrong common field code 7, an
     /// unknown `cniVersion` code 1.
@@ -172,7 +157,10 @@ impl NetConf {
             CniError::invalid_config("network config has no name")
                 .with_details("add a \"name\" for the network")
         })?;
-        validate_network_name(&name)?;
+        let name = NetworkName::try_from(name).map_err(|e| {
+            CniError::invalid_config(e.to_string())
+                .with_details("name the network in the config's \"name\"")
+        })?;
         let plugin_type = c.plugin_type.ok_or_else(|| {
             CniError::invalid_config("network config has no type")
                 .with_details("\"type\" names the plugin binary")

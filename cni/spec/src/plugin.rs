@@ -171,7 +171,7 @@ mod tests {
         fn record(&self, ctx: &Context) -> Result<(), CniError> {
             self.calls
                 .borrow_mut()
-                .push((ctx.env.command, ctx.config.name.clone()));
+                .push((ctx.env.command, ctx.config.name.to_string()));
             match &self.fail_with {
                 Some(e) => Err(e.clone()),
                 None => Ok(()),

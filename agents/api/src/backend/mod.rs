@@ -6,9 +6,11 @@ pub mod debug;
 
 use std::path::{Path, PathBuf};
 
+use berth_common::names::K8sName;
 use berth_proto::v1;
 
 use crate::error::BackendError;
+use crate::pod::PodName;
 
 /// A file-log directory of a pod, as the agent mounted it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,12 +24,12 @@ pub struct PodLogDir {
 /// Where the file logs of pods live on this node.
 pub trait LogsBackend: Send + Sync + 'static {
     /// The pod's log directories; an unknown pod is `BackendError::NotFound`.
-    fn pod_log_dirs(&self, namespace: &str, pod: &str) -> Result<Vec<PodLogDir>, BackendError>;
+    fn pod_log_dirs(&self, pod: &PodName) -> Result<Vec<PodLogDir>, BackendError>;
 }
 
 impl<T: LogsBackend + ?Sized> LogsBackend for std::sync::Arc<T> {
-    fn pod_log_dirs(&self, namespace: &str, pod: &str) -> Result<Vec<PodLogDir>, BackendError> {
-        (**self).pod_log_dirs(namespace, pod)
+    fn pod_log_dirs(&self, pod: &PodName) -> Result<Vec<PodLogDir>, BackendError> {
+        (**self).pod_log_dirs(pod)
     }
 }
 
@@ -46,26 +48,8 @@ impl DirLayout {
     }
 }
 
-/// Kubernetes object names (RFC 1123 subdomain): what namespace and pod names can be.
-pub fn valid_k8s_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && !s.starts_with(['-', '.'])
-        && !s.ends_with(['-', '.'])
-        && !s.contains("..")
-}
-
 impl LogsBackend for DirLayout {
-    fn pod_log_dirs(&self, namespace: &str, pod: &str) -> Result<Vec<PodLogDir>, BackendError> {
-        for (what, v) in [("namespace", namespace), ("pod", pod)] {
-            if !valid_k8s_name(v) {
-                return Err(BackendError::Invalid(format!(
-                    "{what} {v:?} is not a valid Kubernetes name"
-                )));
-            }
-        }
+    fn pod_log_dirs(&self, pod: &PodName) -> Result<Vec<PodLogDir>, BackendError> {
         use rustix::fs::{AtFlags, FileType, Mode, OFlags};
         let io =
             |e: rustix::io::Errno| BackendError::Internal(format!("{}: {e}", self.root.display()));
@@ -75,7 +59,8 @@ impl LogsBackend for DirLayout {
             Mode::empty(),
         )
         .map_err(io)?;
-        let rel = format!("{namespace}/{pod}");
+        // Both names are Kubernetes names (no '/', no '..'): one segment each.
+        let rel = pod.to_string();
         let pod_dir = match berth_common::fs::openat2_beneath(
             &root,
             rel.as_str(),
@@ -103,7 +88,7 @@ impl LogsBackend for DirLayout {
             if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
                 out.push(PodLogDir {
                     name: name.to_string(),
-                    path: self.root.join(namespace).join(pod).join(name),
+                    path: self.root.join(&rel).join(name),
                 });
             }
         }
@@ -197,8 +182,8 @@ impl<T: IpamBackend + ?Sized> IpamBackend for std::sync::Arc<T> {
 /// Which containers a faketime call is about: every faketime container of a pod, or one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FakeTimeTarget {
-    pub namespace: String,
-    pub pod: String,
+    pub namespace: K8sName,
+    pub pod: K8sName,
     pub container: Option<String>,
 }
 
@@ -237,8 +222,17 @@ impl<T: FakeTimeBackend + ?Sized> FakeTimeBackend for std::sync::Arc<T> {
 mod tests {
     use super::*;
 
+    fn pod(namespace: &str, pod: &str) -> PodName {
+        PodName {
+            namespace: namespace.parse().unwrap(),
+            pod: pod.parse().unwrap(),
+        }
+    }
+
+    /// Names that are no Kubernetes names cannot reach the layout ([`PodName`] refuses
+    /// them; its tests cover "..", "a/b" and the rest).
     #[test]
-    fn dir_layout_lists_dirs_and_refuses_bad_names() {
+    fn dir_layout_lists_dirs_and_refuses_symlinked_pods() {
         let t = tempfile::tempdir().unwrap();
         let pod = t.path().join("team-a/web-0");
         std::fs::create_dir_all(pod.join("app")).unwrap();
@@ -246,7 +240,7 @@ mod tests {
         std::fs::write(pod.join("stray.log"), "").unwrap();
         std::os::unix::fs::symlink("/etc", pod.join("etc")).unwrap();
         let l = DirLayout::new(t.path());
-        let dirs = l.pod_log_dirs("team-a", "web-0").unwrap();
+        let dirs = l.pod_log_dirs(&self::pod("team-a", "web-0")).unwrap();
         assert_eq!(
             dirs,
             vec![
@@ -261,21 +255,13 @@ mod tests {
             ]
         );
         assert!(matches!(
-            l.pod_log_dirs("team-a", "web-1"),
+            l.pod_log_dirs(&self::pod("team-a", "web-1")),
             Err(BackendError::NotFound(_))
-        ));
-        assert!(matches!(
-            l.pod_log_dirs("..", "x"),
-            Err(BackendError::Invalid(_))
-        ));
-        assert!(matches!(
-            l.pod_log_dirs("a/b", "x"),
-            Err(BackendError::Invalid(_))
         ));
         // A symlinked pod dir is not followed.
         std::os::unix::fs::symlink(&pod, t.path().join("team-a/alias")).unwrap();
         assert!(matches!(
-            l.pod_log_dirs("team-a", "alias"),
+            l.pod_log_dirs(&self::pod("team-a", "alias")),
             Err(BackendError::Internal(_))
         ));
     }

@@ -20,8 +20,8 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::backend::debug::{
     DebugAttachment, DebugBackend, DebugInput, DebugSession, DebugStart, SessionPod, Sessions,
 };
-use crate::backend::valid_k8s_name;
 use crate::layer::CallContext;
+use crate::pod::PodName;
 use crate::policy::PolicyStore;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -38,15 +38,7 @@ pub struct DebugService {
 }
 
 fn check_pod(pod: Option<v1::PodRef>) -> Result<v1::PodRef, Status> {
-    let pod = pod.ok_or_else(|| Status::invalid_argument("pod is required (namespace/name)"))?;
-    for (what, v) in [("namespace", &pod.namespace), ("pod", &pod.pod)] {
-        if !valid_k8s_name(v) {
-            return Err(Status::invalid_argument(format!(
-                "{what} {v:?} is not a valid Kubernetes name"
-            )));
-        }
-    }
-    Ok(pod)
+    PodName::from_request(pod).map(v1::PodRef::from)
 }
 
 /// "a, b or c".

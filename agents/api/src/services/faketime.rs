@@ -6,8 +6,9 @@ use std::sync::Arc;
 use berth_proto::v1;
 use tonic::{Request, Response, Status};
 
-use crate::backend::{FakeTimeBackend, FakeTimeTarget, valid_k8s_name};
+use crate::backend::{FakeTimeBackend, FakeTimeTarget};
 use crate::error::{BackendError, ServiceError};
+use crate::pod::PodName;
 
 pub struct FakeTimeService {
     pub(crate) backend: Arc<dyn FakeTimeBackend>,
@@ -24,14 +25,7 @@ fn valid_container_name(s: &str) -> bool {
 }
 
 fn target(pod: Option<v1::PodRef>, container: String) -> Result<FakeTimeTarget, Status> {
-    let pod = pod.ok_or_else(|| Status::invalid_argument("pod is required (namespace/name)"))?;
-    for (what, v) in [("namespace", &pod.namespace), ("pod", &pod.pod)] {
-        if !valid_k8s_name(v) {
-            return Err(Status::invalid_argument(format!(
-                "{what} {v:?} is not a valid Kubernetes name"
-            )));
-        }
-    }
+    let pod = PodName::from_request(pod)?;
     if !container.is_empty() && !valid_container_name(&container) {
         return Err(Status::invalid_argument(format!(
             "container {container:?} is not a valid container name"

@@ -18,6 +18,7 @@ use crate::backend::{LogsBackend, PodLogDir};
 use crate::config::LogsLimits;
 use crate::error::ServiceError;
 use crate::logs_fs;
+use crate::pod::PodName;
 
 const CHUNK: usize = 64 << 10;
 
@@ -78,16 +79,6 @@ async fn send<T>(
     }
 }
 
-fn pod(p: Option<v1::PodRef>) -> Result<(String, String), Status> {
-    let p = p.unwrap_or_default();
-    if p.namespace.is_empty() || p.pod.is_empty() {
-        return Err(Status::invalid_argument(
-            "pod.namespace and pod.pod are required",
-        ));
-    }
-    Ok((p.namespace, p.pod))
-}
-
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
@@ -100,24 +91,19 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl LogsService {
-    fn dirs(&self, ns: &str, pod: &str) -> Result<Vec<PodLogDir>, Status> {
-        Ok(self.backend.pod_log_dirs(ns, pod)?)
+    fn dirs(&self, pod: &PodName) -> Result<Vec<PodLogDir>, Status> {
+        Ok(self.backend.pod_log_dirs(pod)?)
     }
 
     /// Opens the named log dir of a pod.
-    async fn open(
-        &self,
-        ns: String,
-        pod: String,
-        name: String,
-    ) -> Result<(Arc<OwnedFd>, PodLogDir), Status> {
+    async fn open(&self, pod: PodName, name: String) -> Result<(Arc<OwnedFd>, PodLogDir), Status> {
         let backend = self.backend.clone();
         blocking(move || {
-            let dirs = backend.pod_log_dirs(&ns, &pod)?;
+            let dirs = backend.pod_log_dirs(&pod)?;
             let Some(d) = dirs.iter().find(|d| d.name == name) else {
                 let have: Vec<&str> = dirs.iter().map(|d| d.name.as_str()).collect();
                 return Err(Status::not_found(format!(
-                    "pod {ns}/{pod} has no log dir {name:?} (it has: [{}])",
+                    "pod {pod} has no log dir {name:?} (it has: [{}])",
                     have.join(", ")
                 )));
             };
@@ -137,8 +123,8 @@ impl v1::logs_server::Logs for LogsService {
         &self,
         req: Request<v1::ListLogsRequest>,
     ) -> Result<Response<v1::ListLogsResponse>, Status> {
-        let (ns, pod) = pod(req.into_inner().pod)?;
-        let dirs = self.dirs(&ns, &pod)?;
+        let pod = PodName::from_request(req.into_inner().pod)?;
+        let dirs = self.dirs(&pod)?;
         let max = self.limits.max_entries;
         let out = blocking(move || {
             let mut out = Vec::new();
@@ -170,9 +156,9 @@ impl v1::logs_server::Logs for LogsService {
         req: Request<v1::ReadLogRequest>,
     ) -> Result<Response<Self::ReadStream>, Status> {
         let r = req.into_inner();
-        let (ns, pod) = pod(r.pod.clone())?;
+        let pod = PodName::from_request(r.pod.clone())?;
         logs_fs::validate_rel(&r.path)?;
-        let (dir, _) = self.open(ns, pod, r.dir.clone()).await?;
+        let (dir, _) = self.open(pod, r.dir.clone()).await?;
         let (d2, rel) = (dir.clone(), r.path.clone());
         let (file, start) = blocking(move || {
             let mut f = logs_fs::open_file(&d2, &rel)?;
@@ -219,14 +205,14 @@ impl v1::logs_server::Logs for LogsService {
         req: Request<v1::DownloadLogsRequest>,
     ) -> Result<Response<Self::DownloadStream>, Status> {
         let r = req.into_inner();
-        let (ns, pod) = pod(r.pod)?;
-        let (dir, d) = self.open(ns.clone(), pod.clone(), r.dir.clone()).await?;
+        let pod = PodName::from_request(r.pod)?;
+        let (dir, d) = self.open(pod.clone(), r.dir.clone()).await?;
         let max_entries = self.limits.max_entries;
         let d2 = dir.clone();
         let (entries, truncated) = blocking(move || Ok(logs_fs::walk(&d2, max_entries)?)).await?;
         if truncated {
             return Err(Status::resource_exhausted(format!(
-                "log dir {:?} of pod {ns}/{pod} holds more than {max_entries} files: \
+                "log dir {:?} of pod {pod} holds more than {max_entries} files: \
                  download single files with `berthctl logs cat` or raise logs.max_entries",
                 d.name
             )));
@@ -235,7 +221,7 @@ impl v1::logs_server::Logs for LogsService {
         let limit = self.limits.max_download_bytes;
         if total > limit {
             return Err(Status::resource_exhausted(format!(
-                "log dir {:?} of pod {ns}/{pod} holds {total} bytes, over the download limit of \
+                "log dir {:?} of pod {pod} holds {total} bytes, over the download limit of \
                  {limit} bytes: fetch files one by one with `berthctl logs cat` or raise \
                  logs.max_download_bytes",
                 d.name

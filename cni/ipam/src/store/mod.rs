@@ -66,21 +66,10 @@ pub trait Store: Send + Sync {
     }
 }
 
-/// Network names become file names and key segments: keep them to a safe alphabet.
+/// Network names become file names and key segments: the CNI spec's rule, checked again
+/// here because the API hands the store names too ([`berth_common::names::NetworkName`]).
 pub fn check_network_name(network: &str) -> Result<(), IpamError> {
-    let ok = !network.is_empty()
-        && network.len() <= 128
-        && !network.starts_with('.')
-        && network
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(IpamError::InvalidConfig(format!(
-            "network name {network:?} must be 1-128 characters of [A-Za-z0-9._-], not starting with a dot"
-        )))
-    }
+    berth_common::names::check_network_name(network).map_err(IpamError::InvalidConfig)
 }
 
 /// Drops events beyond the retention limits (oldest first).
