@@ -516,9 +516,37 @@ pub fn sample_report() -> BenchReport {
     r
 }
 
+/// CPU time (user + system, all threads) of process `pid` so far, in ms; 0 when it is gone.
+pub fn process_cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // SAFETY: sysconf reads a constant of the C library.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    cpu_ms_of_stat(&stat, hz)
+}
+
+/// User + system time (ms) in a `/proc/<pid>/stat` line whose clock ticks `hz` per second.
+pub fn cpu_ms_of_stat(stat: &str, hz: f64) -> f64 {
+    // Fields after the command name, which is in parentheses and may hold spaces or ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    ticks as f64 * 1000.0 / hz
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_time_is_read_after_a_command_name_with_spaces_and_parens() {
+        let line = "4242 (berth (x) agent) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 130 0 0 20 0 6 0 100 0 0";
+        assert_eq!(cpu_ms_of_stat(line, 100.0), 3800.0);
+        assert_eq!(cpu_ms_of_stat("", 100.0), 0.0);
+    }
 
     #[test]
     fn percentiles_are_nearest_rank_on_known_data() {

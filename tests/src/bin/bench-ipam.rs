@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use berth_e2e::bench_report::{BenchReport, Target};
+use berth_e2e::bench_report::{BenchReport, Target, process_cpu_ms};
 use serde_json::{Value, json};
 
 struct Args {
@@ -557,19 +557,30 @@ fn main() -> Result<()> {
         json!({"type": "etcd", "endpoints": [etcd.endpoint], "prefix": "/bench", "timeout": "5s"}),
     );
     println!("etcd (spawned on {}):", etcd.endpoint);
+    let etcd_cpu_before = process_cpu_ms(etcd.child.id());
     let r = run(&berth, &conf, "be", &a)?;
+    let etcd_cpu = (process_cpu_ms(etcd.child.id()) - etcd_cpu_before) / r.ops as f64;
     total_dups += r.duplicates;
     let e = report(BERTH_ETCD, &r);
+    let plugin_cpu = r.cpu_ms_per_op;
     rows.push((BERTH_ETCD, r));
     println!(
         "etcd: berth-ipam {e:.0} ops/s, {:.0}% of the local store's {b:.0} ops/s (target >= 2000 ops/s)",
         100.0 * e / b
     );
+    // What the machine's CPUs allow at most when etcd and the plugins share them: the bound
+    // no client design can pass on this machine.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!(
+        "etcd server CPU {etcd_cpu:.2} ms/op + plugin {plugin_cpu:.2} ms/op: {cpus:.0} CPUs allow at most {:.0} ops/s (etcd alone at most {:.0})",
+        cpus * 1000.0 / (etcd_cpu + plugin_cpu),
+        cpus * 1000.0 / etcd_cpu
+    );
     if let Some(exe) = &floor_exe {
         // Again beside the etcd run: the machine's state may have changed since the rounds.
         report_floor(FLOOR_STATIC, &run_floor(exe, &conf, &a)?);
     }
-    let scale = etcd_scale(&berth, &etcd.endpoint)?;
+    let scale = etcd_scale(&berth, &etcd.endpoint, etcd.child.id())?;
     println!("duplicates in all runs: {total_dups}");
     bench_report(
         &a,
@@ -577,7 +588,7 @@ fn main() -> Result<()> {
         &rows,
         (b, h),
         (ch, cf),
-        &scale,
+        (&scale, etcd_cpu),
         total_dups,
     )?;
     if total_dups > 0 {
@@ -597,7 +608,11 @@ const PODS_PER_NODE: usize = 100;
 /// [`ETCD_SIZES`] leases: `(leases, ADD latencies in ms)`. The network is grown between the
 /// rows by simulated nodes of [`PODS_PER_NODE`] pods each, allocating in-process through the
 /// same library (untimed), so it holds the block claims and leases a real cluster would.
-fn etcd_scale(plugin: &Path, endpoint: &str) -> Result<Vec<(usize, Vec<f64>)>> {
+///
+/// The growth runs in 8 threads over long-lived connections (one per simulated node), so the
+/// etcd server's CPU per ADD printed beside it is what an ADD costs etcd without a connection
+/// per process.
+fn etcd_scale(plugin: &Path, endpoint: &str, etcd_pid: u32) -> Result<Vec<(usize, Vec<f64>)>> {
     let sizes: Vec<usize> = match std::env::var("BERTH_BENCH_ETCD_SIZES") {
         Ok(v) => v
             .split(',')
@@ -623,9 +638,11 @@ fn etcd_scale(plugin: &Path, endpoint: &str) -> Result<Vec<(usize, Vec<f64>)>> {
     let mut out = Vec::new();
     for (row, size) in sizes.into_iter().enumerate() {
         let started = Instant::now();
+        let etcd_cpu_before = process_cpu_ms(etcd_pid);
         let nodes: Vec<String> = (held / PODS_PER_NODE..size.div_ceil(PODS_PER_NODE))
             .map(|n| format!("sim-{n}"))
             .collect();
+        let grown = nodes.len() * PODS_PER_NODE;
         let queue = Arc::new(Mutex::new(nodes));
         let fillers: Vec<_> = (0..8)
             .map(|_| {
@@ -650,6 +667,7 @@ fn etcd_scale(plugin: &Path, endpoint: &str) -> Result<Vec<(usize, Vec<f64>)>> {
         for f in fillers {
             f.join().expect("filler panicked")?;
         }
+        let growth_cpu = (process_cpu_ms(etcd_pid) - etcd_cpu_before) / grown.max(1) as f64;
         held = held.max(size.div_ceil(PODS_PER_NODE) * PODS_PER_NODE);
         let filled = started.elapsed();
         let mut samples = Vec::with_capacity(SCALE_SAMPLES);
@@ -662,12 +680,19 @@ fn etcd_scale(plugin: &Path, endpoint: &str) -> Result<Vec<(usize, Vec<f64>)>> {
         }
         let mut sorted = samples.clone();
         sorted.sort_by(f64::total_cmp);
+        let growth = if grown > 0 {
+            format!(
+                "grown by {grown} in {:.0} s, etcd server {growth_cpu:.2} ms CPU per in-process ADD",
+                filled.as_secs_f64()
+            )
+        } else {
+            "not grown".to_string()
+        };
         println!(
-            "  {held:>6} leases: ADD median {:.2} ms, mean {:.2} ms, p90 {:.2} ms (grown in {:.0} s)",
+            "  {held:>6} leases: ADD median {:.2} ms, mean {:.2} ms, p90 {:.2} ms ({growth})",
             sorted[sorted.len() / 2],
             samples.iter().sum::<f64>() / samples.len() as f64,
             sorted[sorted.len() * 9 / 10],
-            filled.as_secs_f64()
         );
         out.push((held, samples));
     }
@@ -696,7 +721,7 @@ fn bench_report(
     rows: &[(&str, RunResult)],
     (local, host_local): (f64, f64),
     (churn_held, churn_free): (f64, f64),
-    scale: &[(usize, Vec<f64>)],
+    (scale, etcd_server_cpu): (&[(usize, Vec<f64>)], f64),
     duplicates: usize,
 ) -> Result<()> {
     let mut report = BenchReport::new("ipam");
@@ -752,6 +777,11 @@ fn bench_report(
         }
         report.figure(&format!("{label} CPU per operation"), cpu, "ms");
     }
+    report.figure(
+        "etcd server CPU per operation (beside the etcd throughput row)",
+        etcd_server_cpu,
+        "ms",
+    );
     report.ratio(
         "local store throughput, berth-ipam / host-local",
         "ops/s",

@@ -30,7 +30,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use berth_e2e::bench_report::{BenchReport, Target};
+use berth_e2e::bench_report::{BenchReport, Target, process_cpu_ms};
 use berth_e2e::testbed::{Containerd, Node, NodeOptions};
 use berth_e2e::{BUSYBOX_IMAGE, ContainerSpec, CriClient, GLIBC_IMAGE, Pod, PodSpec};
 
@@ -185,11 +185,7 @@ impl Agent {
 
     /// CPU time of all the agent's threads so far (user + system), in ms.
     fn cpu_ms(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // SAFETY: sysconf reads a constant of the C library.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        cpu_ms_of_stat(&stat, hz)
+        process_cpu_ms(self.child.id())
     }
 
     fn rss_kib(&self) -> u64 {
@@ -265,19 +261,6 @@ impl Side {
         self.cri.remove_container(&id).await?;
         Ok(ms)
     }
-}
-
-/// User + system time (ms) in a `/proc/<pid>/stat` line whose clock ticks `hz` per second.
-fn cpu_ms_of_stat(stat: &str, hz: f64) -> f64 {
-    // Fields after the command name, which is in parentheses and may hold spaces or ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    ticks as f64 * 1000.0 / hz
 }
 
 /// Nearest-rank percentile on a sorted copy.
@@ -684,16 +667,4 @@ async fn main() -> Result<()> {
     }
     out.finish()?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_time_is_read_after_a_command_name_with_spaces_and_parens() {
-        let line = "4242 (berth (x) agent) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 130 0 0 20 0 6 0 100 0 0";
-        assert_eq!(cpu_ms_of_stat(line, 100.0), 3800.0);
-        assert_eq!(cpu_ms_of_stat("", 100.0), 0.0);
-    }
 }
