@@ -12,9 +12,13 @@ pub struct CniArgs {
     /// `IgnoreUnknown=1|true`: keys the plugin does not know must be ignored, not refused.
     pub ignore_unknown: bool,
     /// `K8S_POD_NAMESPACE` and `K8S_POD_NAME` become key and file-name segments in IPAM, so
-    /// they are checked here: a value that is no Kubernetes name is code 4.
+    /// only Kubernetes names are kept. Runtimes outside Kubernetes fill them with their own
+    /// names (Podman: the container's, which may hold `_` or capitals); such a call is
+    /// treated like one without a pod, as the reference plugins do, and never refused.
     pub k8s_pod_namespace: Option<K8sName>,
     pub k8s_pod_name: Option<K8sName>,
+    /// The `K8S_POD_*` keys whose values were dropped because they are no Kubernetes names.
+    pub not_kubernetes_names: Vec<String>,
     pub k8s_pod_uid: Option<String>,
     pub k8s_pod_infra_container_id: Option<String>,
     /// Every other key, in order of name.
@@ -49,8 +53,8 @@ impl CniArgs {
                         }
                     }
                 }
-                "K8S_POD_NAMESPACE" => args.k8s_pod_namespace = k8s_name(k, v)?,
-                "K8S_POD_NAME" => args.k8s_pod_name = k8s_name(k, v)?,
+                "K8S_POD_NAMESPACE" => args.k8s_pod_namespace = args.k8s_name(k, v),
+                "K8S_POD_NAME" => args.k8s_pod_name = args.k8s_name(k, v),
                 "K8S_POD_UID" => args.k8s_pod_uid = Some(v),
                 "K8S_POD_INFRA_CONTAINER_ID" => args.k8s_pod_infra_container_id = Some(v),
                 _ => {
@@ -82,24 +86,26 @@ impl CniArgs {
         }
     }
 
-    /// The pod's namespace and name, when both were sent.
+    /// A `K8S_POD_*` value as a Kubernetes name; empty, or no Kubernetes name: none (the
+    /// latter noted in `not_kubernetes_names`).
+    fn k8s_name(&mut self, key: &str, value: String) -> Option<K8sName> {
+        if value.is_empty() {
+            return None;
+        }
+        let name = K8sName::try_from(value).ok();
+        if name.is_none() {
+            self.not_kubernetes_names.push(key.to_string());
+        }
+        name
+    }
+
+    /// The pod's namespace and name, when both were sent as Kubernetes names.
     pub fn pod(&self) -> Option<(&K8sName, &K8sName)> {
         Some((
             self.k8s_pod_namespace.as_ref()?,
             self.k8s_pod_name.as_ref()?,
         ))
     }
-}
-
-/// An empty value is no value (a runtime outside Kubernetes may send the key empty).
-fn k8s_name(key: &str, value: String) -> Result<Option<K8sName>, CniError> {
-    if value.is_empty() {
-        return Ok(None);
-    }
-    K8sName::try_from(value).map(Some).map_err(|e| {
-        CniError::invalid_env(format!("CNI_ARGS {key}: {e}"))
-            .with_details("the runtime passes the pod's namespace and name here")
-    })
 }
 
 #[cfg(test)]
@@ -146,22 +152,26 @@ mod tests {
     }
 
     #[test]
-    fn pod_names_that_are_no_kubernetes_names_are_code_4() {
-        for bad in [
-            "K8S_POD_NAMESPACE=../x;K8S_POD_NAME=p",
-            "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=a/b",
-            "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=Web",
+    fn pod_names_that_are_no_kubernetes_names_make_no_pod() {
+        for (args, dropped) in [
+            ("K8S_POD_NAMESPACE=../x;K8S_POD_NAME=p", "K8S_POD_NAMESPACE"),
+            ("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=a/b", "K8S_POD_NAME"),
+            // What Podman sends: the container's name.
+            (
+                "K8S_POD_NAMESPACE=My_App;K8S_POD_NAME=My_App",
+                "K8S_POD_NAMESPACE",
+            ),
         ] {
-            let e = CniArgs::parse(bad).unwrap_err();
-            assert_eq!(e.code, ErrorCode::InvalidEnvironment, "{bad}");
+            let a = CniArgs::parse(args).unwrap();
+            assert_eq!(a.pod(), None, "{args}");
             assert!(
-                e.msg.contains("not a valid Kubernetes name"),
-                "{bad}: {}",
-                e.msg
+                a.not_kubernetes_names.iter().any(|k| k == dropped),
+                "{args}"
             );
         }
         let a = CniArgs::parse("K8S_POD_NAMESPACE=;K8S_POD_NAME=p").unwrap();
         assert_eq!(a.pod(), None);
+        assert!(a.not_kubernetes_names.is_empty());
     }
 
     #[test]
