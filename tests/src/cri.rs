@@ -521,6 +521,20 @@ impl CriClient {
         Ok(())
     }
 
+    /// What kubelet does when a pod goes: stops and removes its container, then
+    /// StopPodSandbox (CNI DEL with the netns) and RemovePodSandbox (CNI DEL again, with an
+    /// empty netns).
+    pub async fn delete_pod_like_kubelet(&mut self, pod: &str, container: &str) -> Result<()> {
+        self.stop_container(container, 5).await?;
+        self.remove_container(container).await?;
+        self.stop_pod(pod)
+            .await
+            .context("StopPodSandbox: first DEL")?;
+        self.remove_pod(pod)
+            .await
+            .context("RemovePodSandbox: second DEL")
+    }
+
     pub async fn list_pods(&mut self) -> Result<Vec<cri::PodSandbox>> {
         Ok(self
             .runtime

@@ -6,6 +6,16 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+/// `ip -o -d link show` of the host: every link with its details (a veth's alias names its
+/// attachment), for checks that a pod's host end is gone.
+pub fn host_links() -> String {
+    let o = Command::new("ip")
+        .args(["-o", "-d", "link", "show"])
+        .output()
+        .expect("run ip");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// The network namespace path of a running container's task.
 pub fn netns_of_pid(pid: u32) -> String {
     format!("/proc/{pid}/ns/net")

@@ -7,6 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use berth_e2e::netns::host_links;
 use berth_e2e::testbed::{Containerd, Node, NodeOptions, plugin_binary, workspace_root};
 use berth_e2e::{BUSYBOX_IMAGE, ContainerSpec, CriClient, PodSpec};
 use serde_json::Value;
@@ -21,14 +22,6 @@ impl Drop for BridgeGuard {
             .stderr(std::process::Stdio::null())
             .status();
     }
-}
-
-fn host_links() -> String {
-    let o = Command::new("ip")
-        .args(["-o", "-d", "link", "show"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// The shipped conflist with the IPAM store moved into the node's directory and, for a
@@ -125,14 +118,7 @@ async fn pods_on_berth_cni(node_name: &str, containerd: Containerd, bridge: &str
     }
     // StopPodSandbox (DEL with the netns) then RemovePodSandbox (DEL with an empty netns).
     for (pod, c) in pods.iter().zip(&containers) {
-        cri.stop_container(c, 5).await.unwrap();
-        cri.remove_container(c).await.unwrap();
-        cri.stop_pod(&pod.id)
-            .await
-            .expect("StopPodSandbox: first DEL");
-        cri.remove_pod(&pod.id)
-            .await
-            .expect("RemovePodSandbox: second DEL");
+        cri.delete_pod_like_kubelet(&pod.id, c).await.unwrap();
         assert!(
             !host_links().contains(&format!("berth:berth:{}:", pod.id)),
             "{} left its veth",

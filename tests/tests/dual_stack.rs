@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use berth_e2e::netns::host_links;
 use berth_e2e::testbed::{Containerd, Node, NodeOptions, plugin_binary, workspace_root};
 use berth_e2e::{BUSYBOX_IMAGE, ContainerSpec, CriClient, PodSpec};
 use berth_ipam_core::store::local::LocalStore;
@@ -33,14 +34,6 @@ impl Drop for BridgeGuard {
             .stderr(Stdio::null())
             .status();
     }
-}
-
-fn host_links() -> String {
-    let o = Command::new("ip")
-        .args(["-o", "-d", "link", "show"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// The shipped conflist with what a second node on this machine must change: its bridge,
@@ -239,14 +232,7 @@ async fn dual_stack_pods(node_name: &str, containerd: Containerd, bridge: &str, 
     // StopPodSandbox (DEL with the netns) then RemovePodSandbox (DEL with an empty netns), also
     // for the pod GC already cleaned up.
     for (pod, c) in pods.iter().zip(&containers) {
-        cri.stop_container(c, 5).await.unwrap();
-        cri.remove_container(c).await.unwrap();
-        cri.stop_pod(&pod.id)
-            .await
-            .expect("StopPodSandbox: first DEL");
-        cri.remove_pod(&pod.id)
-            .await
-            .expect("RemovePodSandbox: second DEL");
+        cri.delete_pod_like_kubelet(&pod.id, c).await.unwrap();
         assert!(
             !host_links().contains(&format!("berth:{network}:{}:", pod.id)),
             "{} left its veth",

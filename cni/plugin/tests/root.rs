@@ -169,13 +169,13 @@ impl Tor {
     }
 }
 
-/// Counts gratuitous ARPs for `ip` seen on `dev` inside `ns` until `want` or the deadline.
-fn garp_listener(
+/// Runs `count` on a raw socket for EtherType `protocol` bound to `dev` inside `ns`, on a
+/// thread of its own; returns once the socket listens, so nothing sent after is missed.
+fn listen_in(
     ns: &Netns,
     dev: &str,
-    ip: Ipv4Addr,
-    want: u32,
-    within: Duration,
+    protocol: u16,
+    count: impl FnOnce(&berth_cni::arp::ArpSocket) -> u32 + Send + 'static,
 ) -> std::thread::JoinHandle<u32> {
     let path = ns.path();
     let index: u32 = ns
@@ -192,9 +192,24 @@ fn garp_listener(
         use std::os::fd::AsRawFd;
         // SAFETY: setns on this test thread only.
         assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        let sock = berth_cni::arp::ArpSocket::open().unwrap();
+        let sock = berth_cni::arp::ArpSocket::open_for(protocol).unwrap();
         sock.bind(index).unwrap();
         tx.send(()).unwrap();
+        count(&sock)
+    });
+    rx.recv().unwrap();
+    h
+}
+
+/// Counts gratuitous ARPs for `ip` seen on `dev` inside `ns` until `want` or the deadline.
+fn garp_listener(
+    ns: &Netns,
+    dev: &str,
+    ip: Ipv4Addr,
+    want: u32,
+    within: Duration,
+) -> std::thread::JoinHandle<u32> {
+    listen_in(ns, dev, berth_cni::arp::ETH_P_ARP, move |sock| {
         let seen = std::cell::Cell::new(0u32);
         let deadline = Instant::now() + within;
         let r = sock.recv_until(deadline, |p| {
@@ -205,9 +220,7 @@ fn garp_listener(
         });
         r.expect("receiving ARP at the TOR");
         seen.get()
-    });
-    rx.recv().unwrap();
-    h
+    })
 }
 
 #[test]
@@ -290,24 +303,7 @@ fn na_listener(
     want: u32,
     within: Duration,
 ) -> std::thread::JoinHandle<u32> {
-    let path = ns.path();
-    let index: u32 = ns
-        .ip(&["-o", "link", "show", dev])
-        .split(':')
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let h = std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).unwrap();
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns on this test thread only.
-        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        let sock = berth_cni::arp::ArpSocket::open_for(berth_cni::ndp::ETH_P_IPV6).unwrap();
-        sock.bind(index).unwrap();
-        tx.send(()).unwrap();
+    listen_in(ns, dev, berth_cni::ndp::ETH_P_IPV6, move |sock| {
         let seen = std::cell::Cell::new(0u32);
         let deadline = Instant::now() + within;
         let r = sock.recv_frame_until(deadline, |f| {
@@ -319,9 +315,7 @@ fn na_listener(
         });
         r.expect("receiving NDP at the TOR");
         seen.get()
-    });
-    rx.recv().unwrap();
-    h
+    })
 }
 
 /// One ping, no retry: the address must be usable the moment ADD returns.
