@@ -286,24 +286,7 @@ fn dual_stack_row(
         "dual-stack: {} pods x {} rounds, an IPv4 and an IPv6 pool (berth) / two host-local range sets (reference)",
         args.dual_pods, args.rounds
     );
-    for (label, s) in [("berth-cni dual-stack", &sb), ("reference dual-stack", &sr)] {
-        for (verb, v) in [("ADD", &s.add), ("DEL", &s.del)] {
-            let st = stats(v);
-            println!(
-                "{:<44} {:>9.2} {:>9.2} {:>9.2}",
-                format!("{label} {verb}"),
-                st.mean,
-                st.p50,
-                st.p99
-            );
-        }
-    }
-    let (ba, bd, ra, rd) = (
-        stats(&sb.add),
-        stats(&sb.del),
-        stats(&sr.add),
-        stats(&sr.del),
-    );
+    let (ba, bd, ra, rd) = print_rows(("berth-cni dual-stack", &sb), ("reference dual-stack", &sr));
     println!(
         "ratio berth/reference dual-stack (mean): ADD {:.2}x, DEL {:.2}x, ADD+DEL {:.2}x",
         ba.mean / ra.mean,
@@ -394,6 +377,32 @@ struct Stats {
     mean: f64,
     p50: f64,
     p99: f64,
+}
+
+/// Prints the ADD and DEL latency rows of berth and of the reference; returns their stats:
+/// berth ADD, berth DEL, reference ADD, reference DEL.
+fn print_rows(
+    berth: (&str, &Samples),
+    reference: (&str, &Samples),
+) -> (Stats, Stats, Stats, Stats) {
+    for (label, s) in [berth, reference] {
+        for (verb, v) in [("ADD", &s.add), ("DEL", &s.del)] {
+            let st = stats(v);
+            println!(
+                "{:<44} {:>9.2} {:>9.2} {:>9.2}",
+                format!("{label} {verb}"),
+                st.mean,
+                st.p50,
+                st.p99
+            );
+        }
+    }
+    (
+        stats(&berth.1.add),
+        stats(&berth.1.del),
+        stats(&reference.1.add),
+        stats(&reference.1.del),
+    )
 }
 
 fn stats(v: &[Duration]) -> Stats {
@@ -496,24 +505,7 @@ fn main() -> Result<()> {
         "{:<44} {:>9} {:>9} {:>9}",
         "latency (ms)", "mean", "p50", "p99"
     );
-    for (label, s) in [("berth-cni", &sb), ("reference bridge+host-local", &sr)] {
-        for (verb, v) in [("ADD", &s.add), ("DEL", &s.del)] {
-            let st = stats(v);
-            println!(
-                "{:<44} {:>9.2} {:>9.2} {:>9.2}",
-                format!("{label} {verb}"),
-                st.mean,
-                st.p50,
-                st.p99
-            );
-        }
-    }
-    let (ba, bd, ra, rd) = (
-        stats(&sb.add),
-        stats(&sb.del),
-        stats(&sr.add),
-        stats(&sr.del),
-    );
+    let (ba, bd, ra, rd) = print_rows(("berth-cni", &sb), ("reference bridge+host-local", &sr));
     let both = (ba.mean + bd.mean) / (ra.mean + rd.mean);
     println!(
         "ratio berth/reference (mean): ADD {:.2}x, DEL {:.2}x, ADD+DEL {:.2}x (target <= 0.50x: {})",
