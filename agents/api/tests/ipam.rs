@@ -66,6 +66,26 @@ async fn ipam_is_scoped_to_the_namespace_the_caller_named() {
         failed["reason"],
         "address 10.9.0.7 not found in namespace \"team-a\""
     );
+    // An owner that is no pod name would be a key segment: refused before the backend.
+    for owner in ["db/0", "../x", "DB-0"] {
+        let st = c
+            .reserve(v1::ReserveRequest {
+                network: "net1".into(),
+                pool: "p".into(),
+                address: "10.9.0.6".into(),
+                namespace: "team-a".into(),
+                owner: owner.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(st.code(), Code::InvalidArgument, "{owner}");
+        assert!(
+            st.message().contains("is not a valid Kubernetes name"),
+            "{owner}: {}",
+            st.message()
+        );
+    }
     let calls = ipam.calls.lock().unwrap().clone();
     assert_eq!(calls, ["reserve 10.9.0.5 by cn:nina", "show 10.9.0.7"]);
     // Listing every namespace needs a "*" scope.

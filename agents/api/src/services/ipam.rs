@@ -7,6 +7,7 @@ use berth_proto::v1;
 use tonic::{Request, Response, Status};
 
 use crate::backend::IpamBackend;
+use crate::pod::PodName;
 
 pub struct IpamService {
     pub(crate) backend: Arc<dyn IpamBackend>,
@@ -86,6 +87,14 @@ impl v1::ipam_server::Ipam for IpamService {
                 "give namespace and owner together (reserve for a pod), or neither (block the \
                  address for everyone)",
             ));
+        }
+        if !r.owner.is_empty() {
+            // The owner becomes a key segment of the pod's sticky index: a pod name, checked
+            // like every other pod reference.
+            PodName::from_request(Some(v1::PodRef {
+                namespace: r.namespace.clone(),
+                pod: r.owner.clone(),
+            }))?;
         }
         let a = self.backend.reserve(&r, &ctx.caller.identity).await?;
         Ok(Response::new(a))
